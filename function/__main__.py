@@ -1,0 +1,191 @@
+"""Command line: serve (default) | create | send | settings | schemas."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .errors import BuildContextError, ConfigurationError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m function", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+
+    commands.add_parser("serve", help="run the HTTP server (the default)")
+
+    create = commands.add_parser(
+        "create",
+        help="build and store a context from local files; print the created event's data",
+        description="Build a context from local files with the same validation as the server, "
+        "store it in the configured store, and print the data of the buildcontext.created event.",
+    )
+    create.add_argument("paths", nargs="*", type=Path, help="source files or folders")
+    create.add_argument("--function", "-f", help="lambdaFunction name")
+    create.add_argument("--runtime", "-r", default=None, help="python | nodejs | go")
+    create.add_argument("--runtime-version")
+    create.add_argument("--dependency", "-d", action="append", default=[], help="repeatable")
+    create.add_argument(
+        "--metadata", "-m", action="append", default=[], help="key=value, repeatable"
+    )
+    create.add_argument("--ttl-seconds", type=int)
+    create.add_argument("--request", type=Path, help="a JSON request (event data) to start from")
+    create.add_argument("--output", "-o", type=Path, help="also write the archive here")
+
+    send = commands.add_parser(
+        "send",
+        help="send a CloudEvent to a URL and print the reply",
+        description="Send a CloudEvent over HTTP (like `kn event send --to-url`) and print the reply.",
+    )
+    send.add_argument("url")
+    send.add_argument("--data", default="-", help="JSON file with the event data, or - for stdin")
+    send.add_argument("--type", default="remediation.buildcontext.requested")
+    send.add_argument("--source", default="/build-context/cli")
+    send.add_argument("--id", default=None)
+    send.add_argument("--structured", action="store_true", help="structured instead of binary mode")
+    send.add_argument("--timeout", type=float, default=30.0)
+
+    settings_cmd = commands.add_parser(
+        "settings", help="print every environment variable with its default and meaning"
+    )
+    settings_cmd.add_argument("--format", choices=["env", "markdown", "configmap"], default="env")
+    schemas = commands.add_parser("schemas", help="write the JSON Schemas of the contract")
+    schemas.add_argument("folder", type=Path, nargs="?", default=Path("config/schemas"))
+
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ConfigurationError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        for line in error.details[1:]:
+            print(f"  also {line}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    command = args.command or "serve"
+    if command == "serve":
+        from .app import App
+        from .server import serve
+        from .settings import load_settings
+        from .telemetry import configure_logging
+
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        serve(App.from_settings(settings))
+        return 0
+    if command == "create":
+        return _create(args)
+    if command == "send":
+        return _send(args)
+    if command == "settings":
+        from .reference import render
+
+        print(render(args.format), end="")
+        return 0
+    if command == "schemas":
+        from .reference import write_schemas
+
+        for path in write_schemas(args.folder):
+            print(path)
+        return 0
+    raise AssertionError(command)
+
+
+def _create(args: argparse.Namespace) -> int:
+    from .app import App
+
+    data: dict[str, Any] = json.loads(args.request.read_text()) if args.request else {}
+    files: dict[str, str] = dict(data.pop("files", {}))
+    for path in args.paths:
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                files[file.relative_to(path).as_posix()] = file.read_text("utf-8")
+        else:
+            files[path.name] = path.read_text("utf-8")
+    data["files"] = files
+    for key, value in (
+        ("lambdaFunction", args.function),
+        ("runtime", args.runtime),
+        ("runtimeVersion", args.runtime_version),
+        ("ttlSeconds", args.ttl_seconds),
+    ):
+        if value is not None:
+            data[key] = value
+    if args.dependency:
+        data["dependencies"] = _dependencies(args.dependency, data.get("runtime", "python"))
+    if args.metadata:
+        data["metadata"] = dict(m.split("=", 1) for m in args.metadata)
+    app = App.from_settings()
+    try:
+        created = app.service.create(data, f"cli-{uuid.uuid4()}")
+    except BuildContextError as error:
+        print(
+            json.dumps(
+                {
+                    "reason": error.reason,
+                    "message": error.message,
+                    "errors": [e.as_dict() for e in error.errors],
+                },
+                indent=2,
+            )
+        )
+        return 1
+    finally:
+        app.close()
+    if args.output:
+        store = next(s for s in app.stores if s.backend == created.storage.backend)
+        namespace = app.settings.home_namespace
+        args.output.write_bytes(store.get(namespace, created.lambda_function, created.content_hash))
+    print(json.dumps(created.wire(), indent=2))
+    return 0
+
+
+def _dependencies(values: list[str], runtime: str) -> list[str] | dict[str, str]:
+    """npm takes name@range (the scope's '@' is not a separator); the others take a list."""
+    from .runtimes import lookup
+
+    found = lookup(runtime)
+    if found is None or found.name != "nodejs":
+        return values
+    pairs = {}
+    for value in values:
+        at = value.rfind("@")
+        pairs[value[:at] if at > 0 else value] = value[at + 1 :] if at > 0 else "*"
+    return pairs
+
+
+def _send(args: argparse.Namespace) -> int:
+    import requests
+    from cloudevents.conversion import to_binary, to_structured
+    from cloudevents.http import CloudEvent
+
+    raw = sys.stdin.read() if args.data == "-" else Path(args.data).read_text()
+    event = CloudEvent(
+        {
+            "type": args.type,
+            "source": args.source,
+            "id": args.id or str(uuid.uuid4()),
+            "datacontenttype": "application/json",
+        },
+        json.loads(raw) if raw.strip() else None,
+    )
+    headers, body = (to_structured if args.structured else to_binary)(event)
+    response = requests.post(args.url, headers=headers, data=body, timeout=args.timeout)
+    print(f"HTTP {response.status_code}", file=sys.stderr)
+    for name, value in sorted(response.headers.items()):
+        if name.lower().startswith("ce-"):
+            print(f"{name}: {value}", file=sys.stderr)
+    try:
+        print(json.dumps(response.json(), indent=2))
+    except ValueError:
+        print(response.text)
+    return 0 if response.ok and response.headers.get("ce-type") != "buildcontext.failed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

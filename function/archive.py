@@ -1,0 +1,81 @@
+"""Reproducible tar.gz: the bytes depend on the files' paths and contents only."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import tarfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# 1980-01-01: a fixed, plausible time (some tools reject 0) in every entry.
+MTIME = 315532800
+COMPRESSION_LEVEL = 6
+# gzip header with no name, no mtime, no flags, and OS "unknown": written by hand because
+# Python's gzip module has changed these bytes between releases.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+@dataclass(frozen=True)
+class Archive:
+    data: bytes
+    content_hash: str
+    """sha256 of the uncompressed tar: independent of the zlib version."""
+    archive_sha256: str
+    files: tuple[str, ...]
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.data)
+
+    @property
+    def image_tag(self) -> str:
+        return image_tag(self.content_hash)
+
+
+def image_tag(content_hash: str) -> str:
+    return f"sha256-{content_hash[:24]}"
+
+
+def canonical_tar(files: Mapping[str, bytes]) -> bytes:
+    """USTAR, sorted entries with their parent folders, root-owned, 0644/0755, fixed mtime."""
+    folders = sorted(
+        {"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)}
+    )
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in sorted([*folders, *files]):
+            info = tarfile.TarInfo(name)
+            info.mtime = MTIME
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if name in files:
+                info.mode = 0o644
+                info.size = len(files[name])
+                tar.addfile(info, io.BytesIO(files[name]))
+            else:
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                tar.addfile(info)
+    return buffer.getvalue()
+
+
+def gzip_bytes(data: bytes, level: int = COMPRESSION_LEVEL) -> bytes:
+    deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
+    body = deflate.compress(data) + deflate.flush()
+    trailer = struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
+    return _GZIP_HEADER + body + trailer
+
+
+def build(files: Mapping[str, str]) -> Archive:
+    encoded = {path: text.encode("utf-8") for path, text in files.items()}
+    tar = canonical_tar(encoded)
+    data = gzip_bytes(tar)
+    return Archive(
+        data=data,
+        content_hash=hashlib.sha256(tar).hexdigest(),
+        archive_sha256=hashlib.sha256(data).hexdigest(),
+        files=tuple(sorted(encoded)),
+    )

@@ -1,0 +1,160 @@
+"""The public contract: CloudEvent types and their JSON payloads.
+
+camelCase on the wire; the story's snake_case spellings are accepted on input too.
+JSON Schemas in `config/schemas/` are generated from these models.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic.alias_generators import to_camel
+
+REQUESTED = "remediation.buildcontext.requested"
+CREATED = "buildcontext.created"
+FAILED = "buildcontext.failed"
+PING = "dev.knative.sources.ping"
+CLEANUP_COMPLETED = "buildcontext.cleanup.completed"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _utc(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class OwnerReference(_Model):
+    """The LambdaFunction that owns the context; Kubernetes deletes the context with it."""
+
+    api_version: str = Field(min_length=1, max_length=253)
+    kind: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=253)
+    uid: str = Field(min_length=1, max_length=64)
+
+
+class BuildContextRequest(_Model):
+    """Data of `remediation.buildcontext.requested`. Deep checks happen in `validation`."""
+
+    lambda_function: str = Field(description="Function name: a DNS-1123 label, at most 63 chars.")
+    runtime: str = Field(
+        "python", description="python | nodejs | go (aliases: python3, node, golang)."
+    )
+    runtime_version: str | None = Field(None, description="From the runtime's allow-list.")
+    source_code: str | None = Field(None, description="Text of the entry file (remediation.<ext>).")
+    files: dict[str, str] = Field(
+        default_factory=dict, description="Relative path -> UTF-8 text, for multi-file programs."
+    )
+    dependencies: list[str] | dict[str, str] = Field(
+        default_factory=list,
+        description="python: requirement specifiers; nodejs: {name: range}; go: module@version "
+        "(or {module: version}).",
+    )
+    ttl_seconds: int | None = Field(None, description="Lifetime; capped by configuration.")
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="Kept with the context and echoed in the reply."
+    )
+    namespace: str | None = Field(None, description="Target namespace, if allowed.")
+    owner: OwnerReference | None = Field(None, description="Owning object, for garbage collection.")
+
+
+class Storage(_Model):
+    """Where the archive is, with everything needed to fetch it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    backend: Literal["filesystem", "configmap", "s3"]
+
+
+class BuildContextCreated(_Model):
+    lambda_function: str
+    runtime: str
+    runtime_version: str
+    content_hash: str = Field(description="sha256 hex of the canonical uncompressed tar.")
+    archive_sha256: str = Field(description="sha256 hex of the stored .tar.gz bytes.")
+    image_tag: str
+    storage: Storage
+    context_uri: str | None = Field(None, description="Value for kaniko's --context.")
+    size_bytes: int
+    files: list[str]
+    created_at: datetime
+    expires_at: datetime
+    reused: bool
+    overflow: bool = Field(False, description="True when stored in the overflow store.")
+    request_id: str
+    metadata: dict[str, str]
+
+    @field_serializer("created_at", "expires_at")
+    def _times(self, value: datetime) -> str:
+        return _utc(value)
+
+
+class ErrorDetail(_Model):
+    message: str
+    field: str | None = None
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+
+
+class BuildContextFailed(_Model):
+    lambda_function: str | None = None
+    reason: Literal[
+        "InvalidRequest",
+        "UnsupportedRuntime",
+        "InvalidSource",
+        "ContextTooLarge",
+        "StorageUnavailable",
+        "StorageForbidden",
+        "InternalError",
+    ]
+    message: str
+    retryable: bool
+    errors: list[ErrorDetail] = Field(default_factory=list)
+    request_id: str
+
+
+class CleanupRequest(_Model):
+    """Optional data of the PingSource event: may only make a run stricter."""
+
+    dry_run: bool | None = None
+    ttl_seconds: int | None = Field(
+        None, ge=0, description="Treat contexts older than this as expired."
+    )
+
+
+class StoreCleanupSummary(_Model):
+    store: str
+    scanned: int = 0
+    expired: int = 0
+    deleted: int = 0
+    retained: dict[str, int] = Field(default_factory=dict)
+    errors: int = 0
+
+
+class CleanupCompleted(_Model):
+    dry_run: bool
+    started_at: datetime
+    duration_seconds: float
+    stores: list[StoreCleanupSummary]
+
+    @field_serializer("started_at")
+    def _times(self, value: datetime) -> str:
+        return _utc(value)
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {
+    REQUESTED: BuildContextRequest,
+    CREATED: BuildContextCreated,
+    FAILED: BuildContextFailed,
+    PING: CleanupRequest,
+    CLEANUP_COMPLETED: CleanupCompleted,
+}

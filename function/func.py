@@ -1,0 +1,122 @@
+"""parliament entry: route a CloudEvent to a use-case and turn the result into a reply event."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from cloudevents.http import CloudEvent
+from parliament import Context
+from pydantic import BaseModel
+
+from . import contract
+from .app import App
+from .errors import BuildContextError, InternalError
+from .runtimes import lookup
+
+log = logging.getLogger("build_context")
+_APP: App | None = None
+
+
+def install(app: App) -> None:
+    global _APP
+    _APP = app
+
+
+def current_app() -> App:
+    global _APP
+    if _APP is None:
+        _APP = App.from_settings()
+    return _APP
+
+
+def main(context: Context) -> Any:
+    return handle(current_app(), context.cloud_event)
+
+
+def handle(app: App, event: CloudEvent | None) -> Any:
+    if event is None:
+        return _http_error(
+            400,
+            "not a CloudEvent: send ce-specversion, ce-type, ce-source and ce-id headers (binary "
+            "mode) or an application/cloudevents+json body (structured mode)",
+        )
+    kind = event["type"]
+    accepted = _accepted(app)
+    if kind not in accepted:
+        return _http_error(
+            400,
+            f"event type {kind!r} is not handled here; send one of {', '.join(sorted(accepted))}",
+        )
+    return _create(app, event)
+
+
+def _accepted(app: App) -> set[str]:
+    handlers = app.settings.handlers
+    return {contract.REQUESTED} if handlers in ("all", "create") else set()
+
+
+def _create(app: App, event: CloudEvent) -> CloudEvent:
+    request_id = event["id"]
+    start = time.perf_counter()
+    attributes = {"store": app.service.store.backend, "runtime": _runtime_hint(event.data)}
+    try:
+        created = app.service.create(event.data, request_id)
+    except BuildContextError as error:
+        return _failed(app, event, error, attributes, start)
+    except Exception as error:
+        log.exception("unexpected failure", extra={"requestId": request_id})
+        internal = InternalError(
+            f"internal error ({type(error).__name__}); the request id {request_id} finds it in the logs"
+        )
+        return _failed(app, event, internal, attributes, start)
+    attributes["runtime"] = created.runtime
+    if created.overflow:
+        attributes["store"] = created.storage.backend
+    app.telemetry.requests.add(1, {**attributes, "outcome": "created", "reason": ""})
+    app.telemetry.duration.record(time.perf_counter() - start, {**attributes, "outcome": "created"})
+    return _reply(app, contract.CREATED, created, created.lambda_function)
+
+
+def _failed(
+    app: App, event: CloudEvent, error: BuildContextError, attributes: dict[str, str], start: float
+) -> CloudEvent:
+    data = event.data if isinstance(event.data, dict) else {}
+    name = data.get("lambdaFunction", data.get("lambda_function"))
+    failed = contract.BuildContextFailed(
+        lambda_function=name if isinstance(name, str) else None,
+        reason=error.reason,
+        message=error.message,
+        retryable=error.retryable,
+        errors=[contract.ErrorDetail(**e.as_dict()) for e in error.errors],
+        request_id=event["id"],
+    )
+    app.telemetry.requests.add(1, {**attributes, "outcome": "failed", "reason": error.reason})
+    app.telemetry.duration.record(time.perf_counter() - start, {**attributes, "outcome": "failed"})
+    return _reply(app, contract.FAILED, failed, failed.lambda_function)
+
+
+def _runtime_hint(data: Any) -> str:
+    runtime = data.get("runtime", "python") if isinstance(data, dict) else None
+    found = lookup(runtime) if isinstance(runtime, str) else None
+    return found.name if found else "unknown"
+
+
+def _reply(app: App, kind: str, data: BaseModel, subject: str | None) -> CloudEvent:
+    attributes = {
+        "type": kind,
+        "source": app.settings.event_source,
+        "id": str(uuid.uuid4()),
+        "datacontenttype": "application/json",
+    }
+    if subject:
+        attributes["subject"] = subject
+    return CloudEvent(attributes, data.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def _http_error(status: int, message: str) -> tuple[str, int, dict[str, str]]:
+    body = json.dumps({"error": message, "status": status})
+    return body, status, {"Content-Type": "application/json"}

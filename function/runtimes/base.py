@@ -1,0 +1,84 @@
+"""What every runtime provides: versions, dependency rules, syntax check and rendered files."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..errors import FieldError, InvalidRequest
+from ..settings import Settings
+
+Dependencies = Sequence[str] | Mapping[str, str]
+Pinned = tuple[tuple[str, str], ...]
+"""Checked dependencies as sorted (name, specifier) pairs."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Files the function writes into the context, next to the caller's sources."""
+
+    dockerfile: str
+    manifests: Mapping[str, str]
+
+    def files(self) -> dict[str, str]:
+        return {"Dockerfile": self.dockerfile, **self.manifests}
+
+
+class Runtime(ABC):
+    name: str
+    aliases: tuple[str, ...] = ()
+    entry_file: str
+    source_suffixes: tuple[str, ...]
+    versions: tuple[str, ...]
+    default_version: str
+    generated_files: frozenset[str]
+
+    @abstractmethod
+    def dependencies(self, deps: Dependencies, settings: Settings) -> Pinned:
+        """Check the request's dependencies; return them canonical and sorted."""
+
+    @abstractmethod
+    def syntax_errors(self, path: str, text: str, version: str) -> list[FieldError]:
+        """The first syntax error of a source file (empty when it parses)."""
+
+    @abstractmethod
+    def render(self, version: str, deps: Pinned, settings: Settings) -> Rendered:
+        """Dockerfile and dependency manifest. Only checked values reach these files."""
+
+    def entry_errors(self, text: str) -> list[FieldError]:
+        """Runtime-specific requirements on the entry file beyond syntax."""
+        return []
+
+    def is_source(self, path: str) -> bool:
+        return path.endswith(self.source_suffixes)
+
+
+def as_list(deps: Dependencies, joiner: str) -> list[str]:
+    if isinstance(deps, Mapping):
+        return [f"{k}{joiner}{v}" for k, v in deps.items()]
+    return list(deps)
+
+
+def refuse(problems: list[FieldError], runtime: str) -> None:
+    if problems:
+        raise InvalidRequest(
+            f"{len(problems)} invalid {runtime} dependenc{'y' if len(problems) == 1 else 'ies'}: "
+            f"{problems[0].field}: {problems[0].message}",
+            problems,
+        )
+
+
+def duplicates(names: list[tuple[int, str]]) -> list[FieldError]:
+    seen: dict[str, int] = {}
+    problems = []
+    for index, name in names:
+        if name in seen:
+            problems.append(
+                FieldError(
+                    f"{name!r} is listed twice (also dependencies[{seen[name]}]); keep one entry",
+                    field=f"dependencies[{index}]",
+                )
+            )
+        seen.setdefault(name, index)
+    return problems

@@ -1,0 +1,106 @@
+"""Node.js: package.json from {name: semver range}, installed without dev deps or scripts."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+
+import semantic_version
+import tree_sitter_javascript
+
+from ..errors import FieldError, InvalidRequest
+from ..settings import Settings
+from .base import Dependencies, Pinned, Rendered, Runtime, duplicates, refuse
+from .treesitter import TreeSitterGrammar
+
+# validate-npm-package-name, for new packages: lowercase, URL-safe, optional @scope/.
+_NPM_NAME = re.compile(r"^(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]*$")
+_GRAMMAR = TreeSitterGrammar(tree_sitter_javascript.language(), "JavaScript")
+
+
+class NodeRuntime(Runtime):
+    name = "nodejs"
+    aliases = ("node", "javascript", "js")
+    entry_file = "remediation.js"
+    source_suffixes = (".js", ".mjs", ".cjs")
+    versions = ("22", "24")
+    default_version = "24"
+    generated_files = frozenset({"Dockerfile", "package.json"})
+
+    def dependencies(self, deps: Dependencies, settings: Settings) -> Pinned:
+        if not isinstance(deps, Mapping):
+            if not deps:
+                return ()
+            raise InvalidRequest(
+                "dependencies: Node.js dependencies are an object of package name to semver "
+                'range, e.g. {"axios": "^1.7.0"}',
+                [FieldError("must be an object {name: range} for nodejs", field="dependencies")],
+            )
+        problems: list[FieldError] = []
+        pairs: list[tuple[int, str, str]] = []
+        for index, (name, spec) in enumerate(deps.items()):
+            where = f"dependencies.{name}"
+            if (
+                len(name) > 214
+                or not _NPM_NAME.match(name)
+                or name in {"node_modules", "favicon.ico"}
+            ):
+                problems.append(
+                    FieldError(
+                        f"{name!r} is not a valid npm package name (lowercase letters, digits, "
+                        "'-', '.', '_', '~', optional @scope/, at most 214 characters)",
+                        field=where,
+                    )
+                )
+                continue
+            try:
+                semantic_version.NpmSpec(spec)
+            except ValueError:
+                problems.append(
+                    FieldError(
+                        f"{spec!r} is not a semver range; URLs, git, file: and tags are not "
+                        "allowed: write e.g. '^1.2.3' or '~4.17.0'",
+                        field=where,
+                    )
+                )
+                continue
+            pairs.append((index, name, spec.strip()))
+        problems += duplicates([(i, n) for i, n, _ in pairs])
+        refuse(problems, self.name)
+        return tuple(sorted((n, s) for _, n, s in pairs))
+
+    def syntax_errors(self, path: str, text: str, version: str) -> list[FieldError]:
+        return _GRAMMAR.first_error(path, text)
+
+    def render(self, version: str, deps: Pinned, settings: Settings) -> Rendered:
+        package = {
+            "name": "remediation",
+            "version": "1.0.0",
+            "private": True,
+            "main": self.entry_file,
+            "dependencies": dict(deps),
+        }
+        install = (
+            "COPY package.json ./\n"
+            "RUN npm install --omit=dev --ignore-scripts --no-package-lock "
+            "&& npm cache clean --force\n"
+            if deps
+            else ""
+        )
+        dockerfile = (
+            f"FROM {settings.image(settings.nodejs_image, version)}\n"
+            "ENV NODE_ENV=production \\\n"
+            "    NPM_CONFIG_UPDATE_NOTIFIER=false \\\n"
+            "    NPM_CONFIG_FUND=false \\\n"
+            "    NPM_CONFIG_AUDIT=false\n"
+            "WORKDIR /app\n"
+            f"{install}"
+            "COPY . ./\n"
+            "USER 10001:0\n"
+            f'CMD ["node", "{self.entry_file}"]\n'
+        )
+        return Rendered(dockerfile, {"package.json": json.dumps(package, indent=2) + "\n"})
+
+
+RUNTIME = NodeRuntime()

@@ -1,0 +1,119 @@
+"""HTTP serving: parliament's Flask app under waitress, with a drain on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import Any
+
+import parliament
+import waitress
+
+from . import func
+from .app import App
+
+log = logging.getLogger("build_context.server")
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class Gate:
+    """Counts requests in flight, limits body size, and turns readiness off while draining."""
+
+    def __init__(self, app: WSGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.draining = threading.Event()
+        self._in_flight = 0
+        self._lock = threading.Condition()
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/health/readiness" and self.draining.is_set():
+            return _json(start_response, "503 Service Unavailable", {"status": "draining"})
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length > self.max_body:
+            return _json(
+                start_response,
+                "413 Request Entity Too Large",
+                {
+                    "error": f"request body is {length} bytes; the limit is {self.max_body} "
+                    "(BUILD_CONTEXT_MAX_REQUEST_BYTES): send less source",
+                    "status": 413,
+                },
+            )
+        with self._lock:
+            self._in_flight += 1
+        try:
+            return list(self.app(environ, start_response))
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._lock.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False when the grace period ran out."""
+        self.draining.set()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(left)
+        return True
+
+
+def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any]) -> list[bytes]:
+    data = json.dumps(body).encode()
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    )
+    return [data]
+
+
+def wsgi_app(app: App) -> Gate:
+    func.install(app)
+    flask_app = parliament.server.create(func)
+    flask_app.config["MAX_CONTENT_LENGTH"] = app.settings.max_request_bytes
+    return Gate(flask_app.wsgi_app, app.settings.max_request_bytes)
+
+
+def serve(app: App, ready: Callable[[str, int], None] | None = None) -> None:
+    settings = app.settings
+    gate = wsgi_app(app)
+    server = waitress.create_server(
+        gate,
+        host=settings.host,
+        port=settings.port,
+        threads=settings.threads,
+        ident="build-context",
+        clear_untrusted_proxy_headers=True,
+        channel_timeout=120,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    runner = threading.Thread(target=server.run, name="waitress", daemon=True)
+    runner.start()
+    host, port = server.effective_host, server.effective_port
+    log.info("serving", extra={"host": host, "port": port, "threads": settings.threads})
+    if ready:
+        ready(str(host), int(port))
+    while not stop.wait(0.5):
+        pass
+    drained = gate.drain(settings.shutdown_grace_seconds)
+    log.info("stopping", extra={"drained": drained})
+    time.sleep(0.1)  # let waitress flush the last responses
+    server.close()
+    app.close()

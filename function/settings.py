@@ -1,0 +1,233 @@
+"""Every environment variable the function reads, in one place.
+
+`config/settings.env` and the Knative settings ConfigMap are generated from this model
+(`python -m function settings`), and a test keeps them in step.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigurationError
+
+PREFIX = "BUILD_CONTEXT_"
+_IMAGE_REF = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+|\{version\})*([:@][\w.{}-]+)?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
+
+    # --- serving -------------------------------------------------------------------------
+    port: int = Field(
+        8080,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("PORT", "BUILD_CONTEXT_PORT"),
+        description="HTTP port (PORT, as Knative sets it).",
+    )
+    host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
+    threads: int = Field(
+        8, ge=1, le=256, description="Worker threads of the HTTP server (see README, Speed)."
+    )
+    shutdown_grace_seconds: float = Field(
+        25.0, ge=0, le=300, description="On SIGTERM, how long in-flight requests may take."
+    )
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest HTTP request body accepted."
+    )
+    event_source: str = Field(
+        "/build-context", min_length=1, description="`source` attribute of reply events."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of the JSON log lines."
+    )
+    handlers: Literal["all", "create", "cleanup"] = Field(
+        "all",
+        description="Which event types this instance answers: `create` (requests), "
+        "`cleanup` (PingSource), or `all`.",
+    )
+
+    # --- storage -------------------------------------------------------------------------
+    storage: Literal["filesystem", "configmap", "s3"] = Field(
+        "filesystem", description="Where contexts are stored."
+    )
+    overflow_storage: Literal["", "s3"] = Field(
+        "",
+        description="Store for contexts a ConfigMap cannot hold (too large, or the namespace "
+        "cap is reached). Empty: such contexts fail with ContextTooLarge/StorageUnavailable.",
+    )
+    fs_root: Path = Field(
+        Path(".build-contexts"), description="Root folder of the filesystem store."
+    )
+    namespace: str = Field(
+        "",
+        description="Namespace of ConfigMaps (and of S3 keys). Empty: the pod's own namespace, "
+        "else `default`.",
+    )
+    allowed_namespaces: str = Field(
+        "",
+        description="Comma-separated extra namespaces a request may name in `namespace`.",
+    )
+    configmap_max_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        le=1_040_000,
+        description="Largest archive stored in a ConfigMap (the apiserver's limit is 1 MiB for "
+        "the whole object).",
+    )
+    configmap_namespace_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="Cap on the total archive bytes of our ConfigMaps per namespace.",
+    )
+    configmap_namespace_max_count: int = Field(
+        2000, ge=0, description="Cap on the number of our ConfigMaps per namespace."
+    )
+    configmap_usage_refresh_seconds: float = Field(
+        30.0, ge=0, description="How often the per-namespace usage is re-read from the apiserver."
+    )
+    s3_bucket: str = Field("", description="S3 bucket (required with the s3 store).")
+    s3_prefix: str = Field("build-contexts/", description="Key prefix for everything we write.")
+    s3_endpoint_url: str = Field("", description="S3-compatible endpoint; empty for AWS.")
+    s3_region: str = Field("", description="Region; empty: boto3's standard chain (AWS_REGION).")
+    s3_force_path_style: bool = Field(
+        False, description="Path-style addressing (MinIO, SeaweedFS, Ceph RGW)."
+    )
+    s3_sse: Literal["", "AES256", "aws:kms"] = Field("", description="Server-side encryption.")
+    s3_sse_kms_key_id: str = Field("", description="KMS key id with s3_sse=aws:kms.")
+    s3_multipart_threshold_bytes: int = Field(
+        8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Archives above this use multipart upload."
+    )
+
+    # --- lifetimes -----------------------------------------------------------------------
+    ttl_seconds: int = Field(604800, ge=60, description="Default lifetime of a context.")
+    max_ttl_seconds: int = Field(
+        2592000, ge=60, description="Largest `ttlSeconds` a request may ask for."
+    )
+    keep_latest: int = Field(
+        1, ge=0, description="Newest contexts per function that cleanup always keeps."
+    )
+    cleanup_grace_seconds: int = Field(
+        300, ge=0, description="Contexts younger than this are never deleted."
+    )
+    cleanup_page_size: int = Field(500, ge=1, le=1000, description="Items per list page.")
+
+    # --- request limits ------------------------------------------------------------------
+    max_file_bytes: int = Field(1024 * 1024, ge=1, description="Largest single source file.")
+    max_total_bytes: int = Field(
+        4 * 1024 * 1024, ge=1, description="Largest sum of all source files."
+    )
+    max_files: int = Field(200, ge=1, description="Most source files in one request.")
+    max_path_length: int = Field(100, ge=8, le=100, description="Longest file path (bytes).")
+    max_dependencies: int = Field(100, ge=0, description="Most dependency entries.")
+    max_metadata_entries: int = Field(32, ge=0, description="Most `metadata` entries.")
+    allow_url_dependencies: bool = Field(
+        False, description="Allow URL, VCS and file dependencies (off: only registry packages)."
+    )
+
+    # --- images --------------------------------------------------------------------------
+    registry_mirror: str = Field(
+        "",
+        description="Prefix put before every base image, e.g. `mirror.local/library/`, "
+        "for air-gapped clusters.",
+    )
+    python_image: str = Field("python:{version}-slim-bookworm", description="Python base image.")
+    nodejs_image: str = Field("node:{version}-bookworm-slim", description="Node.js base image.")
+    go_build_image: str = Field("golang:{version}-bookworm", description="Go build-stage image.")
+    go_runtime_image: str = Field(
+        "gcr.io/distroless/static-debian12:nonroot", description="Go final-stage image."
+    )
+
+    # --- retries -------------------------------------------------------------------------
+    retry_attempts: int = Field(4, ge=1, le=20, description="Attempts per storage call.")
+    retry_base_delay_seconds: float = Field(
+        0.1, ge=0, description="First backoff delay; doubles per attempt, with full jitter."
+    )
+    retry_max_delay_seconds: float = Field(2.0, ge=0, description="Cap on one backoff delay.")
+    retry_deadline_seconds: float = Field(
+        20.0, gt=0, description="Overall time budget of one storage call including retries."
+    )
+
+    @field_validator("python_image", "nodejs_image", "go_build_image", "go_runtime_image")
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        if not _IMAGE_REF.match(value):
+            raise ValueError(
+                f"{value!r} is not an image reference (lowercase name, optional :tag, "
+                "`{version}` where the runtime version goes)"
+            )
+        return value
+
+    @field_validator("registry_mirror")
+    @classmethod
+    def _mirror(cls, value: str) -> str:
+        if value and not re.match(r"^[a-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*/$", value):
+            raise ValueError(f"{value!r} must be a registry host and path ending in '/'")
+        return value
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if value.startswith("/") or (value and not value.endswith("/")):
+            raise ValueError(f"{value!r} must not start with '/' and must end with '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.ttl_seconds > self.max_ttl_seconds:
+            raise ValueError("BUILD_CONTEXT_TTL_SECONDS is above BUILD_CONTEXT_MAX_TTL_SECONDS")
+        uses_s3 = self.storage == "s3" or self.overflow_storage == "s3"
+        if uses_s3 and not self.s3_bucket:
+            raise ValueError("BUILD_CONTEXT_S3_BUCKET is required when S3 is used")
+        for ns in self.extra_namespaces:
+            if not _DNS_LABEL.match(ns):
+                raise ValueError(
+                    f"BUILD_CONTEXT_ALLOWED_NAMESPACES: {ns!r} is not a namespace name"
+                )
+        return self
+
+    @cached_property
+    def extra_namespaces(self) -> frozenset[str]:
+        return frozenset(n.strip() for n in self.allowed_namespaces.split(",") if n.strip())
+
+    @cached_property
+    def home_namespace(self) -> str:
+        if self.namespace:
+            return self.namespace
+        sa_ns = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        try:
+            return sa_ns.read_text().strip() or "default"
+        except OSError:
+            return "default"
+
+    def image(self, template: str, version: str) -> str:
+        return self.registry_mirror + template.replace("{version}", version)
+
+
+def env_name(field_name: str) -> str:
+    if field_name == "port":
+        return "PORT"
+    return PREFIX + field_name.upper()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; a bad value raises ConfigurationError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first["loc"][0] if first["loc"] else ""
+        variable = env_name(str(loc)) if loc else "configuration"
+        details = [
+            f"{env_name(str(e['loc'][0])) if e['loc'] else ''}: {e['msg']}" for e in exc.errors()
+        ]
+        raise ConfigurationError(
+            variable, first["msg"], "Fix or unset it and start again.", details
+        ) from None

@@ -1,0 +1,34 @@
+"""The store registry: a new backend is one module and one line in `_FACTORIES`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import ConfigurationError
+from ..settings import Settings
+from .base import ContextRecord, Listed, Store, Stored
+
+
+def _filesystem(settings: Settings) -> Store:
+    from .filesystem import FilesystemStore
+
+    return FilesystemStore(settings.fs_root)
+
+
+_FACTORIES: dict[str, Callable[[Settings], Store]] = {
+    "filesystem": _filesystem,
+}
+
+
+def open_store(backend: str, settings: Settings) -> Store:
+    factory = _FACTORIES.get(backend)
+    if factory is None:
+        raise ConfigurationError(
+            "BUILD_CONTEXT_STORAGE", f"the {backend!r} store is not available in this build"
+        )
+    store = factory(settings)
+    store.check()
+    return store
+
+
+__all__ = ["ContextRecord", "Listed", "Store", "Stored", "open_store"]

@@ -1,0 +1,134 @@
+"""The one interface every store implements; the service knows nothing else about storage."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..archive import Archive
+from ..contract import OwnerReference
+
+Clock = Callable[[], datetime]
+MANAGED_BY = "build-context"
+RETAIN = "build-context.dev/retain"
+"""Label (ConfigMap), metadata key (S3) or `retain` field (filesystem) that pins a context."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@dataclass(frozen=True)
+class ContextRecord:
+    """What a store keeps beside the archive, and what cleanup reads back."""
+
+    namespace: str
+    function: str
+    runtime: str
+    runtime_version: str
+    content_hash: str
+    archive_sha256: str
+    size_bytes: int
+    created_at: datetime
+    expires_at: datetime
+    request_id: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    retain: bool = False
+
+    def refreshed(self, expires_at: datetime) -> ContextRecord:
+        return replace(self, expires_at=max(self.expires_at, expires_at))
+
+    def expired(self, now: datetime, stricter_ttl: timedelta | None = None) -> bool:
+        if stricter_ttl is not None and now - self.created_at > stricter_ttl:
+            return True
+        return now >= self.expires_at
+
+
+@dataclass(frozen=True)
+class Stored:
+    record: ContextRecord
+    storage: dict[str, Any]
+    context_uri: str | None
+    reused: bool
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A context found by `list`, with whatever the store needs to delete it safely."""
+
+    record: ContextRecord
+    handle: Any
+
+
+class Store(ABC):
+    backend: str
+
+    def check(self) -> None:
+        """Fail at start-up (ConfigurationError) when the store cannot work at all."""
+
+    @abstractmethod
+    def put_if_absent(
+        self, archive: Archive, record: ContextRecord, owner: OwnerReference | None = None
+    ) -> Stored:
+        """Store once; identical content again is `reused` with its expiry pushed forward."""
+
+    @abstractmethod
+    def get(self, namespace: str, function: str, content_hash: str) -> bytes:
+        """The archive bytes (KeyError when absent)."""
+
+    @abstractmethod
+    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed]:
+        """Every context we manage, page by page, with flat memory."""
+
+    @abstractmethod
+    def delete(self, item: Listed, still_expired: Callable[[ContextRecord], bool]) -> bool:
+        """Delete unless the stored record changed meanwhile so that it no longer qualifies.
+
+        `still_expired` is re-evaluated on the freshest record; returns True when deleted.
+        """
+
+    def close(self) -> None:
+        """Release clients and connections."""
+
+
+def record_fields(record: ContextRecord) -> dict[str, Any]:
+    from ..contract import _utc
+
+    return {
+        "namespace": record.namespace,
+        "function": record.function,
+        "runtime": record.runtime,
+        "runtimeVersion": record.runtime_version,
+        "contentHash": record.content_hash,
+        "archiveSha256": record.archive_sha256,
+        "sizeBytes": record.size_bytes,
+        "createdAt": _utc(record.created_at),
+        "expiresAt": _utc(record.expires_at),
+        "requestId": record.request_id,
+        "metadata": dict(record.metadata),
+        "retain": record.retain,
+    }
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def record_from_fields(data: Mapping[str, Any]) -> ContextRecord:
+    return ContextRecord(
+        namespace=str(data["namespace"]),
+        function=str(data["function"]),
+        runtime=str(data["runtime"]),
+        runtime_version=str(data["runtimeVersion"]),
+        content_hash=str(data["contentHash"]),
+        archive_sha256=str(data["archiveSha256"]),
+        size_bytes=int(data["sizeBytes"]),
+        created_at=parse_time(str(data["createdAt"])),
+        expires_at=parse_time(str(data["expiresAt"])),
+        request_id=str(data.get("requestId", "")),
+        metadata=dict(data.get("metadata") or {}),
+        retain=bool(data.get("retain", False)),
+    )

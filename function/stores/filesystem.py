@@ -1,0 +1,165 @@
+"""Local or PVC folder: <root>/<namespace>/<function>/<contentHash>/{context.tar.gz,context.json}.
+
+A context appears by renaming a finished temporary folder into place, so a crash never leaves
+a visible partial context; a per-function lock file serialises put, refresh and delete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..archive import Archive
+from ..contract import OwnerReference
+from ..errors import ConfigurationError, StorageUnavailable
+from .base import ContextRecord, Listed, Store, Stored, record_fields, record_from_fields
+
+ARCHIVE = "context.tar.gz"
+RECORD = "context.json"
+TEMP_PREFIX = ".tmp-"
+
+
+class FilesystemStore(Store):
+    backend = "filesystem"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigurationError(
+                "BUILD_CONTEXT_FS_ROOT", f"{self.root} is not a writable folder ({exc.strerror})"
+            ) from None
+
+    def folder(self, namespace: str, function: str, content_hash: str) -> Path:
+        return self.root / namespace / function / content_hash
+
+    @contextlib.contextmanager
+    def _locked(self, namespace: str, function: str) -> Iterator[Path]:
+        parent = self.root / namespace / function
+        parent.mkdir(parents=True, exist_ok=True)
+        with open(parent / ".lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield parent
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _stored(self, record: ContextRecord, reused: bool) -> Stored:
+        path = self.folder(record.namespace, record.function, record.content_hash) / ARCHIVE
+        return Stored(record, {"backend": self.backend, "path": str(path)}, f"tar://{path}", reused)
+
+    def put_if_absent(
+        self, archive: Archive, record: ContextRecord, owner: OwnerReference | None = None
+    ) -> Stored:
+        try:
+            with self._locked(record.namespace, record.function) as parent:
+                target = parent / record.content_hash
+                if (target / RECORD).exists():
+                    current = _read(target)
+                    refreshed = current.refreshed(record.expires_at)
+                    if refreshed != current:
+                        _write_atomic(target / RECORD, _encode(refreshed), parent)
+                    return self._stored(refreshed, reused=True)
+                temp = parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+                temp.mkdir()
+                try:
+                    _write(temp / ARCHIVE, archive.data)
+                    _write(temp / RECORD, _encode(record))
+                    _fsync_dir(temp)
+                    os.rename(temp, target)
+                    _fsync_dir(parent)
+                except BaseException:
+                    shutil.rmtree(temp, ignore_errors=True)
+                    raise
+                return self._stored(record, reused=False)
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"filesystem store: cannot write under {self.root} ({exc.strerror}); check the "
+                "volume (BUILD_CONTEXT_FS_ROOT) and free space"
+            ) from exc
+
+    def get(self, namespace: str, function: str, content_hash: str) -> bytes:
+        try:
+            return (self.folder(namespace, function, content_hash) / ARCHIVE).read_bytes()
+        except FileNotFoundError:
+            raise KeyError((namespace, function, content_hash)) from None
+
+    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed]:
+        for ns in _subfolders(self.root):
+            if namespaces is not None and ns.name not in namespaces:
+                continue
+            for fn in _subfolders(ns):
+                for ctx in _subfolders(fn):
+                    try:
+                        yield Listed(_read(ctx), ctx)
+                    except (OSError, ValueError, KeyError):
+                        continue
+
+    def delete(self, item: Listed, still_expired: Callable[[ContextRecord], bool]) -> bool:
+        folder: Path = item.handle
+        record = item.record
+        with self._locked(record.namespace, record.function) as parent:
+            try:
+                current = _read(folder)
+            except FileNotFoundError:
+                return False
+            if not still_expired(current):
+                return False
+            trash = parent / f"{TEMP_PREFIX}trash-{uuid.uuid4().hex}"
+            os.rename(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    def stale_temporaries(self) -> Iterator[Path]:
+        """Leftovers of crashed writes (invisible to readers, removed by cleanup)."""
+        for ns in _subfolders(self.root):
+            for fn in _subfolders(ns):
+                yield from (p for p in fn.iterdir() if p.name.startswith(TEMP_PREFIX))
+
+
+def _subfolders(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def _encode(record: ContextRecord) -> bytes:
+    return json.dumps(record_fields(record), sort_keys=True, indent=2).encode() + b"\n"
+
+
+def _read(folder: Path) -> ContextRecord:
+    return record_from_fields(json.loads((folder / RECORD).read_bytes()))
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_atomic(path: Path, data: bytes, folder: Path) -> None:
+    temp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.json"
+    _write(temp, data)
+    os.replace(temp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
