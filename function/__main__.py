@@ -98,15 +98,21 @@ def _run(args: argparse.Namespace) -> int:
 
 def _create(args: argparse.Namespace) -> int:
     from .app import App
+    from .settings import load_settings
 
-    data: dict[str, Any] = json.loads(args.request.read_text()) if args.request else {}
-    files: dict[str, str] = dict(data.pop("files", {}))
-    for path in args.paths:
-        if path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if p.is_file()):
-                files[file.relative_to(path).as_posix()] = file.read_text("utf-8")
-        else:
-            files[path.name] = path.read_text("utf-8")
+    settings = load_settings()
+    try:
+        data: dict[str, Any] = json.loads(args.request.read_text()) if args.request else {}
+        files: dict[str, str] = dict(data.pop("files", {}))
+        for path in args.paths:
+            if path.is_dir():
+                for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                    files[file.relative_to(path).as_posix()] = file.read_text("utf-8")
+            else:
+                files[path.name] = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        print(f"create: cannot read the input: {error}", file=sys.stderr)
+        return 2
     data["files"] = files
     for key, value in (
         ("lambdaFunction", args.function),
@@ -120,7 +126,7 @@ def _create(args: argparse.Namespace) -> int:
         data["dependencies"] = _dependencies(args.dependency, data.get("runtime", "python"))
     if args.metadata:
         data["metadata"] = dict(m.split("=", 1) for m in args.metadata)
-    app = App.from_settings()
+    app = App.from_settings(settings)
     try:
         created = app.service.create(data, f"cli-{uuid.uuid4()}")
     except BuildContextError as error:

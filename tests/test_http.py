@@ -53,7 +53,9 @@ def test_created_for_every_runtime_and_mode(
         data["imageTag"].removeprefix("sha256-")
     )
     assert data["contextUri"] == f"tar://{data['storage']['path']}"
-    entry = {"python": "remediation.py", "nodejs": "remediation.js", "go": "remediation.go"}[runtime]
+    entry = {"python": "remediation.py", "nodejs": "remediation.js", "go": "remediation.go"}[
+        runtime
+    ]
     manifest = {"python": "requirements.txt", "nodejs": "package.json", "go": "go.mod"}[runtime]
     assert set(members(archive)) == {"Dockerfile", entry, manifest}
     assert data["files"] == sorted(["Dockerfile", entry, manifest])
@@ -65,7 +67,11 @@ def test_created_for_every_runtime_and_mode(
 
 def test_snake_case_and_aliases_are_normalised(server: FunctionServer) -> None:
     reply = server.send(
-        {"lambda_function": "fix-it", "runtime": "golang", "source_code": example("go")["sourceCode"]}
+        {
+            "lambda_function": "fix-it",
+            "runtime": "golang",
+            "source_code": example("go")["sourceCode"],
+        }
     )
     assert reply.type == "buildcontext.created", reply
     assert reply.data["runtime"] == "go"
@@ -143,7 +149,11 @@ FAILURES = [
         {"lambdaFunction": "x", "sourceCode": "1", "ttlSeconds": 99999999},
         "ttlSeconds",
     ),
-    ("UnsupportedRuntime", {"lambdaFunction": "x", "runtime": "cobol", "sourceCode": "1"}, "runtime"),
+    (
+        "UnsupportedRuntime",
+        {"lambdaFunction": "x", "runtime": "cobol", "sourceCode": "1"},
+        "runtime",
+    ),
     (
         "UnsupportedRuntime",
         {"lambdaFunction": "x", "runtime": "python", "runtimeVersion": "2.7", "sourceCode": "1"},
@@ -168,7 +178,9 @@ FAILURES = [
 ]
 
 
-@pytest.mark.parametrize(("reason", "data", "field"), FAILURES, ids=[f[0] + "-" + str(f[2]) for f in FAILURES])
+@pytest.mark.parametrize(
+    ("reason", "data", "field"), FAILURES, ids=[f[0] + "-" + str(f[2]) for f in FAILURES]
+)
 def test_every_failure_reason_is_a_failed_event(
     server: FunctionServer, reason: str, data: dict[str, object], field: str | None
 ) -> None:
