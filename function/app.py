@@ -23,9 +23,9 @@ class App:
     ) -> App:
         settings = settings or load_settings()
         telemetry = telemetry or Telemetry()
-        primary = open_store(settings.storage, settings)
+        primary = open_store(settings.storage, settings, telemetry)
         overflow = (
-            open_store(settings.overflow_storage, settings)
+            open_store(settings.overflow_storage, settings, telemetry)
             if settings.overflow_storage and settings.overflow_storage != settings.storage
             else None
         )

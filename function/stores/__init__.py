@@ -6,27 +6,29 @@ from collections.abc import Callable
 
 from ..errors import ConfigurationError
 from ..settings import Settings
+from ..telemetry import NOOP, Telemetry
 from .base import ContextRecord, Listed, Store, Stored
 
 
-def _filesystem(settings: Settings) -> Store:
+def _filesystem(settings: Settings, telemetry: Telemetry) -> Store:
     from .filesystem import FilesystemStore
 
     return FilesystemStore(settings.fs_root)
 
 
-_FACTORIES: dict[str, Callable[[Settings], Store]] = {
+_FACTORIES: dict[str, Callable[[Settings, Telemetry], Store]] = {
     "filesystem": _filesystem,
 }
 
 
-def open_store(backend: str, settings: Settings) -> Store:
+def open_store(backend: str, settings: Settings, telemetry: Telemetry = NOOP) -> Store:
+    """A checked store; `telemetry` is for the store's own metrics (`telemetry.retried`)."""
     factory = _FACTORIES.get(backend)
     if factory is None:
         raise ConfigurationError(
             "BUILD_CONTEXT_STORAGE", f"the {backend!r} store is not available in this build"
         )
-    store = factory(settings)
+    store = factory(settings, telemetry)
     store.check()
     return store
 
