@@ -115,3 +115,13 @@ def test_published_schemas_are_generated_from_the_models() -> None:
         assert json.loads((folder / name).read_text()) == schema, (
             f"config/schemas/{name} is stale: run `python -m function schemas`"
         )
+
+
+def test_readme_lists_every_setting_as_generated() -> None:
+    from function.reference import render
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- settings:start -->\n", 1)[1].split("<!-- settings:end -->", 1)[0]
+    assert table == render("markdown"), (
+        "README settings table is stale: paste `python -m function settings --format markdown`"
+    )
