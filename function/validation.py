@@ -268,9 +268,7 @@ def _syntax(sources: Mapping[str, str], runtime: Runtime, version: str) -> None:
     problems: list[FieldError] = []
     for path, text in sources.items():
         if runtime.is_source(path):
-            problems += runtime.syntax_errors(path, text, version)
-    if not problems:
-        problems += runtime.entry_errors(sources[runtime.entry_file])
+            problems += runtime.source_errors(path, text, version)
     if problems:
         first = problems[0]
         raise InvalidSource(f"{first.file}: {first.message}", problems)

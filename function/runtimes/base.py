@@ -39,16 +39,13 @@ class Runtime(ABC):
         """Check the request's dependencies; return them canonical and sorted."""
 
     @abstractmethod
-    def syntax_errors(self, path: str, text: str, version: str) -> list[FieldError]:
-        """The first syntax error of a source file (empty when it parses)."""
+    def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
+        """The first syntax error of a source file (empty when it compiles); for the entry
+        file, also what the runtime needs of it beyond syntax."""
 
     @abstractmethod
     def render(self, version: str, deps: Pinned, settings: Settings) -> Rendered:
         """Dockerfile and dependency manifest. Only checked values reach these files."""
-
-    def entry_errors(self, text: str) -> list[FieldError]:
-        """Runtime-specific requirements on the entry file beyond syntax."""
-        return []
 
     def is_source(self, path: str) -> bool:
         return path.endswith(self.source_suffixes)

@@ -75,17 +75,17 @@ class GoRuntime(Runtime):
         refuse(problems, self.name)
         return tuple(sorted((m, v) for _, m, v in pairs))
 
-    def syntax_errors(self, path: str, text: str, version: str) -> list[FieldError]:
-        return _GRAMMAR.first_error(path, text)
-
-    def entry_errors(self, text: str) -> list[FieldError]:
+    def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
         root = _GRAMMAR.parse(text)
+        errors = _GRAMMAR.first_error(path, root, text)
+        if errors or path != self.entry_file:
+            return errors
         package = next((c for c in root.children if c.type == "package_clause"), None)
         name = package.named_children[0].text if package and package.named_children else None
         has_main = any(
             c.type == "function_declaration"
-            and (c.child_by_field_name("name") is not None)
-            and c.child_by_field_name("name").text == b"main"  # type: ignore[union-attr]
+            and (node := c.child_by_field_name("name")) is not None
+            and node.text == b"main"
             for c in root.children
         )
         if name == b"main" and has_main:
@@ -94,7 +94,7 @@ class GoRuntime(Runtime):
             FieldError(
                 "the entry file must declare 'package main' with a 'func main()' so that it "
                 "builds into a command",
-                file=self.entry_file,
+                file=path,
                 line=1 if package is None else package.start_point[0] + 1,
                 column=1,
             )

@@ -70,8 +70,8 @@ class NodeRuntime(Runtime):
         refuse(problems, self.name)
         return tuple(sorted((n, s) for _, n, s in pairs))
 
-    def syntax_errors(self, path: str, text: str, version: str) -> list[FieldError]:
-        return _GRAMMAR.first_error(path, text)
+    def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
+        return _GRAMMAR.first_error(path, _GRAMMAR.parse(text), text)
 
     def render(self, version: str, deps: Pinned, settings: Settings) -> Rendered:
         package = {

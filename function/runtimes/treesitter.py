@@ -24,8 +24,7 @@ class TreeSitterGrammar:
             parser = self._local.parser = Parser(self.language)
         return parser.parse(text.encode("utf-8")).root_node
 
-    def first_error(self, path: str, text: str) -> list[FieldError]:
-        root = self.parse(text)
+    def first_error(self, path: str, root: Node, text: str) -> list[FieldError]:
         if not root.has_error:
             return []
         node = _first_broken(root)
