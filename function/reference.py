@@ -35,6 +35,9 @@ def render(fmt: str) -> str:
             "kind: ConfigMap",
             "metadata:",
             "  name: build-context-settings",
+            "  labels:",
+            "    app.kubernetes.io/name: build-context",
+            "    app.kubernetes.io/component: settings",
             "data:",
         ]
         for variable, default, meaning in rows():

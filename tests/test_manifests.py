@@ -1,0 +1,614 @@
+"""The deployment: func.yaml and knative/ render, validate and grant exactly what the code needs.
+
+Offline checks read the files as they are; the `kube` tests render them with the real
+`kubectl kustomize` and send them to a real API server (dry run, strict field validation),
+and apply the real RBAC to check what each ServiceAccount may do.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import kubernetes.dynamic
+import kubernetes_validate
+import pytest
+import requests
+import yaml
+from kubernetes.client.rest import ApiException
+
+from function import contract
+from function.reference import render
+from function.settings import Settings, env_name
+from tests.support.kube import REPO_ROOT, KubeAPIServer, kube_apiserver, load_crds
+from tests.support.manifests import (
+    BASE_DIR,
+    FUNC_YAML,
+    KNATIVE_DIR,
+    SETTINGS_CONFIGMAP,
+    Manifest,
+    container,
+    crd_schemas,
+    find,
+    handler_service,
+    kustomize,
+    load_documents,
+    of_kind,
+    raw_manifests,
+    unknown_fields,
+)
+from tests.support.rbac import apply_rbac, ensure_namespace
+from tests.support.server import FunctionServer
+
+KUBERNETES_VERSIONS = ("1.33.0", "1.34.0", "1.35.0", "1.36.0", "1.37.0")
+CORE_GROUPS = ("v1", "rbac.authorization.k8s.io/v1")
+KNATIVE_REVISION_FIELDS = (
+    "containerConcurrency",
+    "timeoutSeconds",
+    "responseStartTimeoutSeconds",
+    "idleTimeoutSeconds",
+)
+SETTINGS_NAME = "build-context-settings"
+# Beta "delivery-timeout" feature (on by default); the CRD schema does not list it.
+UNDECLARED_BUT_SUPPORTED = frozenset({"spec.delivery.timeout"})
+ISO_SECONDS = re.compile(r"^PT(\d+(?:\.\d+)?)S$")
+
+
+def _knative_services(docs: list[Manifest]) -> list[Manifest]:
+    return [d for d in of_kind(docs, "Service") if d["apiVersion"] == "serving.knative.dev/v1"]
+
+
+def _seconds(duration: str) -> float:
+    match = ISO_SECONDS.match(duration)
+    assert match, f"{duration!r} is not an ISO-8601 duration in seconds"
+    return float(match.group(1))
+
+
+def _settings(data: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Load the settings a pod gets from this ConfigMap data (envFrom), as the function does."""
+    for variable in [env_name(name) for name in Settings.model_fields]:
+        monkeypatch.delenv(variable, raising=False)
+    for key, value in data.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+# --- generated files --------------------------------------------------------------------
+
+
+def test_settings_configmap_is_generated_from_the_settings_model() -> None:
+    assert SETTINGS_CONFIGMAP.read_text() == render("configmap"), (
+        "knative/base/settings-configmap.yaml is stale: run "
+        "`python -m function settings --format configmap > knative/base/settings-configmap.yaml`"
+    )
+
+
+def test_settings_env_is_generated_from_the_settings_model() -> None:
+    assert (REPO_ROOT / "config" / "settings.env").read_text() == render("env"), (
+        "config/settings.env is stale: run `python -m function settings > config/settings.env`"
+    )
+
+
+def test_settings_configmap_holds_every_variable_with_its_default_and_a_comment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    text = SETTINGS_CONFIGMAP.read_text()
+    data = load_documents(SETTINGS_CONFIGMAP)[0]["data"]
+    for name, field in Settings.model_fields.items():
+        variable = env_name(name)
+        if variable == "PORT":
+            assert variable not in data, "Knative sets PORT; the ConfigMap must not"
+            continue
+        assert f"  # {field.description}\n  {variable}: " in text, variable
+    assert _settings(data, monkeypatch) == _settings({}, monkeypatch)
+
+
+# --- offline validation -----------------------------------------------------------------
+
+
+def _core_objects() -> list[Manifest]:
+    """Core objects of every manifest, plus each Knative Service's pod template as a Pod."""
+    docs = raw_manifests()
+    objects = [d for d in docs if d["apiVersion"] in CORE_GROUPS]
+    for service in _knative_services(docs):
+        template = copy.deepcopy(service["spec"]["template"])
+        for knative_only in KNATIVE_REVISION_FIELDS:
+            template["spec"].pop(knative_only, None)
+        for main in template["spec"]["containers"]:
+            # Knative fills in a probe's port with the container's port; a Pod must name it.
+            port = main.get("ports", [{"containerPort": 8080}])[0]["containerPort"]
+            for probe in ("readinessProbe", "livenessProbe"):
+                if probe in main:
+                    main[probe]["httpGet"].setdefault("port", port)
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": service["metadata"]["name"], **template.get("metadata", {})},
+                "spec": template["spec"],
+            }
+        )
+    return objects
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_core_kinds_validate_offline(version: str) -> None:
+    objects = _core_objects()
+    assert {o["kind"] for o in objects} >= {"ConfigMap", "ServiceAccount", "Role", "Pod"}
+    for obj in objects:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            raise AssertionError(
+                f"{obj['kind']} {obj['metadata']['name']} on Kubernetes {version}: {error.message}"
+            ) from None
+
+
+def test_offline_validation_catches_a_misspelt_container_field() -> None:
+    pod = next(o for o in _core_objects() if o["kind"] == "Pod")
+    pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesytem"] = True
+    with pytest.raises(kubernetes_validate.ValidationError, match="readOnlyRootFilesytem"):
+        kubernetes_validate.validate(pod, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_custom_resources_use_only_fields_their_crd_declares() -> None:
+    schemas = crd_schemas()
+    custom = [d for d in raw_manifests() if d["apiVersion"] not in CORE_GROUPS]
+    assert {d["kind"] for d in custom} == {"Service", "Trigger", "PingSource"}
+    for doc in custom:
+        schema = schemas[(doc["apiVersion"], doc["kind"])]
+        assert unknown_fields(schema, doc, allowed=UNDECLARED_BUT_SUPPORTED) == [], doc["kind"]
+
+
+def test_crd_walk_catches_a_typo_the_api_server_would_keep() -> None:
+    trigger = copy.deepcopy(find(raw_manifests(), "Trigger", "build-context-requests"))
+    trigger["spec"]["delivery"]["backofPolicy"] = "linear"
+    trigger["spec"]["brokr"] = "default"
+    schema = crd_schemas()[("eventing.knative.dev/v1", "Trigger")]
+    assert unknown_fields(schema, trigger, allowed=UNDECLARED_BUT_SUPPORTED) == [
+        "spec.delivery.backofPolicy",
+        "spec.brokr",
+    ]
+
+
+# --- what the manifests promise ---------------------------------------------------------
+
+
+def test_function_services_are_locked_down() -> None:
+    services = _knative_services(raw_manifests())
+    assert len(services) >= 3
+    for service in services:
+        name = service["metadata"]["name"]
+        spec = service["spec"]["template"]["spec"]
+        main = container(service)
+        assert main["securityContext"] == {
+            **main["securityContext"],
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }, name
+        assert main["securityContext"]["runAsUser"] > 0, name
+        resources = main["resources"]
+        assert set(resources) == {"requests", "limits"}, name
+        assert {"cpu", "memory"} <= set(resources["requests"]) <= set(resources["limits"]), name
+        assert spec["serviceAccountName"].startswith("build-context"), name
+    for handlers in ("create", "cleanup"):
+        service = handler_service(raw_manifests(), handlers)
+        main = container(service)
+        assert main["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
+        assert main["livenessProbe"]["httpGet"]["path"] == "/health/liveness"
+        assert main["envFrom"] == [{"configMapRef": {"name": SETTINGS_NAME}}]
+        assert {"name": "tmp", "mountPath": "/tmp"} in main["volumeMounts"]
+        volumes = {v["name"]: v for v in service["spec"]["template"]["spec"]["volumes"]}
+        assert "emptyDir" in volumes["tmp"]
+        assert main["image"] == "build-context", "both handlers run the one function image"
+
+
+def test_timeouts_and_concurrency_fit_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = raw_manifests()
+    settings = _settings(load_documents(SETTINGS_CONFIGMAP)[0]["data"], monkeypatch)
+    requests_service = handler_service(docs, "create")["spec"]["template"]
+    cleanup_service = handler_service(docs, "cleanup")["spec"]["template"]
+    delivery = find(docs, "Trigger", "build-context-requests")["spec"]["delivery"]
+    deadline = settings.retry_deadline_seconds
+    assert deadline < requests_service["spec"]["timeoutSeconds"] < _seconds(delivery["timeout"])
+    assert deadline < cleanup_service["spec"]["timeoutSeconds"]
+    for template in (requests_service, cleanup_service):
+        # Knative gives a pod timeoutSeconds to stop: the drain must fit in it.
+        assert settings.shutdown_grace_seconds <= template["spec"]["timeoutSeconds"]
+    assert requests_service["spec"]["containerConcurrency"] == settings.threads
+    assert cleanup_service["spec"]["containerConcurrency"] == 1
+    assert cleanup_service["metadata"]["annotations"]["autoscaling.knative.dev/max-scale"] == "1"
+
+
+def test_trigger_sends_requests_to_the_request_handler_with_retries() -> None:
+    docs = raw_manifests()
+    trigger = find(docs, "Trigger", "build-context-requests")["spec"]
+    assert trigger["broker"] == "default"
+    assert trigger["filter"] == {"attributes": {"type": contract.REQUESTED}}
+    subscriber = trigger["subscriber"]["ref"]
+    assert subscriber["name"] == handler_service(docs, "create")["metadata"]["name"]
+    delivery = trigger["delivery"]
+    assert delivery["retry"] >= 3
+    assert delivery["backoffPolicy"] == "exponential"
+    assert _seconds(delivery["backoffDelay"]) > 0
+    sink = delivery["deadLetterSink"]["ref"]
+    dead_letters = find(docs, "Service", sink["name"])
+    assert dead_letters["apiVersion"] == sink["apiVersion"]
+    assert dead_letters["metadata"]["name"] != subscriber["name"]
+
+
+def test_pingsource_drives_the_cleanup_handler_every_15_minutes() -> None:
+    docs = raw_manifests()
+    ping = find(docs, "PingSource", "build-context-cleanup")
+    assert ping["apiVersion"] == "sources.knative.dev/v1"
+    assert ping["spec"]["schedule"] == "*/15 * * * *"
+    assert (
+        ping["spec"]["sink"]["ref"]["name"] == handler_service(docs, "cleanup")["metadata"]["name"]
+    )
+    assert ping["spec"]["contentType"] == "application/json"
+    contract.CleanupRequest.model_validate(json.loads(ping["spec"]["data"]))
+
+
+def test_each_handler_has_its_own_least_privilege_role() -> None:
+    docs = raw_manifests()
+    granted: dict[str, list[Manifest]] = {}
+    for binding in of_kind(docs, "RoleBinding"):
+        role = find(docs, "Role", binding["roleRef"]["name"])
+        for subject in binding["subjects"]:
+            assert subject["kind"] == "ServiceAccount"
+            assert "namespace" not in subject, "a subject defaults to the binding's namespace"
+            granted.setdefault(subject["name"], []).extend(role["rules"])
+    assert of_kind(docs, "ClusterRole") == of_kind(docs, "ClusterRoleBinding") == []
+    accounts = {
+        handlers: handler_service(docs, handlers)["spec"]["template"]["spec"]["serviceAccountName"]
+        for handlers in ("create", "cleanup")
+    }
+    assert accounts["create"] != accounts["cleanup"]
+    configmaps = {"apiGroups": [""], "resources": ["configmaps"]}
+    assert granted.pop(accounts["create"]) == [{**configmaps, "verbs": ["create", "get", "patch"]}]
+    assert granted.pop(accounts["cleanup"]) == [{**configmaps, "verbs": ["list", "delete"]}]
+    assert granted == {}, "no other account may be granted anything"
+    for account in of_kind(docs, "ServiceAccount"):
+        if account["metadata"]["name"] not in accounts.values():
+            assert account["automountServiceAccountToken"] is False
+
+
+def test_func_yaml_deploys_the_request_handler_as_the_manifests_do() -> None:
+    func = yaml.safe_load(FUNC_YAML.read_text())
+    service = handler_service(raw_manifests(), "create")
+    template = service["spec"]["template"]
+    main = container(service)
+    assert func["name"] == service["metadata"]["name"]
+    assert func["runtime"] == "python"
+    assert func["build"]["builder"] == "pack"
+    deploy = func["deploy"]
+    assert deploy["serviceAccountName"] == template["spec"]["serviceAccountName"]
+    assert deploy["healthEndpoints"] == {
+        "liveness": main["livenessProbe"]["httpGet"]["path"],
+        "readiness": main["readinessProbe"]["httpGet"]["path"],
+    }
+    assert deploy["options"]["resources"]["requests"] == main["resources"]["requests"]
+    limits = deploy["options"]["resources"]["limits"]
+    assert limits == {**main["resources"]["limits"], "concurrency": 8}
+    assert limits["concurrency"] == template["spec"]["containerConcurrency"]
+    annotations = template["metadata"]["annotations"]
+    assert (
+        str(deploy["options"]["scale"]["max"]) == annotations["autoscaling.knative.dev/max-scale"]
+    )
+    envs = func["run"]["envs"]
+    assert {"value": "{{ configMap:" + SETTINGS_NAME + " }}"} in envs
+    assert {"name": "BUILD_CONTEXT_HANDLERS", "value": "create"} in envs
+    assert {"emptyDir": {"sizeLimit": "256Mi"}, "path": "/tmp"} in func["run"]["volumes"]
+    assert (REPO_ROOT / "Procfile").read_text().strip() == "web: python -m function"
+
+
+def test_probe_paths_are_served_by_the_function(server: FunctionServer) -> None:
+    paths = set()
+    for service in _knative_services(raw_manifests()):
+        main = container(service)
+        for probe in ("readinessProbe", "livenessProbe"):
+            if probe in main:
+                paths.add(main[probe]["httpGet"]["path"])
+    assert paths == {"/health/readiness", "/health/liveness"}
+    for path in sorted(paths):
+        response = requests.get(server.url + path, timeout=10)
+        assert response.status_code == 200, path
+
+
+# --- rendered with kubectl kustomize ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overlay_dir() -> Iterator[Path]:
+    """A user's overlay as docs/deploy.md writes it, next to a link to knative/."""
+    root = Path(tempfile.mkdtemp(prefix="build-context-overlay-"))
+    (root / "knative").symlink_to(KNATIVE_DIR)
+    overlay = root / "deploy"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": ["../knative"],
+                "components": ["../knative/components/replies"],
+                "images": [
+                    {
+                        "name": "build-context",
+                        "newName": "registry.example.com/team/build-context",
+                        "newTag": "v1",
+                    }
+                ],
+                "patches": [
+                    {
+                        "target": {"kind": "Trigger"},
+                        "patch": "- op: replace\n  path: /spec/broker\n  value: remediation\n",
+                    },
+                    {
+                        "target": {"kind": "PingSource", "name": "build-context-cleanup"},
+                        "patch": "- op: replace\n  path: /spec/schedule\n  value: 0 * * * *\n",
+                    },
+                ],
+            }
+        )
+    )
+    yield overlay
+    shutil.rmtree(root)
+
+
+RENDERED = {
+    "knative": KNATIVE_DIR,
+    "base": BASE_DIR,
+    "s3": KNATIVE_DIR / "overlays" / "s3",
+    "func": KNATIVE_DIR / "overlays" / "func",
+}
+
+
+def _render(name: str, overlay_dir: Path) -> list[Manifest]:
+    return kustomize(overlay_dir if name == "user" else RENDERED[name])
+
+
+@pytest.mark.kube
+def test_base_renders_to_the_files_with_the_configmap_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rendered = kustomize(KNATIVE_DIR)
+    assert kustomize(BASE_DIR) == rendered
+    raw = raw_manifests()
+    base_raw = [
+        d
+        for path in sorted(BASE_DIR.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for d in load_documents(path)
+    ]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in base_raw
+    )
+    for doc in rendered:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "build-context"
+        if doc["kind"] in ("Role", "RoleBinding"):
+            source = find(raw, doc["kind"], doc["metadata"]["name"])
+            assert {k: v for k, v in doc.items() if k != "metadata"} == {
+                k: v for k, v in source.items() if k != "metadata"
+            }, "tests apply rbac.yaml as is: the rendered RBAC must be the same"
+    data = find(rendered, "ConfigMap", SETTINGS_NAME)["data"]
+    settings = _settings(data, monkeypatch)
+    assert settings.storage == "configmap"
+
+
+@pytest.mark.kube
+def test_s3_overlay_uses_s3_with_secret_credentials_and_no_configmap_rights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rendered = kustomize(RENDERED["s3"])
+    settings = _settings(find(rendered, "ConfigMap", SETTINGS_NAME)["data"], monkeypatch)
+    assert settings.storage == "s3"
+    assert settings.s3_bucket
+    for handlers in ("create", "cleanup"):
+        env_from = container(handler_service(rendered, handlers))["envFrom"]
+        assert env_from == [
+            {"configMapRef": {"name": SETTINGS_NAME}},
+            {"secretRef": {"name": "build-context-s3"}},
+        ]
+    assert of_kind(rendered, "Role") == of_kind(rendered, "RoleBinding") == []
+    dead_letters = find(rendered, "Service", "build-context-dead-letters")
+    assert "envFrom" not in container(dead_letters)
+
+
+@pytest.mark.kube
+def test_func_overlay_leaves_the_request_handler_to_func_deploy() -> None:
+    rendered = kustomize(RENDERED["func"])
+    names = {(d["kind"], d["metadata"]["name"]) for d in rendered}
+    assert ("Service", "build-context") not in names
+    assert {
+        ("Service", "build-context-cleanup"),
+        ("ServiceAccount", "build-context"),
+        ("Role", "build-context"),
+        ("Trigger", "build-context-requests"),
+        ("PingSource", "build-context-cleanup"),
+        ("ConfigMap", SETTINGS_NAME),
+    } <= names
+
+
+@pytest.mark.kube
+def test_documented_overlay_sets_image_broker_and_schedule(overlay_dir: Path) -> None:
+    rendered = kustomize(overlay_dir)
+    for handlers in ("create", "cleanup"):
+        image = container(handler_service(rendered, handlers))["image"]
+        assert image == "registry.example.com/team/build-context:v1"
+    for trigger in of_kind(rendered, "Trigger"):
+        assert trigger["spec"]["broker"] == "remediation"
+    assert find(rendered, "PingSource", "build-context-cleanup")["spec"]["schedule"] == "0 * * * *"
+    replies = find(rendered, "Trigger", "build-context-replies")
+    assert replies["spec"]["filter"]["attributes"]["source"] == Settings().event_source
+
+
+# --- a real API server ------------------------------------------------------------------
+
+kube = pytest.fixture(scope="module")(kube_apiserver)
+
+
+@pytest.fixture(scope="module")
+def crds_loaded(kube: KubeAPIServer) -> Iterator[kubernetes.dynamic.DynamicClient]:
+    with kube.api_client() as client:
+        load_crds(client)
+        cache = Path(tempfile.mkdtemp(prefix="discovery-")) / "cache.json"
+        yield kubernetes.dynamic.DynamicClient(client, cache_file=str(cache))
+        shutil.rmtree(cache.parent)
+
+
+def _namespace(dynamic: kubernetes.dynamic.DynamicClient) -> str:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    ensure_namespace(dynamic.client, name)
+    return name
+
+
+def _dry_run_create(
+    dynamic: kubernetes.dynamic.DynamicClient, doc: Manifest, namespace: str
+) -> Any:
+    resource = dynamic.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+    return resource.create(
+        body=doc,
+        namespace=namespace if resource.namespaced else None,
+        dry_run="All",
+        query_params=[("fieldValidation", "Strict")],
+    )
+
+
+def _config_manifests() -> list[Manifest]:
+    """Kubernetes objects kept in config/ (the PrometheusRule), if any."""
+    return [
+        doc
+        for path in sorted((REPO_ROOT / "config").glob("*.yaml"))
+        for doc in load_documents(path)
+        if isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc
+    ]
+
+
+@pytest.mark.kube
+@pytest.mark.parametrize("name", [*RENDERED, "user", "config"])
+def test_api_server_accepts_every_manifest_strictly(
+    name: str, crds_loaded: kubernetes.dynamic.DynamicClient, overlay_dir: Path
+) -> None:
+    docs = _config_manifests() if name == "config" else _render(name, overlay_dir)
+    if not docs:
+        assert name == "config"
+        pytest.skip("no Kubernetes objects in config/")
+    namespace = _namespace(crds_loaded)
+    for doc in docs:
+        try:
+            _dry_run_create(crds_loaded, doc, namespace)
+        except ApiException as error:
+            raise AssertionError(
+                f"{doc['kind']} {doc['metadata']['name']} rejected: {error.body}"
+            ) from None
+    core = kubernetes.client.CoreV1Api(crds_loaded.client)
+    assert core.list_namespaced_config_map(namespace).items == [], "dry run created objects"
+
+
+MISSPELLINGS = [
+    ("Service", "build-context", ["spec", "template", "spec", "containers", 0, "securityContext"]),
+    ("Trigger", "build-context-requests", ["spec", "subscriber", "ref"]),
+    ("PingSource", "build-context-cleanup", ["spec"]),
+    ("Role", "build-context", ["rules", 0]),
+    ("RoleBinding", "build-context-cleanup", ["roleRef"]),
+    ("ConfigMap", SETTINGS_NAME, []),
+]
+
+
+@pytest.mark.kube
+@pytest.mark.parametrize(("kind", "name", "where"), MISSPELLINGS, ids=[m[0] for m in MISSPELLINGS])
+def test_api_server_rejects_a_misspelt_field(
+    kind: str, name: str, where: list[Any], crds_loaded: kubernetes.dynamic.DynamicClient
+) -> None:
+    doc = copy.deepcopy(find(kustomize(KNATIVE_DIR), kind, name))
+    target = doc
+    for step in where:
+        target = target[step]
+    target["nmae"] = "typo"
+    with pytest.raises(ApiException) as error:
+        _dry_run_create(crds_loaded, doc, _namespace(crds_loaded))
+    assert error.value.status in (400, 422)
+    assert "unknown field" in error.value.body and "nmae" in error.value.body
+
+
+@pytest.mark.kube
+def test_roles_grant_each_handler_exactly_its_verbs(
+    kube: KubeAPIServer, crds_loaded: kubernetes.dynamic.DynamicClient
+) -> None:
+    namespace, other = _namespace(crds_loaded), _namespace(crds_loaded)
+    tokens = apply_rbac(kube, namespace)
+    assert apply_rbac(kube, namespace).keys() == tokens.keys(), "applying twice is harmless"
+
+    def allowed(token: str, ns: str, resource: str, verb: str) -> bool:
+        with kube.client_for_token(token) as client:
+            review = kubernetes.client.AuthorizationV1Api(client).create_self_subject_access_review(
+                kubernetes.client.V1SelfSubjectAccessReview(
+                    spec=kubernetes.client.V1SelfSubjectAccessReviewSpec(
+                        resource_attributes=kubernetes.client.V1ResourceAttributes(
+                            namespace=ns, resource=resource, verb=verb
+                        )
+                    )
+                )
+            )
+            return bool(review.status.allowed)
+
+    verbs = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
+    resources = ("configmaps", "secrets", "pods", "serviceaccounts", "events")
+    expected = {
+        "create": {("configmaps", "create"), ("configmaps", "get"), ("configmaps", "patch")},
+        "cleanup": {("configmaps", "list"), ("configmaps", "delete")},
+    }
+    for handlers, token in tokens.items():
+        grants = {(r, v) for r in resources for v in verbs if allowed(token, namespace, r, v)}
+        assert grants == expected[handlers], handlers
+        assert not any(allowed(token, other, "configmaps", v) for v in verbs), handlers
+
+    # The same, as the calls the stores make.
+    name = "ctx-rbac"
+    with kube.client_for_token(tokens["create"]) as client:
+        core = kubernetes.client.CoreV1Api(client)
+        core.create_namespaced_config_map(
+            namespace,
+            kubernetes.client.V1ConfigMap(
+                metadata=kubernetes.client.V1ObjectMeta(name=name), data={"k": "v"}
+            ),
+        )
+        assert core.read_namespaced_config_map(name, namespace).data == {"k": "v"}
+        core.patch_namespaced_config_map(name, namespace, {"metadata": {"labels": {"pin": "1"}}})
+        for forbidden in (
+            lambda: core.delete_namespaced_config_map(name, namespace),
+            lambda: core.list_namespaced_secret(namespace),
+            lambda: core.read_namespaced_secret("any", namespace),
+            lambda: core.read_namespaced_config_map(name, other),
+            lambda: core.create_namespaced_config_map(
+                other,
+                kubernetes.client.V1ConfigMap(metadata=kubernetes.client.V1ObjectMeta(name=name)),
+            ),
+        ):
+            with pytest.raises(ApiException) as error:
+                forbidden()
+            assert error.value.status == 403
+    with kube.client_for_token(tokens["cleanup"]) as client:
+        core = kubernetes.client.CoreV1Api(client)
+        listed = core.list_namespaced_config_map(namespace).items
+        assert [cm.metadata.name for cm in listed] == [name]
+        with pytest.raises(ApiException) as error:
+            core.create_namespaced_config_map(
+                namespace,
+                kubernetes.client.V1ConfigMap(metadata=kubernetes.client.V1ObjectMeta(name="x")),
+            )
+        assert error.value.status == 403
+        core.delete_namespaced_config_map(name, namespace)
+        assert core.list_namespaced_config_map(namespace).items == []
