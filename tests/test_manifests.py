@@ -11,6 +11,7 @@ import copy
 import json
 import re
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from kubernetes.client.rest import ApiException
 from function import contract
 from function.reference import render
 from function.settings import Settings, env_name
-from tests.support.kube import REPO_ROOT, KubeAPIServer, kube_apiserver, load_crds
+from tests.support.kube import REPO_ROOT, KubeAPIServer, kube_apiserver, kube_bin_dir, load_crds
 from tests.support.manifests import (
     BASE_DIR,
     FUNC_YAML,
@@ -515,6 +516,33 @@ def test_api_server_accepts_every_manifest_strictly(
             ) from None
     core = kubernetes.client.CoreV1Api(crds_loaded.client)
     assert core.list_namespaced_config_map(namespace).items == [], "dry run created objects"
+
+
+@pytest.mark.kube
+def test_documented_kubectl_apply_k_is_accepted(
+    kube: KubeAPIServer, crds_loaded: kubernetes.dynamic.DynamicClient
+) -> None:
+    namespace = _namespace(crds_loaded)
+    result = subprocess.run(
+        [
+            str(kube_bin_dir() / "kubectl"),
+            f"--kubeconfig={kube.kubeconfig_path}",
+            "apply",
+            "-k",
+            str(KNATIVE_DIR),
+            "-n",
+            namespace,
+            "--dry-run=server",
+            "--validate=strict",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pingsource.sources.knative.dev/build-context-cleanup created (server dry run)" in (
+        result.stdout
+    )
 
 
 MISSPELLINGS = [
