@@ -220,3 +220,22 @@ def test_unknown_fields_and_wrong_types_name_the_field() -> None:
     assert failure(base(sourcecode="x")).errors[0].field == "sourcecode"
     assert failure(base(files=["a.py"])).errors[0].field == "files"
     assert failure([1, 2]).errors[0].field == "data"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "type Point = tuple[float, float]\n",
+        "def first[T](items: list[T]) -> T:\n    return items[0]\n",
+        'label = f"{"nested quotes"}"\n',
+    ],
+)
+def test_newer_python_syntax_is_accepted_for_newer_versions(source: str) -> None:
+    assert check(base(sourceCode=source, runtimeVersion="3.13")).runtime_version == "3.13"
+    error = failure(base(sourceCode="def f(:\n" + source, runtimeVersion="3.13"))
+    assert isinstance(error, InvalidSource) and error.errors[0].line == 1
+
+
+def test_older_versions_are_checked_with_their_own_grammar() -> None:
+    error = failure(base(sourceCode="type Point = tuple[float, float]\n", runtimeVersion="3.11"))
+    assert isinstance(error, InvalidSource)
