@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.seaweed import SeaweedS3, start_seaweed_s3
 from tests.support.server import FunctionServer
 
 StartServer = Callable[..., FunctionServer]
@@ -29,3 +30,11 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
 def server(start_server: StartServer) -> FunctionServer:
     """A server on the embedded default: the filesystem store in a temporary folder."""
     return start_server()
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[SeaweedS3]:
+    """One SeaweedFS S3 server for the whole run (starting takes seconds, stopping ~5 s)."""
+    instance = start_seaweed_s3()
+    yield instance
+    instance.stop()

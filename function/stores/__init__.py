@@ -16,8 +16,15 @@ def _filesystem(settings: Settings, telemetry: Telemetry) -> Store:
     return FilesystemStore(settings.fs_root)
 
 
+def _s3(settings: Settings, telemetry: Telemetry) -> Store:
+    from .s3 import S3Store
+
+    return S3Store.from_settings(settings, telemetry)
+
+
 _FACTORIES: dict[str, Callable[[Settings, Telemetry], Store]] = {
     "filesystem": _filesystem,
+    "s3": _s3,
 }
 
 

@@ -1,0 +1,735 @@
+"""The S3 store against a real S3 server (SeaweedFS), in process and over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import socket
+import threading
+import tracemalloc
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from function import archive
+from function.archive import Archive
+from function.errors import (
+    ConfigurationError,
+    StorageConflict,
+    StorageForbidden,
+    StorageUnavailable,
+)
+from function.settings import load_settings
+from function.stores import open_store
+from function.stores.base import RETAIN, ContextRecord
+from function.stores.s3 import S3Store
+from function.telemetry import Telemetry
+from tests.conftest import StartServer
+from tests.support.contexts import example, members
+from tests.support.seaweed import SeaweedS3
+from tests.support.server import free_port
+
+pytestmark = pytest.mark.s3
+
+MIB = 1024 * 1024
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+FAST_RETRIES = {"retry_attempts": 3, "retry_base_delay_seconds": 0.001}
+
+
+def incompressible(size: int) -> Archive:
+    """Random bytes standing in for a large archive: the store only moves bytes."""
+    data = os.urandom(size)
+    digest = hashlib.sha256(data).hexdigest()
+    return Archive(data, digest, digest, ())
+
+
+def record(
+    built: Archive,
+    at: datetime = NOW,
+    ttl: timedelta = timedelta(hours=1),
+    function: str = "fix-it",
+    namespace: str = "team-a",
+    **changes: Any,
+) -> ContextRecord:
+    fields: dict[str, Any] = {"request_id": "req-1", **changes}
+    return ContextRecord(
+        namespace=namespace,
+        function=function,
+        runtime="python",
+        runtime_version="3.13",
+        content_hash=built.content_hash,
+        archive_sha256=built.archive_sha256,
+        size_bytes=built.size_bytes,
+        created_at=at,
+        expires_at=at + ttl,
+        **fields,
+    )
+
+
+def small(text: str = "print(1)\n") -> Archive:
+    return archive.build({"remediation.py": text, "Dockerfile": "FROM python:3.13-slim\n"})
+
+
+class Recorder:
+    """Telemetry with in-memory SDK readers: what an exporter would have received."""
+
+    def __init__(self) -> None:
+        self.metrics = InMemoryMetricReader()
+        self.spans = InMemorySpanExporter()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.telemetry = Telemetry(MeterProvider(metric_readers=[self.metrics]), tracer_provider)
+
+    def retries(self) -> int:
+        data = self.metrics.get_metrics_data()
+        return sum(
+            int(point.value)
+            for resource in (data.resource_metrics if data else [])
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "build_context.storage.retries"
+            for point in metric.data.data_points
+        )
+
+    def span_names(self) -> list[str]:
+        return [span.name for span in self.spans.get_finished_spans()]
+
+
+@pytest.fixture
+def admin(seaweed: SeaweedS3) -> Any:
+    return seaweed.client()
+
+
+@pytest.fixture
+def bucket(admin: Any) -> str:
+    name = f"ctx-{uuid.uuid4().hex[:12]}"
+    admin.create_bucket(Bucket=name)
+    return name
+
+
+def open_s3(
+    seaweed: SeaweedS3,
+    bucket: str,
+    endpoint: str | None = None,
+    identity: str = "admin",
+    telemetry: Telemetry | None = None,
+    **settings: Any,
+) -> S3Store:
+    credentials = seaweed.admin if identity == "admin" else seaweed.restricted
+    session = boto3.session.Session(
+        aws_access_key_id=credentials.access_key, aws_secret_access_key=credentials.secret_key
+    )
+    loaded = load_settings(
+        storage="s3",
+        s3_bucket=bucket,
+        s3_endpoint_url=endpoint or seaweed.endpoint_url,
+        s3_force_path_style=True,
+        s3_region=seaweed.region,
+        **{**FAST_RETRIES, **settings},
+    )
+    store = S3Store.from_settings(loaded, telemetry or Recorder().telemetry, session)
+    store.check()
+    return store
+
+
+@pytest.fixture
+def store(seaweed: SeaweedS3, bucket: str) -> Iterator[S3Store]:
+    opened = open_s3(seaweed, bucket)
+    yield opened
+    opened.close()
+
+
+def keys(admin: Any, bucket: str) -> list[str]:
+    return [item["Key"] for item in admin.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def calls(store: S3Store, *operations: str) -> list[str]:
+    """Names of the given S3 operations the store's own client sends from now on."""
+    seen: list[str] = []
+    for operation in operations:
+        store.client.meta.events.register(
+            f"before-call.s3.{operation}",
+            lambda model, **_: seen.append(model.name),
+        )
+    return seen
+
+
+# --- create and reuse ---------------------------------------------------------------------
+
+
+def test_create_stores_the_archive_with_its_record_as_metadata(
+    store: S3Store, admin: Any, bucket: str
+) -> None:
+    built = small()
+    wanted = record(built, metadata={"ticket": "OPS-7"}, request_id="req-ü 1")
+
+    stored = store.put_if_absent(built, wanted)
+
+    key = f"build-contexts/team-a/fix-it/{built.content_hash}.tar.gz"
+    assert stored.reused is False
+    assert stored.storage == {
+        "backend": "s3",
+        "bucket": bucket,
+        "key": key,
+        "region": "us-east-1",
+        "endpoint": store.endpoint,
+    }
+    assert stored.context_uri == f"s3://{bucket}/{key}"
+    got = admin.get_object(Bucket=bucket, Key=key)
+    assert got["Body"].read() == built.data
+    assert got["ContentType"] == "application/gzip"
+    assert got["Metadata"] == {
+        "managed-by": "build-context",
+        "namespace": "team-a",
+        "function": "fix-it",
+        "runtime": "python",
+        "runtime-version": "3.13",
+        "content-hash": built.content_hash,
+        "archive-sha256": built.archive_sha256,
+        "size-bytes": str(built.size_bytes),
+        "created-at": "2026-01-01T00:00:00Z",
+        "expires-at": "2026-01-01T01:00:00Z",
+        "request-id": "req-%C3%BC%201",
+        "metadata": '{"ticket":"OPS-7"}',
+    }
+    assert store.get("team-a", "fix-it", built.content_hash) == built.data
+    assert [item.record for item in store.list()] == [wanted]
+    with pytest.raises(KeyError):
+        store.get("team-a", "fix-it", "0" * 64)
+
+
+def test_request_metadata_beyond_the_s3_limit_is_left_out(store: S3Store, admin: Any) -> None:
+    built = small()
+    large = {f"key-{i:02d}": "v" * 200 for i in range(32)}
+
+    store.put_if_absent(built, record(built, metadata=large))
+
+    [listed] = store.list()
+    assert listed.record == record(built)
+    assert listed.record.metadata == {}
+
+
+def test_identical_content_is_reused_never_uploaded_again_and_expiry_only_moves_forward(
+    store: S3Store, admin: Any, bucket: str
+) -> None:
+    built = small()
+    first = store.put_if_absent(built, record(built))
+    uploads = calls(store, "PutObject", "CreateMultipartUpload")
+
+    later = store.put_if_absent(built, record(built, NOW + timedelta(hours=3), request_id="r2"))
+    earlier = store.put_if_absent(built, record(built, NOW - timedelta(days=1)))
+
+    assert (first.reused, later.reused, earlier.reused) == (False, True, True)
+    assert uploads == []
+    assert later.record.created_at == NOW
+    assert later.record.request_id == "req-1"
+    assert later.record.expires_at == NOW + timedelta(hours=4)
+    assert earlier.record.expires_at == later.record.expires_at
+    head = admin.head_object(Bucket=bucket, Key=first.storage["key"])
+    assert head["Metadata"]["expires-at"] == "2026-01-01T04:00:00Z"
+    assert head["Metadata"]["created-at"] == "2026-01-01T00:00:00Z"
+    assert head["ContentType"] == "application/gzip"
+    assert admin.get_object(Bucket=bucket, Key=first.storage["key"])["Body"].read() == built.data
+    assert keys(admin, bucket) == [first.storage["key"]]
+
+
+def test_concurrent_identical_requests_leave_one_object(
+    seaweed: SeaweedS3, store: S3Store, admin: Any, bucket: str
+) -> None:
+    """16 requests at once, from two pods' clients: one upload wins, the others reuse it."""
+    built = small()
+    other_pod = open_s3(seaweed, bucket)
+    stores = [store, other_pod] * 8
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda s: s.put_if_absent(built, record(built)), stores))
+
+    assert [r.reused for r in results].count(False) == 1
+    assert len(keys(admin, bucket)) == 1
+    assert all(r.record == record(built) for r in results)
+
+
+def test_concurrent_identical_large_archives_leave_one_object_and_no_upload(
+    seaweed: SeaweedS3, admin: Any, bucket: str
+) -> None:
+    built = incompressible(6 * MIB)
+    stores = [open_s3(seaweed, bucket, s3_multipart_threshold_bytes=5 * MIB) for _ in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda s: s.put_if_absent(built, record(built)), stores))
+
+    assert [r.reused for r in results].count(False) == 1
+    assert keys(admin, bucket) == [results[0].storage["key"]]
+    assert not admin.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert admin.get_object(Bucket=bucket, Key=results[0].storage["key"])["Body"].read() == (
+        built.data
+    )
+
+
+def test_large_archives_go_up_in_parts_with_bounded_memory(
+    seaweed: SeaweedS3, admin: Any, bucket: str
+) -> None:
+    store = open_s3(seaweed, bucket, s3_multipart_threshold_bytes=5 * MIB)
+    built = incompressible(12 * MIB + 5)
+    store.put_if_absent(small(), record(small(), function="warm-up"))
+
+    tracemalloc.start()
+    try:
+        stored = store.put_if_absent(built, record(built))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    head = admin.head_object(Bucket=bucket, Key=stored.storage["key"])
+    assert head["ETag"].endswith('-3"'), "three parts of 5 MiB, 5 MiB and 2 MiB"
+    assert head["ContentLength"] == built.size_bytes
+    assert store.get("team-a", "fix-it", built.content_hash) == built.data
+    assert peak < 5 * MIB, f"peak {peak / MIB:.1f} MiB: an archive or a part was copied"
+
+
+def test_a_single_put_does_not_copy_the_archive(seaweed: SeaweedS3, bucket: str) -> None:
+    store = open_s3(seaweed, bucket)
+    built = incompressible(6 * MIB)
+    store.put_if_absent(small(), record(small(), function="warm-up"))
+
+    tracemalloc.start()
+    try:
+        store.put_if_absent(built, record(built))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 3 * MIB, f"peak {peak / MIB:.1f} MiB for a 6 MiB archive"
+
+
+# --- failures -----------------------------------------------------------------------------
+
+
+class FaultyS3Proxy:
+    """A loopback HTTP proxy in front of the real S3 server that fails chosen requests.
+
+    `fault(method, query)` returns None to forward the request, "slow-down" to answer 503
+    SlowDown as S3 does when throttling, or "cut" to drop the connection halfway through
+    the request body.
+    """
+
+    def __init__(self, upstream: str, fault: Callable[[str, dict[str, list[str]]], str | None]):
+        target = urlsplit(upstream)
+        self.faults: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                action = fault(self.command, parse_qs(urlsplit(self.path).query, True))
+                if action == "cut":
+                    proxy.faults.append(action)
+                    self.rfile.read(length // 2)
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                body = self.rfile.read(length)
+                if action == "slow-down":
+                    proxy.faults.append(action)
+                    error = (
+                        b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
+                    )
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                response = upstream.getresponse()
+                data = response.read()
+                self.send_response(response.status, response.reason)
+                for name, value in response.getheaders():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FaultyS3Proxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_throttling_is_retried_with_backoff_until_it_succeeds(
+    seaweed: SeaweedS3, admin: Any, bucket: str
+) -> None:
+    throttled = iter([True, True])
+
+    def fault(method: str, query: dict[str, list[str]]) -> str | None:
+        return "slow-down" if method == "PUT" and next(throttled, False) else None
+
+    recorder = Recorder()
+    built = small()
+    with FaultyS3Proxy(seaweed.endpoint_url, fault) as proxy:
+        store = open_s3(seaweed, bucket, proxy.url, telemetry=recorder.telemetry)
+        stored = store.put_if_absent(built, record(built))
+
+    assert stored.reused is False
+    assert proxy.faults == ["slow-down", "slow-down"]
+    assert recorder.retries() == 2
+    assert "s3.put_object" in recorder.span_names()
+    assert admin.get_object(Bucket=bucket, Key=stored.storage["key"])["Body"].read() == built.data
+
+
+def test_a_multipart_upload_failing_midway_is_aborted_and_leaves_nothing(
+    seaweed: SeaweedS3, admin: Any, bucket: str
+) -> None:
+    def fault(method: str, query: dict[str, list[str]]) -> str | None:
+        return "slow-down" if query.get("partNumber") == ["2"] else None
+
+    recorder = Recorder()
+    built = incompressible(11 * MIB)
+    with FaultyS3Proxy(seaweed.endpoint_url, fault) as proxy:
+        store = open_s3(
+            seaweed,
+            bucket,
+            proxy.url,
+            telemetry=recorder.telemetry,
+            s3_multipart_threshold_bytes=5 * MIB,
+        )
+        with pytest.raises(StorageUnavailable) as failure:
+            store.put_if_absent(built, record(built))
+
+    assert failure.value.retryable is True
+    assert "upload_part" in failure.value.message and "3 attempt(s)" in failure.value.message
+    assert recorder.retries() == 2
+    assert "s3.abort_multipart_upload" in recorder.span_names()
+    assert keys(admin, bucket) == []
+    assert not admin.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_a_put_cut_off_midway_leaves_no_object(seaweed: SeaweedS3, admin: Any, bucket: str) -> None:
+    def fault(method: str, query: dict[str, list[str]]) -> str | None:
+        return "cut" if method == "PUT" else None
+
+    built = incompressible(2 * MIB)
+    with FaultyS3Proxy(seaweed.endpoint_url, fault) as proxy:
+        store = open_s3(seaweed, bucket, proxy.url)
+        with pytest.raises(StorageUnavailable) as failure:
+            store.put_if_absent(built, record(built))
+
+    assert failure.value.retryable is True
+    assert proxy.faults == ["cut"] * 3
+    assert keys(admin, bucket) == []
+
+
+def test_access_denied_is_storage_forbidden_without_retries(seaweed: SeaweedS3, admin: Any) -> None:
+    """The restricted identity may only read: start-up warns, the upload is refused."""
+    if seaweed.restricted_bucket not in {b["Name"] for b in admin.list_buckets()["Buckets"]}:
+        admin.create_bucket(Bucket=seaweed.restricted_bucket)
+    recorder = Recorder()
+    store = open_s3(
+        seaweed, seaweed.restricted_bucket, identity="restricted", telemetry=recorder.telemetry
+    )
+    built = small()
+
+    with pytest.raises(StorageForbidden) as failure:
+        store.put_if_absent(built, record(built))
+
+    assert failure.value.retryable is False
+    assert "s3:PutObject" in failure.value.message
+    assert f"arn:aws:s3:::{seaweed.restricted_bucket}/build-contexts/*" in failure.value.message
+    assert recorder.retries() == 0
+
+
+def test_an_unreachable_endpoint_is_retried_then_storage_unavailable(
+    seaweed: SeaweedS3,
+) -> None:
+    recorder = Recorder()
+    store = open_s3(
+        seaweed, "nowhere", f"http://127.0.0.1:{free_port()}", telemetry=recorder.telemetry
+    )
+    built = small()
+
+    with pytest.raises(StorageUnavailable) as failure:
+        store.put_if_absent(built, record(built))
+
+    assert failure.value.retryable is True
+    assert "after 3 attempt(s)" in failure.value.message
+    assert recorder.retries() == 2
+    assert recorder.span_names().count("s3.head_object") == 1
+
+
+def test_a_missing_bucket_stops_start_up(seaweed: SeaweedS3) -> None:
+    settings = load_settings(
+        storage="s3",
+        s3_bucket="no-such-bucket",
+        s3_endpoint_url=seaweed.endpoint_url,
+        s3_force_path_style=True,
+        s3_region=seaweed.region,
+    )
+    session = boto3.session.Session(
+        aws_access_key_id=seaweed.admin.access_key,
+        aws_secret_access_key=seaweed.admin.secret_key,
+    )
+    with pytest.raises(ConfigurationError) as failure:
+        S3Store.from_settings(settings, session=session).check()
+    assert failure.value.variable == "BUILD_CONTEXT_S3_BUCKET"
+    assert "'no-such-bucket' does not exist" in str(failure.value)
+    with pytest.raises(ConfigurationError) as bad_url:
+        open_store("s3", load_settings(storage="s3", s3_bucket="b", s3_endpoint_url="minio:9000"))
+    assert bad_url.value.variable == "BUILD_CONTEXT_S3_ENDPOINT_URL"
+
+
+# --- a bucket shared with others, and cleanup's view ---------------------------------------
+
+
+def test_a_shared_bucket_lists_and_deletes_only_our_objects(
+    seaweed: SeaweedS3, admin: Any, bucket: str
+) -> None:
+    store = open_s3(seaweed, bucket, cleanup_page_size=2)
+    ours = [small(f"print({i})\n") for i in range(3)]
+    stored = [
+        store.put_if_absent(built, record(built, namespace=namespace))
+        for built, namespace in zip(ours, ["team-a", "team-b", "team-a"], strict=True)
+    ]
+    imposter = f"build-contexts/team-a/fix-it/{'f' * 64}.tar.gz"
+    lookalike = admin.head_object(Bucket=bucket, Key=stored[0].storage["key"])["Metadata"]
+    foreign = {
+        "photos/cat.jpg": {},
+        "build-contexts/README.md": {},
+        "build-contexts/team-a/fix-it/notes.txt": {},
+        imposter: {**lookalike, "content-hash": "f" * 64, "managed-by": "another-tool"},
+    }
+    for key, metadata in foreign.items():
+        admin.put_object(Bucket=bucket, Key=key, Body=b"not ours", Metadata=metadata)
+
+    listed = list(store.list())
+    in_team_b = list(store.list(frozenset({"team-b"})))
+    deleted = [store.delete(item, lambda r: True) for item in listed]
+
+    assert sorted(item.record.content_hash for item in listed) == sorted(
+        b.content_hash for b in ours
+    )
+    assert [item.record.namespace for item in in_team_b] == ["team-b"]
+    assert deleted == [True, True, True]
+    assert sorted(keys(admin, bucket)) == sorted(foreign)
+    occupied = replace(record(ours[0]), content_hash="f" * 64)
+    with pytest.raises(StorageConflict, match="not written by build-context"):
+        store.put_if_absent(ours[0], occupied)
+    assert admin.get_object(Bucket=bucket, Key=imposter)["Body"].read() == b"not ours"
+
+
+def test_delete_rechecks_the_freshest_record_and_honours_the_retain_tag(
+    store: S3Store, admin: Any, bucket: str
+) -> None:
+    refreshed, pinned = small("print('refreshed')\n"), small("print('pinned')\n")
+    store.put_if_absent(refreshed, record(refreshed))
+    key = store.put_if_absent(pinned, record(pinned)).storage["key"]
+    listed = {item.record.content_hash: item for item in store.list()}
+    later = NOW + timedelta(hours=2)
+
+    store.put_if_absent(refreshed, record(refreshed, NOW + timedelta(hours=5)))
+    admin.put_object_tagging(
+        Bucket=bucket, Key=key, Tagging={"TagSet": [{"Key": RETAIN, "Value": "true"}]}
+    )
+
+    def expired(r: ContextRecord) -> bool:
+        return not r.retain and r.expired(later)
+
+    assert store.delete(listed[refreshed.content_hash], expired) is False
+    assert store.delete(listed[pinned.content_hash], expired) is False
+    assert len(keys(admin, bucket)) == 2
+    assert {item.record.content_hash: item.record.retain for item in store.list()} == {
+        refreshed.content_hash: False,
+        pinned.content_hash: True,
+    }
+    store.put_if_absent(pinned, record(pinned, NOW + timedelta(hours=9)))
+    assert admin.get_object_tagging(Bucket=bucket, Key=key)["TagSet"] == [
+        {"Key": RETAIN, "Value": "true"}
+    ], "a refresh keeps the pin"
+
+
+def test_delete_of_an_object_gone_meanwhile_is_false(store: S3Store, admin: Any) -> None:
+    built = small()
+    stored = store.put_if_absent(built, record(built))
+    [item] = store.list()
+    admin.delete_object(Bucket=stored.storage["bucket"], Key=stored.storage["key"])
+    assert store.delete(item, lambda r: True) is False
+
+
+def test_refresh_recreates_an_object_deleted_by_cleanup_meanwhile(
+    store: S3Store, admin: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cleanup deletes the object just before the refresh copies it (the race, made certain)."""
+    built = small()
+    key = store.put_if_absent(built, record(built)).storage["key"]
+    real_copy = store.client.copy_object
+
+    def delete_then_copy(**kwargs: Any) -> Any:
+        admin.delete_object(Bucket=bucket, Key=key)
+        return real_copy(**kwargs)
+
+    monkeypatch.setattr(store.client, "copy_object", delete_then_copy)
+    again = store.put_if_absent(built, record(built, NOW + timedelta(hours=3)))
+
+    assert again.reused is False
+    assert admin.get_object(Bucket=bucket, Key=key)["Body"].read() == built.data
+    assert admin.head_object(Bucket=bucket, Key=key)["Metadata"]["expires-at"] == (
+        "2026-01-01T04:00:00Z"
+    )
+
+
+def test_a_reuse_racing_cleanups_delete_is_never_lost(
+    seaweed: SeaweedS3, store: S3Store, admin: Any, bucket: str
+) -> None:
+    """Cleanup has re-checked the context and is about to delete it when a request reuses it:
+    the request refreshes it, sees cleanup's claim, waits, and writes the context again."""
+    built = small()
+    key = store.put_if_absent(built, record(built)).storage["key"]
+    [item] = store.list()
+    request_store = open_s3(seaweed, bucket)
+    outcome: list[Any] = []
+    racer = threading.Thread(
+        target=lambda: outcome.append(
+            request_store.put_if_absent(built, record(built, NOW + timedelta(days=1)))
+        )
+    )
+    claim_seen = threading.Event()
+
+    def on_head(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"].endswith(".deleting"):
+            claim_seen.set()
+
+    def request_arrives(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"] == key and not racer.is_alive() and not outcome:
+            racer.start()
+            while racer.is_alive() and not claim_seen.wait(0.01):
+                pass
+
+    request_store.client.meta.events.register("before-parameter-build.s3.HeadObject", on_head)
+    store.client.meta.events.register("before-parameter-build.s3.DeleteObject", request_arrives)
+
+    deleted = store.delete(item, lambda r: r.expired(NOW + timedelta(hours=2)))
+    racer.join()
+
+    assert deleted is True
+    assert outcome[0].reused is False, "the request found its context deleted and wrote it again"
+    assert admin.get_object(Bucket=bucket, Key=key)["Body"].read() == built.data
+    assert admin.head_object(Bucket=bucket, Key=key)["Metadata"]["expires-at"] == (
+        "2026-01-02T01:00:00Z"
+    )
+    assert keys(admin, bucket) == [key], "the claim is released"
+
+
+# --- over HTTP ------------------------------------------------------------------------------
+
+
+def s3_env(
+    seaweed: SeaweedS3, bucket: str, identity: str = "admin", **extra: str
+) -> dict[str, str]:
+    credentials = seaweed.admin if identity == "admin" else seaweed.restricted
+    return {
+        "BUILD_CONTEXT_STORAGE": "s3",
+        "BUILD_CONTEXT_S3_BUCKET": bucket,
+        "BUILD_CONTEXT_S3_ENDPOINT_URL": seaweed.endpoint_url,
+        "BUILD_CONTEXT_S3_FORCE_PATH_STYLE": "true",
+        "AWS_ACCESS_KEY_ID": credentials.access_key,
+        "AWS_SECRET_ACCESS_KEY": credentials.secret_key,
+        "AWS_REGION": seaweed.region,
+        "BUILD_CONTEXT_RETRY_ATTEMPTS": "3",
+        "BUILD_CONTEXT_RETRY_BASE_DELAY_SECONDS": "0.01",
+        **extra,
+    }
+
+
+def test_http_created_event_points_kaniko_at_the_object(
+    seaweed: SeaweedS3, admin: Any, bucket: str, start_server: StartServer
+) -> None:
+    server = start_server(**s3_env(seaweed, bucket))
+    request = example("python")
+
+    reply = server.send(request)
+    again = server.send(request)
+
+    assert reply.type == "buildcontext.created", reply
+    data = reply.data
+    key = f"build-contexts/default/{request['lambdaFunction']}/{data['contentHash']}.tar.gz"
+    assert data["storage"] == {
+        "backend": "s3",
+        "bucket": bucket,
+        "key": key,
+        "region": seaweed.region,
+        "endpoint": seaweed.endpoint_url,
+    }
+    assert data["contextUri"] == f"s3://{bucket}/{key}"
+    assert data["overflow"] is False
+    stored = admin.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == data["archiveSha256"]
+    assert set(members(stored)) == set(data["files"])
+    assert (again.data["reused"], again.data["contextUri"]) == (True, data["contextUri"])
+
+
+def test_http_access_denied_is_a_failed_event_that_is_not_retryable(
+    seaweed: SeaweedS3, admin: Any, start_server: StartServer
+) -> None:
+    if seaweed.restricted_bucket not in {b["Name"] for b in admin.list_buckets()["Buckets"]}:
+        admin.create_bucket(Bucket=seaweed.restricted_bucket)
+    server = start_server(**s3_env(seaweed, seaweed.restricted_bucket, identity="restricted"))
+
+    reply = server.send(example("python"))
+
+    assert reply.type == "buildcontext.failed", reply
+    assert (reply.data["reason"], reply.data["retryable"]) == ("StorageForbidden", False)
+    assert "s3:PutObject" in reply.data["message"]
+
+
+def test_http_unreachable_endpoint_is_retried_then_retryable(
+    seaweed: SeaweedS3, start_server: StartServer
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    server = start_server(**s3_env(seaweed, "anywhere", BUILD_CONTEXT_S3_ENDPOINT_URL=closed))
+
+    reply = server.send(example("python"))
+
+    assert reply.type == "buildcontext.failed", reply
+    assert (reply.data["reason"], reply.data["retryable"]) == ("StorageUnavailable", True)
+    retried = [line for line in server.log_lines() if line["message"] == "storage call retried"]
+    assert [(line["operation"], line["attempt"]) for line in retried] == [
+        ("head_object", 1),
+        ("head_object", 2),
+    ]
+
+
+def test_http_a_missing_bucket_stops_start_up(
+    seaweed: SeaweedS3, start_server: StartServer
+) -> None:
+    with pytest.raises(RuntimeError, match=r"BUILD_CONTEXT_S3_BUCKET.*does not exist"):
+        start_server(**s3_env(seaweed, "no-such-bucket"))
