@@ -19,6 +19,11 @@ from .app import App
 
 log = logging.getLogger("build_context.server")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+CONNECTION_LIMIT = 500
+"""Open connections waitress serves at once (its default is 100). Callers keep connections
+alive, so at the limit waitress stops accepting and new requests wait in the backlog until an
+idle connection times out: 150 simultaneous requests stalled for 30 s. select() caps it below
+1024 descriptors."""
 
 
 class Gate:
@@ -96,6 +101,7 @@ def serve(app: App, ready: Callable[[str, int], None] | None = None) -> None:
         ident="build-context",
         clear_untrusted_proxy_headers=True,
         channel_timeout=120,
+        connection_limit=CONNECTION_LIMIT,
     )
     stop = threading.Event()
 
