@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,11 @@ KNATIVE_REVISION_FIELDS = (
 SETTINGS_NAME = "build-context-settings"
 # Beta "delivery-timeout" feature (on by default); the CRD schema does not list it.
 UNDECLARED_BUT_SUPPORTED = frozenset({"spec.delivery.timeout"})
+# What each handler may do to ConfigMaps in its namespace, and nothing else.
+HANDLER_VERBS = {
+    "create": ("create", "get", "list", "patch"),
+    "cleanup": ("get", "list", "delete"),
+}
 ISO_SECONDS = re.compile(r"^PT(\d+(?:\.\d+)?)S$")
 
 
@@ -277,8 +282,8 @@ def test_each_handler_has_its_own_least_privilege_role() -> None:
     }
     assert accounts["create"] != accounts["cleanup"]
     configmaps = {"apiGroups": [""], "resources": ["configmaps"]}
-    assert granted.pop(accounts["create"]) == [{**configmaps, "verbs": ["create", "get", "patch"]}]
-    assert granted.pop(accounts["cleanup"]) == [{**configmaps, "verbs": ["list", "delete"]}]
+    for handlers, verbs in HANDLER_VERBS.items():
+        assert granted.pop(accounts[handlers]) == [{**configmaps, "verbs": list(verbs)}]
     assert granted == {}, "no other account may be granted anything"
     for account in of_kind(docs, "ServiceAccount"):
         if account["metadata"]["name"] not in accounts.values():
@@ -325,6 +330,8 @@ def test_probe_paths_are_served_by_the_function(server: FunctionServer) -> None:
     for path in sorted(paths):
         response = requests.get(server.url + path, timeout=10)
         assert response.status_code == 200, path
+    metrics = requests.get(server.url + "/metrics", timeout=10)
+    assert metrics.status_code == 200, "docs/deploy.md: metrics on the same port at /metrics"
 
 
 # --- rendered with kubectl kustomize ----------------------------------------------------
@@ -595,15 +602,15 @@ def test_roles_grant_each_handler_exactly_its_verbs(
     verbs = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
     resources = ("configmaps", "secrets", "pods", "serviceaccounts", "events")
     expected = {
-        "create": {("configmaps", "create"), ("configmaps", "get"), ("configmaps", "patch")},
-        "cleanup": {("configmaps", "list"), ("configmaps", "delete")},
+        handlers: {("configmaps", verb) for verb in verbs}
+        for handlers, verbs in HANDLER_VERBS.items()
     }
     for handlers, token in tokens.items():
         grants = {(r, v) for r in resources for v in verbs if allowed(token, namespace, r, v)}
         assert grants == expected[handlers], handlers
         assert not any(allowed(token, other, "configmaps", v) for v in verbs), handlers
 
-    # The same, as the calls the stores make.
+    # The same, as real calls.
     name = "ctx-rbac"
     with kube.client_for_token(tokens["create"]) as client:
         core = kubernetes.client.CoreV1Api(client)
@@ -615,7 +622,10 @@ def test_roles_grant_each_handler_exactly_its_verbs(
         )
         assert core.read_namespaced_config_map(name, namespace).data == {"k": "v"}
         core.patch_namespaced_config_map(name, namespace, {"metadata": {"labels": {"pin": "1"}}})
-        for forbidden in (
+        assert [cm.metadata.name for cm in core.list_namespaced_config_map(namespace).items] == [
+            name
+        ]
+        _all_forbidden(
             lambda: core.delete_namespaced_config_map(name, namespace),
             lambda: core.list_namespaced_secret(namespace),
             lambda: core.read_namespaced_secret("any", namespace),
@@ -624,19 +634,35 @@ def test_roles_grant_each_handler_exactly_its_verbs(
                 other,
                 kubernetes.client.V1ConfigMap(metadata=kubernetes.client.V1ObjectMeta(name=name)),
             ),
-        ):
-            with pytest.raises(ApiException) as error:
-                forbidden()
-            assert error.value.status == 403
+        )
     with kube.client_for_token(tokens["cleanup"]) as client:
         core = kubernetes.client.CoreV1Api(client)
         listed = core.list_namespaced_config_map(namespace).items
         assert [cm.metadata.name for cm in listed] == [name]
-        with pytest.raises(ApiException) as error:
-            core.create_namespaced_config_map(
+        assert core.read_namespaced_config_map(name, namespace).metadata.labels == {"pin": "1"}
+        _all_forbidden(
+            lambda: core.create_namespaced_config_map(
                 namespace,
                 kubernetes.client.V1ConfigMap(metadata=kubernetes.client.V1ObjectMeta(name="x")),
-            )
-        assert error.value.status == 403
+            ),
+            lambda: core.patch_namespaced_config_map(name, namespace, {"data": {"k": "w"}}),
+            lambda: core.list_namespaced_secret(namespace),
+            lambda: core.list_namespaced_config_map(other),
+        )
         core.delete_namespaced_config_map(name, namespace)
         assert core.list_namespaced_config_map(namespace).items == []
+
+
+def _all_forbidden(*calls: Callable[[], object]) -> None:
+    for call in calls:
+        with pytest.raises(ApiException) as error:
+            call()
+        assert error.value.status == 403
+
+
+def test_roles_match_what_the_configmap_store_calls() -> None:
+    from function.stores.configmap import REQUIRED_VERBS
+
+    assert {h: set(v) for h, v in REQUIRED_VERBS.items()} == {
+        h: set(v) for h, v in HANDLER_VERBS.items()
+    }
