@@ -666,3 +666,16 @@ def test_roles_match_what_the_configmap_store_calls() -> None:
     assert {h: set(v) for h, v in REQUIRED_VERBS.items()} == {
         h: set(v) for h, v in HANDLER_VERBS.items()
     }
+
+
+def test_documented_examples_build_contexts(server: FunctionServer) -> None:
+    """docs/deploy.md sends examples/*.json; each must come back as buildcontext.created."""
+    examples = sorted((REPO_ROOT / "examples").glob("*.json"))
+    assert {p.stem.split("-")[0] for p in examples} == {"python", "nodejs", "go"}
+    docs = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    for path in examples:
+        request = json.loads(path.read_text())
+        if f"jq -r .sourceCode examples/{path.name}" in docs:
+            assert request["sourceCode"], path.name
+        reply = server.send(request)
+        assert reply.type == contract.CREATED, (path.name, reply.data)
