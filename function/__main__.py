@@ -1,4 +1,4 @@
-"""Command line: serve (default) | create | send | settings | schemas."""
+"""Command line: serve (default) | create | send | cleanup | settings | schemas."""
 
 from __future__ import annotations
 
@@ -49,6 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("--structured", action="store_true", help="structured instead of binary mode")
     send.add_argument("--timeout", type=float, default=30.0)
 
+    cleanup = commands.add_parser(
+        "cleanup",
+        help="delete expired contexts from every configured store now; print the summary",
+        description="Run the same cleanup pass as the PingSource event (docs/cleanup.md) and "
+        "print the data of the buildcontext.cleanup.completed event. Exit 1 when any item failed.",
+    )
+    cleanup.add_argument(
+        "--dry-run", action="store_true", help="report what would be deleted, delete nothing"
+    )
+    cleanup.add_argument(
+        "--ttl-seconds",
+        type=int,
+        help="also treat contexts created more than this many seconds ago as expired",
+    )
+
     settings_cmd = commands.add_parser(
         "settings", help="print every environment variable with its default and meaning"
     )
@@ -82,6 +97,8 @@ def _run(args: argparse.Namespace) -> int:
         return _create(args)
     if command == "send":
         return _send(args)
+    if command == "cleanup":
+        return _cleanup(args)
     if command == "settings":
         from .reference import render
 
@@ -149,6 +166,26 @@ def _create(args: argparse.Namespace) -> int:
         args.output.write_bytes(store.get(namespace, created.lambda_function, created.content_hash))
     print(json.dumps(created.wire(), indent=2))
     return 0
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from .app import App
+    from .contract import CleanupRequest
+
+    try:
+        request = CleanupRequest(ttl_seconds=args.ttl_seconds)
+    except ValidationError:
+        print("--ttl-seconds: must be an integer >= 0", file=sys.stderr)
+        return 2
+    app = App.from_settings()
+    try:
+        completed = app.cleanup.run(request, dry_run=args.dry_run, request_id=f"cli-{uuid.uuid4()}")
+    finally:
+        app.close()
+    print(json.dumps(completed.wire(), indent=2))
+    return 1 if any(store.errors for store in completed.stores) else 0
 
 
 def _dependencies(values: list[str], runtime: str) -> list[str] | dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .cleanup import CleanupService
 from .service import BuildContextService
 from .settings import Settings, load_settings
 from .stores import Store, open_store
@@ -16,6 +17,7 @@ class App:
     service: BuildContextService
     stores: list[Store]
     telemetry: Telemetry
+    cleanup: CleanupService
 
     @classmethod
     def from_settings(
@@ -31,7 +33,8 @@ class App:
         )
         service = BuildContextService(settings, primary, overflow, telemetry)
         stores = [primary, *([overflow] if overflow else [])]
-        return cls(settings, service, stores, telemetry)
+        cleanup = CleanupService(stores, settings, telemetry=telemetry)
+        return cls(settings, service, stores, telemetry, cleanup)
 
     def close(self) -> None:
         for store in self.stores:

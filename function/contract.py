@@ -123,25 +123,51 @@ class BuildContextFailed(_Model):
 
 
 class CleanupRequest(_Model):
-    """Optional data of the PingSource event: may only make a run stricter."""
+    """Optional JSON data of the PingSource event: it can only make a run stricter."""
 
-    dry_run: bool | None = None
+    dry_run: bool | None = Field(
+        None,
+        description="true: report what would be deleted and delete nothing. false cannot undo "
+        "a dry run asked for elsewhere (`cleanup --dry-run`).",
+    )
     ttl_seconds: int | None = Field(
-        None, ge=0, description="Treat contexts older than this as expired."
+        None,
+        ge=0,
+        description="Also treat contexts created more than this many seconds ago as expired. "
+        "Pinned, keep-latest and grace still apply; a larger value than a context's own TTL "
+        "changes nothing.",
     )
 
 
 class StoreCleanupSummary(_Model):
+    """What one run did in one store. scanned = deleted + sum(retained) + gone + errors."""
+
     store: str
-    scanned: int = 0
-    expired: int = 0
-    deleted: int = 0
-    retained: dict[str, int] = Field(default_factory=dict)
-    errors: int = 0
+    scanned: int = Field(0, description="Our contexts listed in the allowed namespaces.")
+    expired: int = Field(0, description="Of those, past expiresAt (or the stricter TTL).")
+    deleted: int = Field(
+        0, description="Deleted; in a dry run, what would have been deleted (nothing was)."
+    )
+    retained: dict[str, int] = Field(
+        default_factory=dict,
+        description="Kept, by the first rule that kept them: active (not expired), pinned, "
+        "keepLatest, grace, refreshed (reused or changed while the run went on).",
+    )
+    gone: int = Field(0, description="Listed, then removed by someone else before we came to it.")
+    errors: int = Field(0, description="Items (or listings) that failed; details in the log.")
+    leftovers: int = Field(
+        0, description="Temporaries of crashed writes removed (filesystem store)."
+    )
+    duration_seconds: float = 0.0
 
 
 class CleanupCompleted(_Model):
+    """Data of `buildcontext.cleanup.completed`: the rules in force and the outcome per store."""
+
     dry_run: bool
+    ttl_seconds: int | None = Field(None, description="Stricter TTL asked for by the event.")
+    keep_latest: int
+    grace_seconds: int
     started_at: datetime
     duration_seconds: float
     stores: list[StoreCleanupSummary]

@@ -10,7 +10,7 @@ from typing import Any
 
 from cloudevents.http import CloudEvent
 from parliament import Context
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from . import contract
 from .app import App
@@ -51,12 +51,43 @@ def handle(app: App, event: CloudEvent | None) -> Any:
             400,
             f"event type {kind!r} is not handled here; send one of {', '.join(sorted(accepted))}",
         )
+    if kind == contract.PING:
+        return _cleanup(app, event)
     return _create(app, event)
 
 
 def _accepted(app: App) -> set[str]:
     handlers = app.settings.handlers
-    return {contract.REQUESTED} if handlers in ("all", "create") else set()
+    accepted = {contract.REQUESTED} if handlers in ("all", "create") else set()
+    return accepted | ({contract.PING} if handlers in ("all", "cleanup") else set())
+
+
+def _cleanup(app: App, event: CloudEvent) -> Any:
+    data = event.data
+    if isinstance(data, bytes | str):
+        try:
+            data = json.loads(data) if data.strip() else None
+        except ValueError:
+            return _http_error(400, f"data of {contract.PING} is not JSON: {_PING_DATA}")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return _http_error(400, f"data of {contract.PING}: {_PING_DATA}")
+    try:
+        request = contract.CleanupRequest.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"data.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        return _http_error(400, f"{problems}; {_PING_DATA}")
+    completed = app.cleanup.run(request, request_id=event["id"])
+    return _reply(app, contract.CLEANUP_COMPLETED, completed, None)
+
+
+_PING_DATA = (
+    "the PingSource data must be empty or a JSON object with only dryRun (boolean) and "
+    'ttlSeconds (integer >= 0), e.g. {"dryRun": true, "ttlSeconds": 86400}'
+)
 
 
 def _create(app: App, event: CloudEvent) -> CloudEvent:

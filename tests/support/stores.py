@@ -1,0 +1,186 @@
+"""Stores under test, for tests that must hold for every backend (cleanup first of all).
+
+A backend joins by adding an opener to `OPENERS` (and a `pytest.param` to the `store` fixture of
+the test module): it yields a `StoreUnderTest` whose `pin` and `plant_foreign` do what a user
+or a neighbour would really do in that store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from function import archive
+from function.archive import Archive
+from function.settings import Settings, load_settings
+from function.stores.base import ContextRecord, Store, record_fields
+from function.stores.filesystem import RECORD, FilesystemStore
+
+HOME = "team-a"
+EXTRA = "team-b"
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+WEEK = timedelta(days=7)
+
+
+class SimulatedClock:
+    """The clock the code takes as a dependency; tests move it instead of sleeping."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, by: timedelta) -> None:
+        self.now += by
+
+
+class StoreUnderTest:
+    """One backend, with what a test needs beyond the Store interface."""
+
+    def __init__(
+        self,
+        client: Store,
+        second_client: Callable[[], Store],
+        settings: dict[str, Any],
+    ) -> None:
+        self.client = client
+        self._second_client = second_client
+        self._settings = settings
+        self._serial = itertools.count()
+        self._archives: dict[str, Archive] = {}
+
+    @property
+    def backend(self) -> str:
+        return self.client.backend
+
+    def settings(self, **overrides: Any) -> Settings:
+        return load_settings(**{**self._settings, **overrides})
+
+    def second_client(self) -> Store:
+        """Another, independent client on the same storage: what a second pod would hold."""
+        return self._second_client()
+
+    def built(self, function: str) -> Archive:
+        return archive.build({"remediation.py": f"# {function} #{next(self._serial)}\n"})
+
+    def put(
+        self,
+        function: str,
+        created: datetime,
+        ttl: timedelta = WEEK,
+        namespace: str = HOME,
+        built: Archive | None = None,
+        client: Store | None = None,
+    ) -> ContextRecord:
+        built = built or self.built(function)
+        self._archives[built.content_hash] = built
+        record = ContextRecord(
+            namespace=namespace,
+            function=function,
+            runtime="python",
+            runtime_version="3.13",
+            content_hash=built.content_hash,
+            archive_sha256=built.archive_sha256,
+            size_bytes=built.size_bytes,
+            created_at=created,
+            expires_at=created + ttl,
+            request_id=f"req-{function}",
+        )
+        return (client or self.client).put_if_absent(built, record).record
+
+    def put_many(self, specs: list[tuple[str, datetime, timedelta]]) -> list[ContextRecord]:
+        """Many contexts at once (threads: the stores are I/O bound)."""
+        built = [self.built(function) for function, _, _ in specs]
+        with ThreadPoolExecutor(16) as pool:
+            return list(
+                pool.map(lambda spec, b: self.put(spec[0], spec[1], spec[2], built=b), specs, built)
+            )
+
+    def reuse(self, record: ContextRecord, at: datetime, client: Store | None = None) -> bool:
+        """What a request with identical content does: put again; True when it was reused."""
+        fresh = replace(record, created_at=at, expires_at=at + WEEK, retain=False)
+        built = self._archives[record.content_hash]
+        return (client or self.client).put_if_absent(built, fresh).reused
+
+    def exists(self, record: ContextRecord) -> bool:
+        try:
+            self.client.get(record.namespace, record.function, record.content_hash)
+        except KeyError:
+            return False
+        return True
+
+    def pin(self, record: ContextRecord) -> None:
+        raise NotImplementedError
+
+    def plant_foreign(self) -> Callable[[], bool]:
+        """Put things in the same storage that are not ours; returns 'are they all still there'."""
+        raise NotImplementedError
+
+
+class FilesystemUnderTest(StoreUnderTest):
+    def __init__(self, root: Path) -> None:
+        settings = {
+            "storage": "filesystem",
+            "fs_root": root,
+            "namespace": HOME,
+            "allowed_namespaces": EXTRA,
+        }
+        super().__init__(FilesystemStore(root), lambda: FilesystemStore(root), settings)
+        self.root = root
+        self.client.check()
+
+    def folder(self, record: ContextRecord) -> Path:
+        return self.root / record.namespace / record.function / record.content_hash
+
+    def pin(self, record: ContextRecord) -> None:
+        """As documented: set "retain": true in the context's context.json."""
+        path = self.folder(record) / RECORD
+        data = json.loads(path.read_text())
+        data["retain"] = True
+        temp = path.with_name(".pin.json")
+        temp.write_text(json.dumps(data))
+        os.replace(temp, path)
+
+    def plant_foreign(self) -> Callable[[], bool]:
+        long_ago = (T0 - 400 * DAY).timestamp()
+        foreign = [
+            self.root / HOME / "notes.txt",
+            self.root / HOME / "photos" / "2019" / "cat.txt",
+            self.root / HOME / "payments" / "README.md",
+        ]
+        for path in foreign:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("not a build context\n")
+            os.utime(path, (long_ago, long_ago))
+        # Ours in form, but in a namespace this deployment does not serve.
+        elsewhere = self.root / "team-z" / "payments" / ("f" * 64) / RECORD
+        elsewhere.parent.mkdir(parents=True)
+        record = ContextRecord(
+            "team-z", "payments", "python", "3.13", "f" * 64, "e" * 64, 1,
+            T0 - 400 * DAY, T0 - 393 * DAY, "req",
+        )  # fmt: skip
+        elsewhere.write_text(json.dumps(record_fields(record)))
+        foreign.append(elsewhere)
+        return lambda: all(path.exists() for path in foreign)
+
+
+def open_filesystem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
+    under_test = FilesystemUnderTest(tmp_path / "contexts")
+    yield under_test
+    under_test.client.close()
+
+
+OPENERS: dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[StoreUnderTest]]] = {
+    "filesystem": open_filesystem,
+}
