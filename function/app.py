@@ -8,7 +8,8 @@ from .cleanup import CleanupService
 from .service import BuildContextService
 from .settings import Settings, load_settings
 from .stores import Store, open_store
-from .telemetry import Telemetry
+from .stores.traced import TracedStore
+from .telemetry import Exporters, Telemetry, install_exporters
 
 
 @dataclass
@@ -18,24 +19,32 @@ class App:
     stores: list[Store]
     telemetry: Telemetry
     cleanup: CleanupService
+    exporters: Exporters | None = None
 
     @classmethod
     def from_settings(
         cls, settings: Settings | None = None, telemetry: Telemetry | None = None
     ) -> App:
+        """Without `telemetry`, installs this process's exporters (Prometheus, OTLP)."""
         settings = settings or load_settings()
-        telemetry = telemetry or Telemetry()
-        primary = open_store(settings.storage, settings, telemetry)
+        exporters = None
+        if telemetry is None:
+            exporters = install_exporters()
+            telemetry = Telemetry(exporters.meter_provider, exporters.tracer_provider)
+        primary = TracedStore(open_store(settings.storage, settings, telemetry), telemetry)
         overflow = (
-            open_store(settings.overflow_storage, settings, telemetry)
+            TracedStore(open_store(settings.overflow_storage, settings, telemetry), telemetry)
             if settings.overflow_storage and settings.overflow_storage != settings.storage
             else None
         )
         service = BuildContextService(settings, primary, overflow, telemetry)
-        stores = [primary, *([overflow] if overflow else [])]
+        stores: list[Store] = [primary, *([overflow] if overflow else [])]
         cleanup = CleanupService(stores, settings, telemetry=telemetry)
-        return cls(settings, service, stores, telemetry, cleanup)
+        telemetry.declare([s.backend for s in stores], settings.handlers in ("all", "cleanup"))
+        return cls(settings, service, stores, telemetry, cleanup, exporters)
 
     def close(self) -> None:
         for store in self.stores:
             store.close()
+        if self.exporters is not None:
+            self.exporters.shutdown()

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from cloudevents.http import CloudEvent
@@ -16,6 +17,7 @@ from . import contract
 from .app import App
 from .errors import BuildContextError, InternalError
 from .runtimes import lookup
+from .telemetry import describe_cause, redact
 
 log = logging.getLogger("build_context")
 _APP: App | None = None
@@ -34,10 +36,10 @@ def current_app() -> App:
 
 
 def main(context: Context) -> Any:
-    return handle(current_app(), context.cloud_event)
+    return handle(current_app(), context.cloud_event, context.request.headers)
 
 
-def handle(app: App, event: CloudEvent | None) -> Any:
+def handle(app: App, event: CloudEvent | None, headers: Mapping[str, str] | None = None) -> Any:
     if event is None:
         return _http_error(
             400,
@@ -51,9 +53,10 @@ def handle(app: App, event: CloudEvent | None) -> Any:
             400,
             f"event type {kind!r} is not handled here; send one of {', '.join(sorted(accepted))}",
         )
-    if kind == contract.PING:
-        return _cleanup(app, event)
-    return _create(app, event)
+    with app.telemetry.request(event.get_attributes(), headers):
+        if kind == contract.PING:
+            return _cleanup(app, event)
+        return _create(app, event)
 
 
 def _accepted(app: App) -> set[str]:
@@ -99,21 +102,39 @@ def _create(app: App, event: CloudEvent) -> CloudEvent:
     except BuildContextError as error:
         return _failed(app, event, error, attributes, start)
     except Exception as error:
-        log.exception("unexpected failure", extra={"requestId": request_id})
         internal = InternalError(
             f"internal error ({type(error).__name__}); the request id {request_id} finds it in the logs"
         )
-        return _failed(app, event, internal, attributes, start)
+        return _failed(app, event, internal, attributes, start, unexpected=error)
     attributes["runtime"] = created.runtime
     if created.overflow:
         attributes["store"] = created.storage.backend
+    duration = time.perf_counter() - start
     app.telemetry.requests.add(1, {**attributes, "outcome": "created", "reason": ""})
-    app.telemetry.duration.record(time.perf_counter() - start, {**attributes, "outcome": "created"})
+    app.telemetry.duration.record(duration, {**attributes, "outcome": "created"})
+    log.info(
+        contract.CREATED,
+        extra={
+            "requestId": request_id,
+            "function": created.lambda_function,
+            **attributes,
+            "outcome": "created",
+            "contentHash": created.content_hash,
+            "sizeBytes": created.size_bytes,
+            "reused": created.reused,
+            "durationMs": round(duration * 1000, 1),
+        },
+    )
     return _reply(app, contract.CREATED, created, created.lambda_function)
 
 
 def _failed(
-    app: App, event: CloudEvent, error: BuildContextError, attributes: dict[str, str], start: float
+    app: App,
+    event: CloudEvent,
+    error: BuildContextError,
+    attributes: dict[str, str],
+    start: float,
+    unexpected: Exception | None = None,
 ) -> CloudEvent:
     data = event.data if isinstance(event.data, dict) else {}
     name = data.get("lambdaFunction", data.get("lambda_function"))
@@ -125,9 +146,43 @@ def _failed(
         errors=[contract.ErrorDetail(**e.as_dict()) for e in error.errors],
         request_id=event["id"],
     )
+    duration = time.perf_counter() - start
     app.telemetry.requests.add(1, {**attributes, "outcome": "failed", "reason": error.reason})
-    app.telemetry.duration.record(time.perf_counter() - start, {**attributes, "outcome": "failed"})
+    app.telemetry.duration.record(duration, {**attributes, "outcome": "failed"})
+    server_side = error.retryable or isinstance(error, InternalError)
+    app.telemetry.request_failed(error.reason, server_side)
+    log.log(
+        logging.ERROR if server_side else logging.WARNING,
+        contract.FAILED,
+        exc_info=unexpected,
+        extra={
+            "requestId": event["id"],
+            "function": redact(failed.lambda_function, 100) if failed.lambda_function else None,
+            **attributes,
+            "outcome": "failed",
+            "reason": error.reason,
+            "retryable": error.retryable,
+            "cause": _cause(error, unexpected),
+            "errors": [
+                {k: v for k, v in e.as_dict().items() if k != "message"} for e in error.errors
+            ],
+            "durationMs": round(duration * 1000, 1),
+        },
+    )
     return _reply(app, contract.FAILED, failed, failed.lambda_function)
+
+
+def _cause(error: BuildContextError, unexpected: Exception | None) -> str:
+    """The exception behind the failure, else its message; for invalid source only the places,
+    since a syntax error's message may quote the source."""
+    if error.reason == "InvalidSource":
+        places = [
+            ":".join(str(p) for p in (e.file or e.field, e.line, e.column) if p)
+            for e in error.errors
+        ]
+        return redact(f"{len(places)} problem(s) in the source at {', '.join(places)}")
+    underlying = unexpected or error.__cause__
+    return describe_cause(underlying) if underlying else redact(error.message)
 
 
 def _runtime_hint(data: Any) -> str:
@@ -145,6 +200,7 @@ def _reply(app: App, kind: str, data: BaseModel, subject: str | None) -> CloudEv
     }
     if subject:
         attributes["subject"] = subject
+    app.telemetry.inject(attributes)
     return CloudEvent(attributes, data.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 

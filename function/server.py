@@ -27,11 +27,16 @@ idle connection times out: 150 simultaneous requests stalled for 30 s. select() 
 
 
 class Gate:
-    """Counts requests in flight, limits body size, and turns readiness off while draining."""
+    """Counts requests in flight, limits body size, and turns readiness off while draining.
 
-    def __init__(self, app: WSGIApp, max_body: int) -> None:
+    Also serves Prometheus on `/metrics`, outside the in-flight count so scrapes never delay
+    a drain.
+    """
+
+    def __init__(self, app: WSGIApp, max_body: int, metrics: WSGIApp | None = None) -> None:
         self.app = app
         self.max_body = max_body
+        self.metrics = metrics
         self.draining = threading.Event()
         self._in_flight = 0
         self._lock = threading.Condition()
@@ -42,6 +47,8 @@ class Gate:
         path = environ.get("PATH_INFO", "")
         if path == "/health/readiness" and self.draining.is_set():
             return _json(start_response, "503 Service Unavailable", {"status": "draining"})
+        if path == "/metrics" and self.metrics is not None:
+            return self.metrics(environ, start_response)
         length = int(environ.get("CONTENT_LENGTH") or 0)
         if length > self.max_body:
             return _json(
@@ -87,7 +94,8 @@ def wsgi_app(app: App) -> Gate:
     func.install(app)
     flask_app = parliament.server.create(func)
     flask_app.config["MAX_CONTENT_LENGTH"] = app.settings.max_request_bytes
-    return Gate(flask_app.wsgi_app, app.settings.max_request_bytes)
+    metrics = app.exporters.metrics_app if app.exporters else None
+    return Gate(flask_app.wsgi_app, app.settings.max_request_bytes, metrics)
 
 
 def serve(app: App, ready: Callable[[str, int], None] | None = None) -> None:
