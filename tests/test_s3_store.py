@@ -18,7 +18,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
+import kubernetes.client
 import pytest
+import yaml
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -39,7 +41,8 @@ from function.stores.base import RETAIN, ContextRecord
 from function.stores.s3 import S3Store
 from function.telemetry import Telemetry
 from tests.conftest import StartServer
-from tests.support.contexts import example, members
+from tests.support.contexts import ROOT, example, members
+from tests.support.kube import KubeAPIServer
 from tests.support.seaweed import SeaweedS3
 from tests.support.server import free_port
 
@@ -733,3 +736,36 @@ def test_http_a_missing_bucket_stops_start_up(
 ) -> None:
     with pytest.raises(RuntimeError, match=r"BUILD_CONTEXT_S3_BUCKET.*does not exist"):
         start_server(**s3_env(seaweed, "no-such-bucket"))
+
+
+@pytest.mark.kube
+def test_the_documented_kaniko_job_reads_the_context_from_s3(
+    kube: KubeAPIServer, store: S3Store
+) -> None:
+    docs = (ROOT / "docs" / "s3.md").read_text()
+    manifest = docs.split("## kaniko", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    built = small()
+    stored = store.put_if_absent(built, record(built))
+    namespace = f"s3-{uuid.uuid4().hex[:10]}"
+    filled = (
+        manifest.replace("NAMESPACE", namespace)
+        .replace("CONTEXT_URI", str(stored.context_uri))
+        .replace("REGISTRY", "registry.example.com/remediation")
+        .replace("FUNCTION", "fix-it")
+        .replace("IMAGE_TAG", built.image_tag)
+        .replace("http://minio.storage.svc:9000", store.endpoint)
+    )
+
+    with kube.api_client() as client:
+        kubernetes.client.CoreV1Api(client).create_namespace({"metadata": {"name": namespace}})
+        created = kubernetes.client.BatchV1Api(client).create_namespaced_job(
+            namespace, yaml.safe_load(filled), dry_run="All"
+        )
+
+    (kaniko,) = created.spec.template.spec.containers
+    assert f"--context=s3://{store.bucket}/{stored.storage['key']}" in kaniko.args
+    assert {e.name: e.value for e in kaniko.env} == {
+        "AWS_REGION": store.region,
+        "S3_ENDPOINT": store.endpoint,
+        "S3_FORCE_PATH_STYLE": "true",
+    }

@@ -5,9 +5,10 @@ multipart upload completed with the same condition and aborted on any failure. T
 in the object's user metadata next to a `managed-by` marker, so listing and cleanup never touch
 objects we did not write. A `build-context.dev/retain=true` object tag pins a context.
 
-Refresh (pushing the expiry of a reused context forward) is a metadata self-copy guarded by
-`x-amz-copy-source-if-unmodified-since`: S3 keeps the ETag on such a copy, so the guard works at
-the one-second resolution of Last-Modified. docs/s3.md describes the races that remain.
+Refresh (pushing the expiry of a reused context forward) is a metadata self-copy, which keeps
+the ETag, so `If-Match` cannot tell cleanup about it. Cleanup therefore claims a key (an empty
+`<key>.deleting` object written with `If-None-Match`) for its re-check and delete, and a reuse
+re-reads the object after seeing no claim. docs/s3.md, Races, has the argument.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -81,6 +83,9 @@ CLAIM_HOLD_SECONDS = 5.0
 CLAIM_WAIT_SECONDS = 10.0
 CLAIM_POLL_SECONDS = 0.05
 _ONCE = RetryPolicy(attempts=1)
+LIST_CONCURRENCY = 8
+LIST_PAGE_LIMIT = 100
+"""Keys per ListObjectsV2 page at most: parsing a page costs about 3.5 KB per key."""
 
 _FORBIDDEN = frozenset(
     {
@@ -140,7 +145,7 @@ def s3_client(settings: Settings, session: boto3.session.Session | None = None) 
         retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=min(5.0, settings.retry_deadline_seconds),
         read_timeout=settings.retry_deadline_seconds,
-        max_pool_connections=max(10, settings.threads + 2),
+        max_pool_connections=settings.threads + LIST_CONCURRENCY,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         user_agent_extra="build-context",
@@ -343,25 +348,27 @@ class S3Store(Store):
             raise KeyError((namespace, function, content_hash)) from None
 
     def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed]:
+        """Page by page; the objects of a page are read (HEAD and tags) a few at a time."""
         prefixes = (
             [self.prefix]
             if namespaces is None
             else [f"{self.prefix}{ns}/" for ns in sorted(namespaces)]
         )
-        for prefix in prefixes:
-            for key in self._keys(prefix):
-                head = self._head(key, with_tags=True)
-                if head is None or head.metadata.get(MARKER) != MANAGED_BY:
-                    continue
-                try:
-                    record = self._record(head)
-                except (KeyError, ValueError) as error:
-                    log.warning(
-                        "S3 store: skipping an object with unreadable metadata",
-                        extra=self._log_fields("head_object", key, error),
-                    )
-                    continue
-                yield Listed(record, head)
+        with ThreadPoolExecutor(LIST_CONCURRENCY, thread_name_prefix="s3-list") as pool:
+            for prefix in prefixes:
+                for keys in self._pages(prefix):
+                    for head in pool.map(lambda key: self._head(key, with_tags=True), keys):
+                        if head is None or head.metadata.get(MARKER) != MANAGED_BY:
+                            continue
+                        try:
+                            record = self._record(head)
+                        except (KeyError, ValueError) as error:
+                            log.warning(
+                                "S3 store: skipping an object with unreadable metadata",
+                                extra=self._log_fields("head_object", head.key, error),
+                            )
+                            continue
+                        yield Listed(record, head)
 
     def delete(self, item: Listed, still_expired: Callable[[ContextRecord], bool]) -> bool:
         """Claim the key, re-read and re-check the object, delete it, release the claim.
@@ -499,7 +506,7 @@ class S3Store(Store):
     def _upload(self, key: str, archive: Archive, record: ContextRecord) -> None:
         attributes = {
             "ContentType": ARCHIVE_TYPE,
-            "Metadata": _metadata(record),
+            "Metadata": object_metadata(record),
             **self.encryption,
         }
         if archive.size_bytes <= self.multipart_threshold:
@@ -611,7 +618,7 @@ class S3Store(Store):
                     CopySourceIfUnmodifiedSince=current.last_modified,
                     MetadataDirective="REPLACE",
                     ContentType=ARCHIVE_TYPE,
-                    Metadata=_metadata(wanted),
+                    Metadata=object_metadata(wanted),
                     **self.encryption,
                 ),
                 allow=frozenset({_TAKEN, *_MISSING}),
@@ -643,7 +650,8 @@ class S3Store(Store):
             retain = any(t["Key"] == RETAIN and t["Value"].strip().lower() == "true" for t in tags)
         return _Head(key, found["ETag"], found["LastModified"], found["Metadata"], retain)
 
-    def _keys(self, prefix: str) -> Iterator[str]:
+    def _pages(self, prefix: str) -> Iterator[tuple[str, ...]]:
+        """Our keys, a page at a time; only the keys are kept, not the parsed page."""
         token: dict[str, str] = {}
         while True:
             page = self._call(
@@ -653,19 +661,20 @@ class S3Store(Store):
                     self.client.list_objects_v2,
                     Bucket=self.bucket,
                     Prefix=prefix,
-                    MaxKeys=self.page_size,
+                    MaxKeys=min(self.page_size, LIST_PAGE_LIMIT),
                     **token,
                 ),
             )
-            for item in page.get("Contents", []):
-                if self._layout.fullmatch(item["Key"]):
-                    yield item["Key"]
-            if not page.get("IsTruncated"):
+            keys = [item["Key"] for item in page.get("Contents", [])]
+            token = {"ContinuationToken": page.get("NextContinuationToken", "")}
+            more = bool(page.get("IsTruncated"))
+            del page
+            yield tuple(key for key in keys if self._layout.fullmatch(key))
+            if not more:
                 return
-            token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def _record(self, head: _Head) -> ContextRecord:
-        record = _record(head.metadata, head.retain)
+        record = record_from_metadata(head.metadata, head.retain)
         if self.key(record.namespace, record.function, record.content_hash) != head.key:
             raise ValueError(f"metadata does not match the key {head.key}")
         return record
@@ -832,7 +841,7 @@ _RECORD_FIELDS = (
 )
 
 
-def _metadata(record: ContextRecord) -> dict[str, str]:
+def object_metadata(record: ContextRecord) -> dict[str, str]:
     """The record as S3 user metadata: lowercase keys, US-ASCII values, within 2 KiB."""
     fields = record_fields(record)
     metadata = {MARKER: MANAGED_BY}
@@ -846,7 +855,7 @@ def _metadata(record: ContextRecord) -> dict[str, str]:
     return metadata
 
 
-def _record(metadata: dict[str, str], retain: bool) -> ContextRecord:
+def record_from_metadata(metadata: dict[str, str], retain: bool = False) -> ContextRecord:
     fields: dict[str, Any] = {name: metadata[_kebab(name)] for name in _RECORD_FIELDS}
     fields["requestId"] = unquote(metadata.get("request-id", ""))
     fields["metadata"] = json.loads(metadata.get("metadata") or "{}")
