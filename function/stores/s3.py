@@ -357,18 +357,24 @@ class S3Store(Store):
         with ThreadPoolExecutor(LIST_CONCURRENCY, thread_name_prefix="s3-list") as pool:
             for prefix in prefixes:
                 for keys in self._pages(prefix):
-                    for head in pool.map(lambda key: self._head(key, with_tags=True), keys):
-                        if head is None or head.metadata.get(MARKER) != MANAGED_BY:
-                            continue
-                        try:
-                            record = self._record(head)
-                        except (KeyError, ValueError) as error:
-                            log.warning(
-                                "S3 store: skipping an object with unreadable metadata",
-                                extra=self._log_fields("head_object", head.key, error),
-                            )
-                            continue
-                        yield Listed(record, head)
+                    for head in pool.map(self._head_for_listing, keys):
+                        if head is not None and (listed := self._listed(head)) is not None:
+                            yield listed
+
+    def _head_for_listing(self, key: str) -> _Head | None:
+        return self._head(key, with_tags=True, tag_count_hint=True)
+
+    def _listed(self, head: _Head) -> Listed | None:
+        if head.metadata.get(MARKER) != MANAGED_BY:
+            return None
+        try:
+            return Listed(self._record(head), head)
+        except (KeyError, ValueError) as error:
+            log.warning(
+                "S3 store: skipping an object with unreadable metadata",
+                extra=self._log_fields("head_object", head.key, error),
+            )
+            return None
 
     def delete(self, item: Listed, still_expired: Callable[[ContextRecord], bool]) -> bool:
         """Claim the key, re-read and re-check the object, delete it, release the claim.
@@ -626,7 +632,15 @@ class S3Store(Store):
 
     # --- reading ----------------------------------------------------------------------
 
-    def _head(self, key: str, with_tags: bool = False) -> _Head | None:
+    def _head(
+        self, key: str, with_tags: bool = False, tag_count_hint: bool = False
+    ) -> _Head | None:
+        """The object's metadata, and with `with_tags` whether it is pinned.
+
+        `tag_count_hint` skips reading the tags of an object whose HEAD reports no tags
+        (`x-amz-tagging-count`): right on AWS, MinIO and SeaweedFS, and only a hint elsewhere,
+        which is why the re-check before a delete always reads them.
+        """
         try:
             found = self._call(
                 "head_object",
@@ -637,7 +651,8 @@ class S3Store(Store):
         except ClientError:
             return None
         retain = False
-        if with_tags and found["Metadata"].get(MARKER) == MANAGED_BY:
+        tagged = not tag_count_hint or int(found.get("TagCount") or 0) > 0
+        if with_tags and tagged and found["Metadata"].get(MARKER) == MANAGED_BY:
             try:
                 tags = self._call(
                     "get_object_tagging",

@@ -181,6 +181,88 @@ def open_filesystem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     under_test.client.close()
 
 
+class S3UnderTest(StoreUnderTest):
+    """The S3 store on the session's SeaweedFS, in a fresh bucket of its own."""
+
+    def __init__(self, seaweed: Any, bucket: str) -> None:
+        import boto3
+
+        from function.stores.s3 import S3Store
+
+        settings = {
+            "storage": "s3",
+            "s3_bucket": bucket,
+            "s3_endpoint_url": seaweed.endpoint_url,
+            "s3_force_path_style": True,
+            "s3_region": seaweed.region,
+            "namespace": HOME,
+            "allowed_namespaces": EXTRA,
+            "retry_base_delay_seconds": 0.01,
+        }
+
+        def open_client() -> Store:
+            session = boto3.session.Session(
+                aws_access_key_id=seaweed.admin.access_key,
+                aws_secret_access_key=seaweed.admin.secret_key,
+            )
+            return S3Store.from_settings(load_settings(**settings), session=session)
+
+        super().__init__(open_client(), open_client, settings)
+        self.admin = seaweed.client()
+        self.bucket = bucket
+        self.client.check()
+
+    def key(self, record: ContextRecord) -> str:
+        return f"build-contexts/{record.namespace}/{record.function}/{record.content_hash}.tar.gz"
+
+    def pin(self, record: ContextRecord) -> None:
+        """As documented: tag the object build-context.dev/retain=true."""
+        from function.stores.base import RETAIN
+
+        self.admin.put_object_tagging(
+            Bucket=self.bucket,
+            Key=self.key(record),
+            Tagging={"TagSet": [{"Key": RETAIN, "Value": "true"}]},
+        )
+
+    def plant_foreign(self) -> Callable[[], bool]:
+        from function.stores.s3 import object_metadata
+
+        built = self.built("payments")
+        expired = ContextRecord(
+            "team-z", "payments", "python", "3.13", built.content_hash, built.archive_sha256,
+            built.size_bytes, T0 - 400 * DAY, T0 - 393 * DAY, "req",
+        )  # fmt: skip
+        lookalike = replace(expired, namespace=HOME)
+        planted = {
+            "photos/2019/cat.jpg": {},
+            f"build-contexts/{HOME}/notes.txt": {},
+            f"build-contexts/{HOME}/payments/README.md": {},
+            # Our layout and metadata, but another tool's marker.
+            self.key(lookalike): {**object_metadata(lookalike), "managed-by": "another-tool"},
+            # Ours in form, but in a namespace this deployment does not serve.
+            self.key(expired): object_metadata(expired),
+        }
+        for key, metadata in planted.items():
+            self.admin.put_object(Bucket=self.bucket, Key=key, Body=built.data, Metadata=metadata)
+
+        def still_there() -> bool:
+            listed = self.admin.list_objects_v2(Bucket=self.bucket).get("Contents", [])
+            return set(planted) <= {item["Key"] for item in listed}
+
+        return still_there
+
+
+def open_s3(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
+    seaweed = request.getfixturevalue("seaweed")
+    bucket = f"cleanup-{os.urandom(6).hex()}"
+    seaweed.client().create_bucket(Bucket=bucket)
+    under_test = S3UnderTest(seaweed, bucket)
+    yield under_test
+    under_test.client.close()
+
+
 OPENERS: dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[StoreUnderTest]]] = {
     "filesystem": open_filesystem,
+    "s3": open_s3,
 }
