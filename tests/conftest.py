@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.kube import KubeAPIServer
 from tests.support.seaweed import SeaweedS3, start_seaweed_s3
 from tests.support.server import FunctionServer
 
@@ -38,3 +39,13 @@ def seaweed() -> Iterator[SeaweedS3]:
     instance = start_seaweed_s3()
     yield instance
     instance.stop()
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[KubeAPIServer]:
+    """One real kube-apiserver (with etcd, RBAC on) for the whole run; tests use fresh
+    namespaces, since nothing ever finalizes a deleted one."""
+    server = KubeAPIServer()
+    server.start()
+    yield server
+    server.stop()

@@ -48,7 +48,13 @@ from tests.support.stores import (
 GRACE = timedelta(seconds=300)
 
 
-@pytest.fixture(params=[pytest.param("filesystem"), pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.fixture(
+    params=[
+        pytest.param("filesystem"),
+        pytest.param("configmap", marks=pytest.mark.kube),
+        pytest.param("s3", marks=pytest.mark.s3),
+    ]
+)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
     """Every backend; the ConfigMap (kube) and S3 (s3) openers join via OPENERS."""
     yield from OPENERS[request.param](request, tmp_path)

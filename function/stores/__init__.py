@@ -16,6 +16,12 @@ def _filesystem(settings: Settings, telemetry: Telemetry) -> Store:
     return FilesystemStore(settings.fs_root)
 
 
+def _configmap(settings: Settings, telemetry: Telemetry) -> Store:
+    from .configmap import ConfigMapStore
+
+    return ConfigMapStore.from_settings(settings, telemetry)
+
+
 def _s3(settings: Settings, telemetry: Telemetry) -> Store:
     from .s3 import S3Store
 
@@ -24,6 +30,7 @@ def _s3(settings: Settings, telemetry: Telemetry) -> Store:
 
 _FACTORIES: dict[str, Callable[[Settings, Telemetry], Store]] = {
     "filesystem": _filesystem,
+    "configmap": _configmap,
     "s3": _s3,
 }
 

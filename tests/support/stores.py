@@ -181,6 +181,86 @@ def open_filesystem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     under_test.client.close()
 
 
+class ConfigMapUnderTest(StoreUnderTest):
+    """The ConfigMap store on the session's kube-apiserver, in namespaces HOME and EXTRA, which
+    are emptied first: the apiserver outlives the test, and nothing finalizes a namespace."""
+
+    def __init__(self, kube: Any) -> None:
+        import kubernetes.client
+
+        from function.stores.configmap import ConfigMapStore
+
+        admin_client = kube.api_client()
+        self.admin = kubernetes.client.CoreV1Api(admin_client)
+        for namespace in (HOME, EXTRA, "team-z"):
+            try:
+                self.admin.create_namespace({"metadata": {"name": namespace}})
+            except kubernetes.client.ApiException as error:
+                if error.status != 409:
+                    raise
+            self.admin.delete_collection_namespaced_config_map(namespace)
+        settings = {
+            "storage": "configmap",
+            "namespace": HOME,
+            "allowed_namespaces": EXTRA,
+            "threads": 16,
+            "configmap_namespace_max_count": 100_000,
+            "configmap_namespace_max_bytes": 1024**3,
+        }
+        configuration = admin_client.configuration
+
+        def client() -> Store:
+            return ConfigMapStore(load_settings(**settings), configuration)
+
+        super().__init__(client(), client, settings)
+        self.client.check()
+
+    def name(self, record: ContextRecord) -> str:
+        from function.stores.configmap import configmap_name
+
+        return configmap_name(record.function, record.content_hash)
+
+    def pin(self, record: ContextRecord) -> None:
+        """As documented: kubectl label configmap NAME build-context.dev/retain=true."""
+        from function.stores.base import RETAIN
+
+        labels = {"metadata": {"labels": {RETAIN: "true"}}}
+        self.admin.patch_namespaced_config_map(self.name(record), record.namespace, labels)
+
+    def plant_foreign(self) -> Callable[[], bool]:
+        from function.stores.configmap import configmap_body
+
+        built = self.built("payments")
+        planted = [
+            (HOME, {"metadata": {"name": "app-settings"}, "data": {"mode": "prod"}}),
+            (HOME, {"metadata": {"name": "payments-build-context-notes"}}),
+        ]
+        # Ours in form, but in a namespace this deployment does not serve.
+        record = ContextRecord(
+            "team-z", "payments", "python", "3.13", built.content_hash, built.archive_sha256,
+            built.size_bytes, T0 - 400 * DAY, T0 - 393 * DAY, "req",
+        )  # fmt: skip
+        planted.append(("team-z", configmap_body(built, record, None)))
+        for namespace, body in planted:
+            self.admin.create_namespaced_config_map(namespace, body)
+
+        def still_there() -> bool:
+            present = {
+                (ns, cm.metadata.name)
+                for ns in (HOME, "team-z")
+                for cm in self.admin.list_namespaced_config_map(ns).items
+            }
+            return all((ns, body["metadata"]["name"]) in present for ns, body in planted)
+
+        return still_there
+
+
+def open_configmap(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
+    under_test = ConfigMapUnderTest(request.getfixturevalue("kube"))
+    yield under_test
+    under_test.client.close()
+
+
 class S3UnderTest(StoreUnderTest):
     """The S3 store on the session's SeaweedFS, in a fresh bucket of its own."""
 
@@ -264,5 +344,6 @@ def open_s3(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnd
 
 OPENERS: dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[StoreUnderTest]]] = {
     "filesystem": open_filesystem,
+    "configmap": open_configmap,
     "s3": open_s3,
 }

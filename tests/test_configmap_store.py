@@ -1,0 +1,975 @@
+"""The ConfigMap store against a real kube-apiserver (etcd, RBAC on), in process and over HTTP.
+
+What we claim about Kubernetes (size limits, immutability, name and label rules, RBAC) is
+checked by the apiserver itself. Two doubles stand in where a real apiserver cannot misbehave on
+demand: a closed loopback port, and `ApiServerDouble`, which answers every request with one
+fixed status.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import pytest
+import yaml
+from kubernetes.client.rest import ApiException
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from function import archive
+from function.archive import Archive
+from function.contract import OwnerReference
+from function.errors import (
+    CapacityExceeded,
+    ConfigurationError,
+    ContextTooLarge,
+    InternalError,
+    StorageConflict,
+    StorageForbidden,
+    StorageUnavailable,
+)
+from function.settings import load_settings
+from function.stores.base import RETAIN, ContextRecord
+from function.stores.configmap import (
+    APISERVER_LIMIT,
+    KEY,
+    REQUIRED_VERBS,
+    ConfigMapStore,
+    configmap_body,
+    configmap_name,
+)
+from function.telemetry import Telemetry
+from tests.conftest import StartServer
+from tests.support.contexts import example, members
+from tests.support.kube import KubeAPIServer
+from tests.support.rbac import apply_rbac
+from tests.support.seaweed import SeaweedS3
+from tests.support.server import free_port
+
+pytestmark = pytest.mark.kube
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+WEEK = timedelta(days=7)
+FAST_RETRIES = {"retry_attempts": 3, "retry_base_delay_seconds": 0.01}
+LAMBDA_OWNER = {"apiVersion": "lambda.knative.io/v1alpha1", "kind": "LambdaFunction"}
+
+
+class SimulatedMonotonic:
+    """The store's monotonic clock (usage refresh), moved by the test instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """The store's `sleep`: records backoff delays instead of waiting."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+@pytest.fixture(scope="module")
+def admin(kube: KubeAPIServer) -> Iterator[kubernetes.client.CoreV1Api]:
+    with kube.api_client() as client:
+        yield kubernetes.client.CoreV1Api(client)
+
+
+def new_namespace(admin: kubernetes.client.CoreV1Api) -> str:
+    name = f"cm-{uuid.uuid4().hex[:10]}"
+    admin.create_namespace({"metadata": {"name": name}})
+    return name
+
+
+@pytest.fixture
+def namespace(admin: kubernetes.client.CoreV1Api) -> str:
+    return new_namespace(admin)
+
+
+def open_configmaps(
+    kube: KubeAPIServer,
+    namespace: str,
+    token: str | None = None,
+    telemetry: Telemetry | None = None,
+    meter_provider: MeterProvider | None = None,
+    sleep: Recorder | None = None,
+    monotonic: SimulatedMonotonic | None = None,
+    **settings: Any,
+) -> ConfigMapStore:
+    with kube.client_for_token(token or kube.token) as client:
+        configuration = client.configuration
+    return ConfigMapStore(
+        load_settings(storage="configmap", namespace=namespace, **{**FAST_RETRIES, **settings}),
+        configuration,
+        telemetry or Telemetry(meter_provider=MeterProvider(), tracer_provider=TracerProvider()),
+        meter_provider=meter_provider or MeterProvider(),
+        sleep=sleep or Recorder(),
+        monotonic=monotonic or SimulatedMonotonic(),
+    )
+
+
+def built(text: str = "print('hello')\n") -> Archive:
+    return archive.build({"remediation.py": text, "Dockerfile": "FROM python:3.13-slim\n"})
+
+
+def incompressible(size: int) -> Archive:
+    """Random bytes standing in for a large archive: the store only moves bytes."""
+    data = os.urandom(size)
+    digest = hashlib.sha256(data).hexdigest()
+    return Archive(data, digest, digest, ())
+
+
+def record(
+    namespace: str,
+    context: Archive,
+    function: str = "disk-cleanup",
+    created: datetime = T0,
+    ttl: timedelta = WEEK,
+    request_id: str = "req-1",
+    metadata: dict[str, str] | None = None,
+) -> ContextRecord:
+    return ContextRecord(
+        namespace=namespace,
+        function=function,
+        runtime="python",
+        runtime_version="3.13",
+        content_hash=context.content_hash,
+        archive_sha256=context.archive_sha256,
+        size_bytes=context.size_bytes,
+        created_at=created,
+        expires_at=created + ttl,
+        request_id=request_id,
+        metadata=metadata or {},
+    )
+
+
+def read(admin: kubernetes.client.CoreV1Api, namespace: str, name: str) -> Any:
+    return admin.read_namespaced_config_map(name, namespace)
+
+
+def names(admin: kubernetes.client.CoreV1Api, namespace: str) -> list[str]:
+    return [cm.metadata.name for cm in admin.list_namespaced_config_map(namespace).items]
+
+
+def gauge(reader: InMemoryMetricReader, name: str) -> dict[str, int]:
+    data = reader.get_metrics_data()
+    found: dict[str, int] = {}
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        found[str(point.attributes["namespace"])] = int(point.value)
+    return found
+
+
+# --- create, reuse, refresh -------------------------------------------------------------------
+
+
+def test_a_context_is_one_immutable_configmap_with_its_record_in_labels_and_annotations(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    store = open_configmaps(kube, namespace)
+    context = built()
+    wanted = record(namespace, context, metadata={"incident": "INC-42", "team": "sre"})
+
+    stored = store.put_if_absent(context, wanted)
+
+    name = f"disk-cleanup-build-context-{context.content_hash}"
+    assert stored.reused is False
+    assert stored.record == wanted
+    assert stored.storage == {
+        "backend": "configmap",
+        "namespace": namespace,
+        "configMap": name,
+        "key": "context.tar.gz",
+    }
+    assert stored.context_uri == "tar:///workspace/context.tar.gz"
+    configmap = read(admin, namespace, name)
+    assert configmap.immutable is True
+    assert configmap.data is None
+    assert base64.b64decode(configmap.binary_data[KEY]) == context.data
+    assert configmap.metadata.labels == {
+        "app.kubernetes.io/managed-by": "build-context",
+        "build-context.dev/function": "disk-cleanup",
+        "build-context.dev/runtime": "python",
+        "build-context.dev/image-tag": context.image_tag,
+    }
+    assert configmap.metadata.annotations == {
+        "build-context.dev/content-hash": context.content_hash,
+        "build-context.dev/archive-sha256": context.archive_sha256,
+        "build-context.dev/size-bytes": str(context.size_bytes),
+        "build-context.dev/runtime-version": "3.13",
+        "build-context.dev/created-at": "2026-03-01T12:00:00Z",
+        "build-context.dev/expires-at": "2026-03-08T12:00:00Z",
+        "build-context.dev/request-id": "req-1",
+        "build-context.dev/metadata": '{"incident":"INC-42","team":"sre"}',
+    }
+    assert configmap.metadata.owner_references is None
+    assert store.get(namespace, "disk-cleanup", context.content_hash) == context.data
+    with pytest.raises(KeyError):
+        store.get(namespace, "disk-cleanup", "0" * 64)
+
+
+def test_same_content_is_reused_and_only_a_later_expiry_is_patched(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    store = open_configmaps(kube, namespace)
+    context = built()
+    first = store.put_if_absent(context, record(namespace, context))
+    name = first.storage["configMap"]
+    version = read(admin, namespace, name).metadata.resource_version
+
+    later = store.put_if_absent(
+        context, record(namespace, context, created=T0 + timedelta(days=2), request_id="req-2")
+    )
+    patched = read(admin, namespace, name)
+    earlier = store.put_if_absent(
+        context, record(namespace, context, ttl=timedelta(days=1), request_id="req-3")
+    )
+
+    assert later.reused is True
+    assert later.record.expires_at == T0 + timedelta(days=9)
+    assert later.record.created_at == T0
+    assert later.record.request_id == "req-1"
+    assert patched.metadata.annotations["build-context.dev/expires-at"] == "2026-03-10T12:00:00Z"
+    assert patched.metadata.resource_version != version
+    assert base64.b64decode(patched.binary_data[KEY]) == context.data
+    assert earlier.reused is True
+    assert earlier.record.expires_at == T0 + timedelta(days=9)
+    assert read(admin, namespace, name).metadata.resource_version == (
+        patched.metadata.resource_version
+    ), "an earlier expiry must not be written"
+    assert names(admin, namespace) == [name]
+
+
+def test_the_archive_bytes_can_never_be_changed(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    store = open_configmaps(kube, namespace)
+    context = built()
+    name = store.put_if_absent(context, record(namespace, context)).storage["configMap"]
+
+    with pytest.raises(ApiException) as refused:
+        admin.patch_namespaced_config_map(
+            name, namespace, {"binaryData": {KEY: base64.b64encode(b"evil").decode()}}
+        )
+
+    assert refused.value.status == 422
+    assert "field is immutable" in refused.value.body
+    assert store.get(namespace, "disk-cleanup", context.content_hash) == context.data
+
+
+def test_a_name_clash_with_other_content_is_an_error_never_an_overwrite(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    store = open_configmaps(kube, namespace)
+    context, other = built("a = 1\n"), built("a = 2\n")
+    squatter = configmap_body(other, record(namespace, other), None)
+    squatter["metadata"]["name"] = configmap_name("disk-cleanup", context.content_hash)
+    admin.create_namespaced_config_map(namespace, squatter)
+    foreign = {"metadata": {"name": configmap_name("other-fn", context.content_hash)}}
+    admin.create_namespaced_config_map(namespace, {**foreign, "data": {"a": "b"}})
+
+    with pytest.raises(StorageConflict, match="never overwritten"):
+        store.put_if_absent(context, record(namespace, context))
+    with pytest.raises(StorageConflict, match="not a build context of ours"):
+        store.put_if_absent(context, record(namespace, context, function="other-fn"))
+
+    kept = read(admin, namespace, squatter["metadata"]["name"])
+    assert base64.b64decode(kept.binary_data[KEY]) == other.data
+    assert read(admin, namespace, "other-fn-build-context-" + context.content_hash).data == {
+        "a": "b"
+    }
+
+
+# --- Kubernetes limits ------------------------------------------------------------------------
+
+
+def test_our_size_limit_stops_an_archive_before_the_apiserver_would(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    store = open_configmaps(kube, namespace, configmap_max_bytes=1_040_000)
+    largest, too_large = incompressible(1_040_000), incompressible(APISERVER_LIMIT + 1)
+
+    stored = store.put_if_absent(largest, record(namespace, largest))
+    with pytest.raises(ContextTooLarge) as refused:
+        store.put_if_absent(too_large, record(namespace, too_large))
+    body = configmap_body(too_large, record(namespace, too_large), None)
+    with pytest.raises(ApiException) as rejected:
+        admin.create_namespaced_config_map(namespace, body)
+
+    assert store.get(namespace, "disk-cleanup", largest.content_hash) == largest.data
+    assert names(admin, namespace) == [stored.storage["configMap"]]
+    message = refused.value.message
+    assert "1048577 bytes" in message and "at most 1040000" in message
+    assert "BUILD_CONTEXT_CONFIGMAP_MAX_BYTES" in message
+    assert "BUILD_CONTEXT_OVERFLOW_STORAGE=s3" in message
+    assert rejected.value.status == 422
+    assert "may not be more than 1048576 bytes" in rejected.value.body
+
+
+def test_the_default_limit_keeps_a_margin_under_one_mebibyte(
+    kube: KubeAPIServer, namespace: str
+) -> None:
+    store = open_configmaps(kube, namespace)
+    context = incompressible(1_000_001)
+
+    with pytest.raises(ContextTooLarge, match="at most 1000000"):
+        store.put_if_absent(context, record(namespace, context))
+
+
+def test_the_longest_function_name_gives_valid_names_and_labels(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    store = open_configmaps(kube, namespace)
+    function = "f" + "-x" * 30 + "yz"
+    assert len(function) == 63
+    context = built()
+
+    stored = store.put_if_absent(context, record(namespace, context, function=function))
+
+    configmap = read(admin, namespace, stored.storage["configMap"])
+    assert len(configmap.metadata.name) <= 253
+    assert configmap.metadata.labels["build-context.dev/function"] == function
+    assert all(len(value) <= 63 for value in configmap.metadata.labels.values())
+    assert configmap.metadata.annotations["build-context.dev/content-hash"] == (
+        context.content_hash
+    )
+
+
+# --- namespaces and owners --------------------------------------------------------------------
+
+
+def test_only_the_home_and_allowed_namespaces_are_written(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    other, elsewhere = new_namespace(admin), new_namespace(admin)
+    store = open_configmaps(kube, namespace, allowed_namespaces=other)
+    context = built()
+
+    stored = store.put_if_absent(context, record(other, context))
+    with pytest.raises(StorageForbidden, match="BUILD_CONTEXT_ALLOWED_NAMESPACES"):
+        store.put_if_absent(context, record(elsewhere, context))
+
+    assert stored.storage["namespace"] == other
+    assert names(admin, other) == [stored.storage["configMap"]]
+    assert names(admin, elsewhere) == []
+
+
+def test_a_missing_namespace_is_a_forbidden_store_with_the_fix(
+    kube: KubeAPIServer, namespace: str
+) -> None:
+    store = open_configmaps(kube, namespace, allowed_namespaces="never-created")
+    context = built()
+
+    with pytest.raises(StorageForbidden, match="create the namespace"):
+        store.put_if_absent(context, record("never-created", context))
+
+
+def test_the_owning_function_becomes_the_owner_reference(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    store = open_configmaps(kube, namespace)
+    owner = OwnerReference(**LAMBDA_OWNER, name="disk-cleanup", uid=str(uuid.uuid4()))
+    owned, unowned = built("a = 1\n"), built("a = 2\n")
+
+    first = store.put_if_absent(owned, record(namespace, owned), owner)
+    second = store.put_if_absent(unowned, record(namespace, unowned))
+    store.put_if_absent(unowned, record(namespace, unowned), owner)
+
+    for stored in (first, second):
+        references = read(admin, namespace, stored.storage["configMap"]).metadata.owner_references
+        assert [(r.api_version, r.kind, r.name, r.uid) for r in references] == [
+            ("lambda.knative.io/v1alpha1", "LambdaFunction", "disk-cleanup", owner.uid)
+        ]
+
+
+def test_an_owner_the_apiserver_rejects_is_an_internal_error_with_its_message(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    store = open_configmaps(kube, namespace)
+    owner = OwnerReference(api_version="a/b/c", kind="LambdaFunction", name="x", uid="u-1")
+    context = built()
+
+    with pytest.raises(InternalError) as failed:
+        store.put_if_absent(context, record(namespace, context), owner)
+
+    assert type(failed.value) is InternalError
+    assert "(422)" in failed.value.message and "ownerReferences" in failed.value.message
+    assert names(admin, namespace) == []
+
+
+# --- the capacity guard -----------------------------------------------------------------------
+
+
+def test_the_namespace_cap_routes_new_contexts_away_but_still_reuses_stored_ones(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    reader = InMemoryMetricReader()
+    size = 20_000
+    store = open_configmaps(
+        kube,
+        namespace,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        configmap_namespace_max_bytes=2 * size + size // 2,
+    )
+    first, second, third = (incompressible(size) for _ in range(3))
+    store.put_if_absent(first, record(namespace, first))
+    store.put_if_absent(second, record(namespace, second))
+
+    with pytest.raises(CapacityExceeded) as full:
+        store.put_if_absent(third, record(namespace, third))
+    reused = store.put_if_absent(first, record(namespace, first, request_id="req-2"))
+
+    assert full.value.retryable is True
+    assert f"holds 2 build-context ConfigMaps with {2 * size} bytes" in full.value.message
+    assert "cap of 50000 bytes (BUILD_CONTEXT_CONFIGMAP_NAMESPACE_MAX_BYTES)" in full.value.message
+    assert reused.reused is True
+    assert len(names(admin, namespace)) == 2
+    assert gauge(reader, "build_context.configmap.usage") == {namespace: 2 * size}
+    assert gauge(reader, "build_context.configmap.objects") == {namespace: 2}
+
+    (listed,) = [item for item in store.list() if item.record.content_hash == second.content_hash]
+    assert store.delete(listed, lambda current: True)
+    store.put_if_absent(third, record(namespace, third))
+    assert gauge(reader, "build_context.configmap.usage") == {namespace: 2 * size}
+
+
+def test_the_count_cap_applies_too(kube: KubeAPIServer, namespace: str) -> None:
+    store = open_configmaps(kube, namespace, configmap_namespace_max_count=1)
+    first, second = built("a = 1\n"), built("a = 2\n")
+    store.put_if_absent(first, record(namespace, first))
+
+    with pytest.raises(CapacityExceeded, match="BUILD_CONTEXT_CONFIGMAP_NAMESPACE_MAX_COUNT"):
+        store.put_if_absent(second, record(namespace, second))
+
+
+def test_usage_comes_from_a_periodic_metadata_list_not_one_per_request(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    clock = SimulatedMonotonic()
+    store = open_configmaps(
+        kube,
+        namespace,
+        telemetry=Telemetry(meter_provider=MeterProvider(), tracer_provider=tracer_provider),
+        monotonic=clock,
+        configmap_namespace_max_bytes=100_000,
+        configmap_usage_refresh_seconds=30,
+    )
+    ours = [built(f"n = {i}\n") for i in range(4)]
+    store.put_if_absent(ours[0], record(namespace, ours[0]))
+    # Another replica's context, unseen until the refresh; with it, ours[3] is one byte too many.
+    neighbour = incompressible(100_000 - sum(c.size_bytes for c in ours) + 1)
+    admin.create_namespaced_config_map(
+        namespace, configmap_body(neighbour, record(namespace, neighbour), None)
+    )
+
+    store.put_if_absent(ours[1], record(namespace, ours[1]))
+    clock.now += 29
+    store.put_if_absent(ours[2], record(namespace, ours[2]))
+    clock.now += 2
+    with pytest.raises(CapacityExceeded):
+        store.put_if_absent(ours[3], record(namespace, ours[3]))
+
+    lists = [s for s in spans.get_finished_spans() if s.name == "kube list configmaps"]
+    assert len(lists) == 2
+    assert store.usage(namespace).bytes == neighbour.size_bytes + sum(
+        c.size_bytes for c in ours[:3]
+    )
+
+
+# --- listing, deleting, pinning ---------------------------------------------------------------
+
+
+def test_list_pages_through_our_configmaps_only_and_reads_pins(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    store = open_configmaps(kube, namespace, cleanup_page_size=2)
+    contexts = [built(f"n = {i}\n") for i in range(5)]
+    records = [
+        store.put_if_absent(c, record(namespace, c, function=f"fn-{i}")).record
+        for i, c in enumerate(contexts)
+    ]
+    admin.create_namespaced_config_map(namespace, {"metadata": {"name": "app-settings"}})
+    pinned = configmap_name("fn-3", contexts[3].content_hash)
+    admin.patch_namespaced_config_map(pinned, namespace, {"metadata": {"labels": {RETAIN: "true"}}})
+
+    listed = {item.record.function: item.record for item in store.list()}
+
+    assert listed == {r.function: replace(r, retain=r.function == "fn-3") for r in records}
+    assert list(store.list(frozenset({"some-other-namespace"}))) == []
+
+
+def test_delete_rechecks_the_fresh_record_and_loses_to_a_refresh(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    store = open_configmaps(kube, namespace)
+    context = built()
+    store.put_if_absent(context, record(namespace, context))
+    (item,) = store.list()
+
+    def refreshed_meanwhile(current: ContextRecord) -> bool:
+        """Runs between the re-read and the delete: a request reuses the context right then."""
+        store.put_if_absent(context, record(namespace, context, created=T0 + WEEK))
+        return True
+
+    kept = store.delete(item, refreshed_meanwhile)
+    seen: list[ContextRecord] = []
+    still_kept = store.delete(item, lambda current: seen.append(current) or False)
+    deleted = store.delete(item, lambda current: True)
+    again = store.delete(item, lambda current: True)
+
+    assert (kept, still_kept, deleted, again) == (False, False, True, False)
+    assert seen[0].expires_at == T0 + 2 * WEEK
+    assert names(admin, namespace) == []
+
+
+def test_a_foreign_configmap_wearing_our_label_is_skipped(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    store = open_configmaps(kube, namespace)
+    label = {"app.kubernetes.io/managed-by": "build-context"}
+    admin.create_namespaced_config_map(namespace, {"metadata": {"name": "x", "labels": label}})
+
+    assert list(store.list()) == []
+
+
+# --- RBAC: the Role in knative/ ---------------------------------------------------------------
+
+
+def test_the_roles_grant_what_the_store_calls_and_nothing_more(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
+) -> None:
+    other = new_namespace(admin)
+    tokens = apply_rbac(kube, namespace)
+    apply_rbac(kube, other)  # the same Role exists there, bound to that namespace's account
+    create = open_configmaps(kube, namespace, token=tokens["create"], allowed_namespaces=other)
+    cleanup = open_configmaps(kube, namespace, token=tokens["cleanup"])
+    context = built()
+    owner = OwnerReference(**LAMBDA_OWNER, name="disk-cleanup", uid=str(uuid.uuid4()))
+
+    create.check()
+    cleanup.check()
+    create.put_if_absent(context, record(namespace, context))
+    reused = create.put_if_absent(
+        context, record(namespace, context, ttl=2 * WEEK, request_id="req-2"), owner
+    )
+    with pytest.raises(StorageForbidden, match=f"namespace '{other}'"):
+        create.put_if_absent(context, record(other, context))
+    (item,) = cleanup.list()
+    deleted = cleanup.delete(item, lambda current: current.expires_at == T0 + 2 * WEEK)
+
+    assert reused.reused is True
+    assert deleted is True
+    for handlers, token in tokens.items():
+        with kube.client_for_token(token) as client:
+            rules = kubernetes.client.AuthorizationV1Api(client).create_self_subject_rules_review(
+                {"spec": {"namespace": namespace}}
+            )
+            core = kubernetes.client.CoreV1Api(client)
+            with pytest.raises(ApiException) as secrets:
+                core.list_namespaced_secret(namespace)
+            with pytest.raises(ApiException) as elsewhere:
+                core.list_namespaced_config_map(other)
+        granted = {
+            verb
+            for rule in rules.status.resource_rules
+            if "configmaps" in (rule.resources or [])
+            for verb in rule.verbs
+        }
+        assert granted == set(REQUIRED_VERBS[handlers]), handlers
+        assert (secrets.value.status, elsewhere.value.status) == (403, 403)
+
+
+def test_start_up_fails_without_the_right_to_list_configmaps(
+    kube: KubeAPIServer, namespace: str
+) -> None:
+    token = kube.service_account_token(namespace, "unbound")
+    store = open_configmaps(kube, namespace, token=token)
+
+    with pytest.raises(ConfigurationError) as failed:
+        store.check()
+
+    assert failed.value.variable == "BUILD_CONTEXT_NAMESPACE"
+    assert "refused to list configmaps" in failed.value.problem
+    assert "Role in knative/base/rbac.yaml" in failed.value.problem
+
+
+# --- retries ----------------------------------------------------------------------------------
+
+
+class ApiServerDouble:
+    """Test double of an overloaded apiserver: every request gets one fixed status."""
+
+    def __init__(self, status: int) -> None:
+        self.requests = 0
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                double.requests += 1
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                body = json.dumps(
+                    {"kind": "Status", "code": status, "message": f"test double says {status}"}
+                ).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def store_at(url: str, reader: InMemoryMetricReader, sleep: Recorder, **settings: Any) -> Any:
+    configuration = kubernetes.client.Configuration()
+    configuration.host = url
+    telemetry = Telemetry(
+        meter_provider=MeterProvider(metric_readers=[reader]), tracer_provider=TracerProvider()
+    )
+    return ConfigMapStore(
+        load_settings(storage="configmap", namespace="team-a", **{**FAST_RETRIES, **settings}),
+        configuration,
+        telemetry,
+        meter_provider=MeterProvider(),
+        sleep=sleep,
+    )
+
+
+def retries_counted(reader: InMemoryMetricReader) -> int:
+    data = reader.get_metrics_data()
+    return sum(
+        int(point.value)
+        for resource in (data.resource_metrics if data else [])
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "build_context.storage.retries"
+        for point in metric.data.data_points
+        if point.attributes.get("store") == "configmap"
+    )
+
+
+@pytest.mark.parametrize("status", [503, 429, 500])
+def test_an_overloaded_apiserver_is_retried_then_a_retryable_failure(status: int) -> None:
+    double = ApiServerDouble(status)
+    reader, sleep = InMemoryMetricReader(), Recorder()
+    store = store_at(double.url, reader, sleep, retry_attempts=4)
+    context = built()
+    try:
+        with pytest.raises(StorageUnavailable) as failed:
+            store.put_if_absent(context, record("team-a", context))
+    finally:
+        store.close()
+        double.close()
+
+    assert double.requests == 4
+    assert len(sleep.delays) == 3
+    assert retries_counted(reader) == 3
+    assert failed.value.retryable is True
+    assert f"{status} test double says {status}" in failed.value.message
+    assert "within 4 attempts" in failed.value.message
+
+
+def test_a_refused_connection_is_retried_then_a_retryable_failure() -> None:
+    reader, sleep = InMemoryMetricReader(), Recorder()
+    store = store_at(f"http://127.0.0.1:{free_port()}", reader, sleep, retry_attempts=3)
+    context = built()
+
+    with pytest.raises(StorageUnavailable) as failed:
+        store.put_if_absent(context, record("team-a", context))
+
+    assert (len(sleep.delays), retries_counted(reader)) == (2, 2)
+    assert failed.value.retryable is True
+    assert "Connection refused" in failed.value.message or "NewConnectionError" in (
+        failed.value.message
+    )
+    assert all(0 <= delay <= 0.04 for delay in sleep.delays)
+
+
+def test_a_client_error_is_not_retried() -> None:
+    double = ApiServerDouble(400)
+    reader, sleep = InMemoryMetricReader(), Recorder()
+    store = store_at(double.url, reader, sleep)
+    context = built()
+    try:
+        with pytest.raises(InternalError, match="test double says 400"):
+            store.put_if_absent(context, record("team-a", context))
+    finally:
+        double.close()
+
+    assert (double.requests, sleep.delays) == (1, [])
+
+
+def test_a_hung_apiserver_cannot_hold_a_request_past_the_deadline() -> None:
+    """The listening socket accepts and never answers; each attempt's read timeout is what is
+    left of the deadline."""
+    import socket
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    reader, sleep = InMemoryMetricReader(), Recorder()
+    store = store_at(
+        f"http://127.0.0.1:{hung.getsockname()[1]}", reader, sleep, retry_deadline_seconds=1.0
+    )
+    context = built()
+    started = time.monotonic()
+    try:
+        with pytest.raises(StorageUnavailable) as failed:
+            store.put_if_absent(context, record("team-a", context))
+    finally:
+        hung.close()
+
+    assert time.monotonic() - started < 10
+    assert "ReadTimeoutError" in failed.value.message or "timed out" in failed.value.message
+
+
+# --- over HTTP --------------------------------------------------------------------------------
+
+
+def configmap_env(kube: KubeAPIServer, namespace: str, **extra: str) -> dict[str, str]:
+    assert kube.kubeconfig_path is not None
+    return {
+        "BUILD_CONTEXT_STORAGE": "configmap",
+        "KUBECONFIG": str(kube.kubeconfig_path),
+        "BUILD_CONTEXT_NAMESPACE": namespace,
+        "BUILD_CONTEXT_RETRY_ATTEMPTS": "2",
+        "BUILD_CONTEXT_RETRY_BASE_DELAY_SECONDS": "0.01",
+        **extra,
+    }
+
+
+def service_account_kubeconfig(kube: KubeAPIServer, token: str, folder: Path) -> Path:
+    """What a pod's in-cluster configuration amounts to: the server, its CA and the SA token."""
+    path = folder / "sa-kubeconfig"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "t",
+                "cluster": {"server": kube.url, "certificate-authority": str(kube.ca_file)},
+            }
+        ],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "sa"}}],
+        "current-context": "t",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_http_created_event_names_the_configmap_that_holds_the_archive(
+    kube: KubeAPIServer,
+    admin: kubernetes.client.CoreV1Api,
+    namespace: str,
+    start_server: StartServer,
+    tmp_path: Path,
+) -> None:
+    token = apply_rbac(kube, namespace)["create"]
+    kubeconfig = service_account_kubeconfig(kube, token, tmp_path)
+    server = start_server(**configmap_env(kube, namespace, KUBECONFIG=str(kubeconfig)))
+    request = example("python")
+
+    reply = server.send(request)
+    again = server.send(request)
+
+    assert reply.type == "buildcontext.created", reply
+    data = reply.data
+    name = f"{request['lambdaFunction']}-build-context-{data['contentHash']}"
+    assert data["storage"] == {
+        "backend": "configmap",
+        "namespace": namespace,
+        "configMap": name,
+        "key": "context.tar.gz",
+    }
+    assert data["contextUri"] == "tar:///workspace/context.tar.gz"
+    stored = base64.b64decode(read(admin, namespace, name).binary_data[KEY])
+    assert hashlib.sha256(stored).hexdigest() == data["archiveSha256"]
+    assert hashlib.sha256(gzip.decompress(stored)).hexdigest() == data["contentHash"]
+    assert set(members(stored)) >= set(data["files"])
+    assert (again.data["reused"], again.data["storage"]) == (True, data["storage"])
+    metrics = server.session.get(f"{server.url}/metrics", timeout=10).text
+    for series, value in (("usage_bytes", len(stored)), ("objects", 1)):
+        pattern = rf'build_context_configmap_{series}{{namespace="{namespace}"[^}}]*}} {value}\.0'
+        assert re.search(pattern, metrics), pattern
+
+
+def test_http_namespace_allow_list(
+    kube: KubeAPIServer,
+    admin: kubernetes.client.CoreV1Api,
+    namespace: str,
+    start_server: StartServer,
+) -> None:
+    other, elsewhere = new_namespace(admin), new_namespace(admin)
+    server = start_server(**configmap_env(kube, namespace, BUILD_CONTEXT_ALLOWED_NAMESPACES=other))
+
+    allowed = server.send({**example("python"), "namespace": other})
+    refused = server.send({**example("python"), "namespace": elsewhere})
+
+    assert allowed.type == "buildcontext.created", allowed
+    assert allowed.data["storage"]["namespace"] == other
+    assert refused.type == "buildcontext.failed", refused
+    assert (refused.data["reason"], refused.data["retryable"]) == ("StorageForbidden", False)
+    assert names(admin, elsewhere) == []
+
+
+def test_http_too_large_without_an_overflow_store_fails_with_the_limit(
+    kube: KubeAPIServer,
+    admin: kubernetes.client.CoreV1Api,
+    namespace: str,
+    start_server: StartServer,
+) -> None:
+    server = start_server(
+        **configmap_env(kube, namespace, BUILD_CONTEXT_CONFIGMAP_MAX_BYTES="1024")
+    )
+    noise = "".join(f"# {os.urandom(24).hex()}\n" for _ in range(64))
+    request = {**example("python"), "sourceCode": noise + example("python")["sourceCode"]}
+
+    reply = server.send(request)
+
+    assert reply.type == "buildcontext.failed", reply
+    assert (reply.data["reason"], reply.data["retryable"]) == ("ContextTooLarge", False)
+    assert "at most 1024" in reply.data["message"]
+    assert names(admin, namespace) == []
+
+
+def test_http_unreachable_apiserver_is_retryable(
+    kube: KubeAPIServer, namespace: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    kubeconfig = tmp_path / "closed-kubeconfig"
+    config = yaml.safe_load(Path(str(kube.kubeconfig_path)).read_text())
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    server = start_server(**configmap_env(kube, namespace, KUBECONFIG=str(kubeconfig)))
+
+    reply = server.send(example("python"))
+
+    assert reply.type == "buildcontext.failed", reply
+    assert (reply.data["reason"], reply.data["retryable"]) == ("StorageUnavailable", True)
+    retried = [line for line in server.log_lines() if line["message"] == "storage call retried"]
+    assert [(line["store"], line["attempt"]) for line in retried] == [("configmap", 1)]
+
+
+def test_http_start_up_names_missing_credentials(start_server: StartServer, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-kubeconfig"
+
+    with pytest.raises(RuntimeError, match="KUBECONFIG: no usable Kubernetes credentials"):
+        start_server(BUILD_CONTEXT_STORAGE="configmap", KUBECONFIG=str(missing))
+
+
+@pytest.mark.s3
+def test_http_contexts_a_configmap_cannot_take_overflow_to_s3(
+    kube: KubeAPIServer,
+    admin: kubernetes.client.CoreV1Api,
+    namespace: str,
+    seaweed: SeaweedS3,
+    start_server: StartServer,
+) -> None:
+    """Too large for the size limit, or over the namespace cap: both go to the overflow store."""
+    bucket = f"overflow-{uuid.uuid4().hex[:10]}"
+    s3 = seaweed.client()
+    s3.create_bucket(Bucket=bucket)
+    server = start_server(
+        **configmap_env(
+            kube,
+            namespace,
+            BUILD_CONTEXT_CONFIGMAP_MAX_BYTES="1024",
+            BUILD_CONTEXT_CONFIGMAP_NAMESPACE_MAX_COUNT="1",
+            BUILD_CONTEXT_OVERFLOW_STORAGE="s3",
+            BUILD_CONTEXT_S3_BUCKET=bucket,
+            BUILD_CONTEXT_S3_ENDPOINT_URL=seaweed.endpoint_url,
+            BUILD_CONTEXT_S3_FORCE_PATH_STYLE="true",
+            AWS_ACCESS_KEY_ID=seaweed.admin.access_key,
+            AWS_SECRET_ACCESS_KEY=seaweed.admin.secret_key,
+            AWS_REGION=seaweed.region,
+        )
+    )
+    request = example("python")
+    noise = "".join(f"# {os.urandom(24).hex()}\n" for _ in range(64))
+
+    fits = server.send(request)
+    over_cap = server.send({**request, "sourceCode": "# another\n" + request["sourceCode"]})
+    too_large = server.send({**request, "sourceCode": noise + request["sourceCode"]})
+
+    assert (fits.data["storage"]["backend"], fits.data["overflow"]) == ("configmap", False)
+    for reply in (over_cap, too_large):
+        assert reply.type == "buildcontext.created", reply
+        assert (reply.data["storage"]["backend"], reply.data["overflow"]) == ("s3", True)
+        key = reply.data["storage"]["key"]
+        stored = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert hashlib.sha256(stored).hexdigest() == reply.data["archiveSha256"]
+    assert names(admin, namespace) == [fits.data["storage"]["configMap"]]
+
+
+# --- the documentation ------------------------------------------------------------------------
+
+
+def test_the_documented_kaniko_job_mounts_a_stored_context_where_context_uri_points(
+    kube: KubeAPIServer, namespace: str
+) -> None:
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "configmap.md").read_text()
+    section = docs.split("## Building with kaniko", 1)[1]
+    manifest = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    store = open_configmaps(kube, namespace)
+    context = built()
+    stored = store.put_if_absent(context, record(namespace, context))
+    filled = (
+        manifest.replace("NAMESPACE", namespace)
+        .replace("CONFIGMAP", stored.storage["configMap"])
+        .replace("REGISTRY", "registry.example.com/remediation")
+        .replace("IMAGE_TAG", context.image_tag)
+    )
+    job = yaml.safe_load(filled)
+
+    with kube.api_client() as client:
+        created = kubernetes.client.BatchV1Api(client).create_namespaced_job(
+            namespace, job, dry_run="All"
+        )
+
+    pod = created.spec.template.spec
+    (mount,) = pod.containers[0].volume_mounts
+    (volume,) = [v for v in pod.volumes if v.name == mount.name]
+    assert volume.config_map.name == stored.storage["configMap"]
+    assert f"--context={stored.context_uri}" in pod.containers[0].args
+    assert stored.context_uri == f"tar://{mount.mount_path}/{stored.storage['key']}"
