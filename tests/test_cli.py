@@ -30,7 +30,7 @@ def cli(
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["serve"], ["create"], ["send"], ["settings"], ["schemas"]]
+    "command", [[], ["serve"], ["create"], ["send"], ["cleanup"], ["settings"], ["schemas"]]
 )
 def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
     done = cli(*command, "--help", cwd=tmp_path)
