@@ -1,0 +1,82 @@
+"""The stores the benchmark can run against, each with whatever server it needs.
+
+A backend yields the environment that configures both the function server (a subprocess) and
+the in-process service, so both measure the same store the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+Backend = Callable[[Path], contextlib.AbstractContextManager[dict[str, str]]]
+
+
+@contextlib.contextmanager
+def filesystem(workdir: Path) -> Iterator[dict[str, str]]:
+    root = workdir / "contexts"
+    yield {"BUILD_CONTEXT_STORAGE": "filesystem", "BUILD_CONTEXT_FS_ROOT": str(root)}
+
+
+@contextlib.contextmanager
+def s3(workdir: Path) -> Iterator[dict[str, str]]:
+    """A SeaweedFS S3 server on loopback (tests/support/seaweed.py) with a fresh bucket."""
+    from tests.support.seaweed import start_seaweed_s3
+
+    seaweed = start_seaweed_s3()
+    try:
+        seaweed.client().create_bucket(Bucket="bench")
+        yield s3_env(
+            seaweed.endpoint_url, "bench", seaweed.admin.access_key, seaweed.admin.secret_key
+        )
+    finally:
+        seaweed.stop()
+
+
+def s3_env(endpoint: str, bucket: str, access_key: str, secret_key: str) -> dict[str, str]:
+    return {
+        "BUILD_CONTEXT_STORAGE": "s3",
+        "BUILD_CONTEXT_S3_BUCKET": bucket,
+        "BUILD_CONTEXT_S3_ENDPOINT_URL": endpoint,
+        "BUILD_CONTEXT_S3_FORCE_PATH_STYLE": "true",
+        "AWS_ACCESS_KEY_ID": access_key,
+        "AWS_SECRET_ACCESS_KEY": secret_key,
+        "AWS_REGION": "us-east-1",
+    }
+
+
+BACKENDS: dict[str, Backend] = {"filesystem": filesystem, "s3": s3}
+
+
+def available() -> list[str]:
+    return list(BACKENDS)
+
+
+@contextlib.contextmanager
+def opened(name: str) -> Iterator[tuple[dict[str, str], Path]]:
+    """The store's environment and a scratch folder, both gone afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    try:
+        with BACKENDS[name](workdir) as env:
+            yield env, workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """`env` set in this process for the in-process service, then restored."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,163 @@
+"""150 simultaneous requests to the real server, per store: every one answered and stored once.
+
+Runtimes and source sizes (1 KB to 900 KB) are mixed and every tenth request repeats an
+earlier one, so identical requests race each other. The assertions are about correctness and
+resource bounds, never about time: `python -m bench` measures speed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import uuid
+from collections import defaultdict
+from datetime import timedelta
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench import workload
+from bench.load import Reply, send
+from bench.stores import s3_env
+from function.cleanup import CleanupService
+from function.settings import Settings, load_settings
+from function.stores import Store, open_store
+from tests.conftest import StartServer
+from tests.support.contexts import members, read_member
+from tests.support.seaweed import SeaweedS3
+from tests.support.server import FunctionServer
+
+BURST = 150
+MIB = 1024 * 1024
+GROWTH_LIMIT = 96 * MIB
+"""How much the server's resident memory may grow over a burst, after a warm-up that ran the
+same mix on every worker thread. Leaking one 900 KB request's source per request would pass
+this in a few bursts; per request it would add well over 100 MiB here."""
+ENTRY = {"python": "remediation.py", "nodejs": "remediation.js", "go": "remediation.go"}
+
+
+def burst() -> list[workload.Request]:
+    requests = workload.mixed(BURST, seed=8, identical_every=10)
+    assert {r.size for r in requests} == set(workload.SIZES)
+    assert {r.runtime for r in requests} == set(workload.RUNTIMES)
+    assert len({r.key for r in requests}) < BURST
+    return requests
+
+
+def warm_up(server: FunctionServer) -> set[tuple[str, str]]:
+    """Every worker thread sees every runtime at every size, so lazily built state (parsers per
+    thread, imports, allocator arenas) exists before the baseline; returns what it stored."""
+    requests = [
+        workload.request(runtime, size, salt=900_000 + i)
+        for i, (runtime, size) in enumerate(
+            (r, s) for s in workload.SIZES for r in workload.RUNTIMES
+        )
+    ]
+    threads = load_settings().threads
+    stored = set()
+    for order in (requests, requests[::-1]):
+        run = send(server.url, order, concurrency=threads)
+        assert not run.failures, run.failures[:3]
+        stored |= {(r.data["lambdaFunction"], r.data["contentHash"]) for r in run.replies}
+    return stored
+
+
+def in_process_store(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Store, Settings]:
+    """A second client on the server's storage, with a cleanup policy that keeps nothing."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(keep_latest=0, cleanup_grace_seconds=0)
+    return open_store(settings.storage, settings), settings
+
+
+def check_burst(
+    start_server: StartServer, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = start_server(**env)
+    assert server.process is not None
+    warmed = warm_up(server)
+    memory = psutil.Process(server.process.pid)
+    before = memory.memory_info().rss
+
+    run = send(server.url, burst(), concurrency=BURST)
+
+    after = memory.memory_info().rss
+    assert "connection limit" not in server.log(), "callers waited for a connection slot"
+    assert len(run.replies) == BURST
+    assert not run.failures, run.failures[:3]
+    contexts = check_stored_once(run.replies)
+    assert after - before < GROWTH_LIMIT, (
+        f"server RSS grew {(after - before) / MIB:.0f} MiB over the burst "
+        f"({before / MIB:.0f} -> {after / MIB:.0f} MiB)"
+    )
+    store, settings = in_process_store(env, monkeypatch)
+    try:
+        check_extracts(store, settings.home_namespace, contexts)
+        listed = [(i.record.function, i.record.content_hash) for i in store.list()]
+        created = {(r.data["lambdaFunction"], r.data["contentHash"]) for r in contexts.values()}
+        assert sorted(listed) == sorted(warmed | created)
+        check_cleanup(store, settings, expected=len(listed))
+    finally:
+        store.close()
+
+
+def check_stored_once(replies: list[Reply]) -> dict[str, Reply]:
+    """One context per distinct request; identical requests got it once created, else reused."""
+    by_key: dict[str, list[Reply]] = defaultdict(list)
+    for reply in replies:
+        by_key[reply.request.key].append(reply)
+    contexts: dict[str, Reply] = {}
+    for key, same in by_key.items():
+        hashes = {r.data["contentHash"] for r in same}
+        assert len(hashes) == 1, f"{key}: identical requests, different contexts {hashes}"
+        created = [r for r in same if not r.data["reused"]]
+        assert len(created) == 1, f"{key}: {len(created)} of {len(same)} replies say created"
+        contexts[key] = created[0]
+    assert len({r.data["contentHash"] for r in contexts.values()}) == len(contexts)
+    return contexts
+
+
+def check_extracts(store: Store, namespace: str, contexts: dict[str, Reply]) -> None:
+    """Each archive, read back through a second client, is the reply's and holds the source."""
+    for reply in contexts.values():
+        data = reply.data
+        archive = store.get(namespace, data["lambdaFunction"], data["contentHash"])
+        assert hashlib.sha256(archive).hexdigest() == data["archiveSha256"]
+        assert hashlib.sha256(gzip.decompress(archive)).hexdigest() == data["contentHash"]
+        names = set(members(archive))
+        assert names == set(data["files"])
+        assert {"Dockerfile", ENTRY[reply.request.runtime]} <= names
+        assert read_member(archive, ENTRY[reply.request.runtime]) == reply.request.entry_source
+
+
+def check_cleanup(store: Store, settings: Settings, expected: int) -> None:
+    """Cleanup, with its clock past every TTL, deletes exactly what the requests created."""
+    moment = max(i.record.expires_at for i in store.list()) + timedelta(seconds=1)
+    completed = CleanupService([store], settings, clock=lambda: moment).run()
+    summary = completed.stores[0]
+    assert summary.errors == 0, summary
+    assert summary.deleted == expected, summary
+    assert list(store.list()) == []
+
+
+def test_burst_filesystem(
+    start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {
+        "BUILD_CONTEXT_STORAGE": "filesystem",
+        "BUILD_CONTEXT_FS_ROOT": str(tmp_path / "contexts"),
+    }
+    check_burst(start_server, env, monkeypatch)
+
+
+@pytest.mark.s3
+def test_burst_s3(
+    start_server: StartServer, seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = f"load-{uuid.uuid4().hex[:12]}"
+    seaweed.client().create_bucket(Bucket=bucket)
+    env = s3_env(seaweed.endpoint_url, bucket, seaweed.admin.access_key, seaweed.admin.secret_key)
+    check_burst(start_server, env, monkeypatch)
