@@ -348,6 +348,7 @@ def thread_section(
                         p95,
                         p99,
                         max(run.latencies),
+                        percentiles(run.latencies_of("1KB"))[1],
                         run.throughput,
                         len(run.failures),
                         memory.cpu_seconds / len(run.replies),
@@ -356,7 +357,7 @@ def thread_section(
                 )
     for threads in sweep:
         cells = [statistics.median(column) for column in zip(*rounds[threads], strict=True)]
-        count, p50, p95, p99, most, throughput, failed, cpu, _ = cells
+        count, p50, p95, p99, most, small, throughput, failed, cpu, _ = cells
         peak = max(r[-1] for r in rounds[threads])
         print(
             table.add(
@@ -367,6 +368,7 @@ def thread_section(
                 _ms(p95),
                 _ms(p99),
                 _ms(most),
+                _ms(small),
                 f"{throughput:.0f}",
                 int(failed),
                 _ms(cpu),
@@ -382,6 +384,7 @@ RUN_COLUMNS = [
     "p95",
     "p99",
     "max",
+    "p95 of 1KB",
     "req/s",
     "failed",
     "server CPU/req",
@@ -398,6 +401,7 @@ def _run_cells(run: Run, memory: MemoryWatch) -> list[str]:
         _ms(p95),
         _ms(p99),
         _ms(max(run.latencies)),
+        _ms(percentiles(run.latencies_of("1KB"))[1]),
         f"{run.throughput:.0f}",
         str(len(run.failures)),
         _ms(memory.cpu_seconds / len(run.replies)),

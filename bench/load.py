@@ -43,6 +43,10 @@ class Run:
     def latencies(self) -> list[float]:
         return [r.seconds for r in self.replies]
 
+    def latencies_of(self, size: str) -> list[float]:
+        """Latencies of the requests of one source size: do small ones wait behind large?"""
+        return [r.seconds for r in self.replies if r.request.size == size] or [0.0]
+
     @property
     def throughput(self) -> float:
         return len(self.replies) / self.wall_seconds if self.wall_seconds else 0.0

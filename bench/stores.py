@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -49,7 +50,34 @@ def s3_env(endpoint: str, bucket: str, access_key: str, secret_key: str) -> dict
     }
 
 
-BACKENDS: dict[str, Backend] = {"filesystem": filesystem, "s3": s3}
+@contextlib.contextmanager
+def configmap(workdir: Path) -> Iterator[dict[str, str]]:
+    """A kube-apiserver with etcd on loopback (tests/support/kube.py) and a fresh namespace."""
+    import kubernetes.client
+
+    from tests.support.kube import KubeAPIServer
+
+    kube = KubeAPIServer()
+    kube.start()
+    try:
+        namespace = f"bench-{uuid.uuid4().hex[:8]}"
+        core = kubernetes.client.CoreV1Api(kube.api_client())
+        core.create_namespace({"metadata": {"name": namespace}})
+        assert kube.kubeconfig_path is not None
+        yield configmap_env(str(kube.kubeconfig_path), namespace)
+    finally:
+        kube.stop()
+
+
+def configmap_env(kubeconfig: str, namespace: str) -> dict[str, str]:
+    return {
+        "BUILD_CONTEXT_STORAGE": "configmap",
+        "KUBECONFIG": kubeconfig,
+        "BUILD_CONTEXT_NAMESPACE": namespace,
+    }
+
+
+BACKENDS: dict[str, Backend] = {"filesystem": filesystem, "s3": s3, "configmap": configmap}
 
 
 def available() -> list[str]:

@@ -14,17 +14,19 @@ from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 
+import kubernetes.client
 import psutil
 import pytest
 
 from bench import workload
 from bench.load import Reply, send
-from bench.stores import s3_env
+from bench.stores import configmap_env, s3_env
 from function.cleanup import CleanupService
 from function.settings import Settings, load_settings
 from function.stores import Store, open_store
 from tests.conftest import StartServer
 from tests.support.contexts import members, read_member
+from tests.support.kube import KubeAPIServer
 from tests.support.seaweed import SeaweedS3
 from tests.support.server import FunctionServer
 
@@ -161,3 +163,15 @@ def test_burst_s3(
     seaweed.client().create_bucket(Bucket=bucket)
     env = s3_env(seaweed.endpoint_url, bucket, seaweed.admin.access_key, seaweed.admin.secret_key)
     check_burst(start_server, env, monkeypatch)
+
+
+@pytest.mark.kube
+def test_burst_configmap(
+    start_server: StartServer, kube: KubeAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    namespace = f"load-{uuid.uuid4().hex[:8]}"
+    kubernetes.client.CoreV1Api(kube.api_client()).create_namespace(
+        {"metadata": {"name": namespace}}
+    )
+    assert kube.kubeconfig_path is not None
+    check_burst(start_server, configmap_env(str(kube.kubeconfig_path), namespace), monkeypatch)
