@@ -14,7 +14,7 @@ from ..contract import OwnerReference
 Clock = Callable[[], datetime]
 MANAGED_BY = "build-context"
 RETAIN = "build-context.dev/retain"
-"""Label (ConfigMap), metadata key (S3) or `retain` field (filesystem) that pins a context."""
+"""Label (ConfigMap), object tag (S3) or `retain` field (filesystem) that pins a context."""
 
 
 def utcnow() -> datetime:
