@@ -39,16 +39,14 @@ class BuildContextService:
         with self.telemetry.stage("archive", attributes):
             archive = archives.build(files)
         now = self.clock()
-        record = ContextRecord(
+        record = ContextRecord.for_archive(
+            archive,
             namespace=namespace,
             function=valid.function,
             runtime=valid.runtime.name,
             runtime_version=valid.runtime_version,
-            content_hash=archive.content_hash,
-            archive_sha256=archive.archive_sha256,
-            size_bytes=archive.size_bytes,
             created_at=now,
-            expires_at=now + timedelta(seconds=valid.ttl_seconds),
+            ttl=timedelta(seconds=valid.ttl_seconds),
             request_id=request_id,
             metadata=valid.metadata,
         )

@@ -151,18 +151,16 @@ def record(
     request_id: str = "req-1",
     metadata: dict[str, str] | None = None,
 ) -> ContextRecord:
-    return ContextRecord(
+    return ContextRecord.for_archive(
+        context,
         namespace=namespace,
         function=function,
         runtime="python",
         runtime_version="3.13",
-        content_hash=context.content_hash,
-        archive_sha256=context.archive_sha256,
-        size_bytes=context.size_bytes,
         created_at=created,
-        expires_at=created + ttl,
+        ttl=ttl,
         request_id=request_id,
-        metadata=metadata or {},
+        metadata=metadata,
     )
 
 

@@ -18,16 +18,14 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def record(built: archive.Archive, at: datetime = NOW, ttl: int = 60) -> ContextRecord:
-    return ContextRecord(
+    return ContextRecord.for_archive(
+        built,
         namespace="ns",
         function="fn",
         runtime="python",
         runtime_version="3.13",
-        content_hash=built.content_hash,
-        archive_sha256=built.archive_sha256,
-        size_bytes=built.size_bytes,
         created_at=at,
-        expires_at=at + timedelta(seconds=ttl),
+        ttl=timedelta(seconds=ttl),
         request_id="r",
     )
 

@@ -38,6 +38,34 @@ class ContextRecord:
     metadata: Mapping[str, str] = field(default_factory=dict)
     retain: bool = False
 
+    @classmethod
+    def for_archive(
+        cls,
+        archive: Archive,
+        *,
+        namespace: str,
+        function: str,
+        runtime: str,
+        runtime_version: str,
+        created_at: datetime,
+        ttl: timedelta,
+        request_id: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ContextRecord:
+        return cls(
+            namespace=namespace,
+            function=function,
+            runtime=runtime,
+            runtime_version=runtime_version,
+            content_hash=archive.content_hash,
+            archive_sha256=archive.archive_sha256,
+            size_bytes=archive.size_bytes,
+            created_at=created_at,
+            expires_at=created_at + ttl,
+            request_id=request_id,
+            metadata=dict(metadata or {}),
+        )
+
     def refreshed(self, expires_at: datetime) -> ContextRecord:
         return replace(self, expires_at=max(self.expires_at, expires_at))
 

@@ -85,16 +85,14 @@ class StoreUnderTest:
     ) -> ContextRecord:
         built = built or self.built(function)
         self._archives[built.content_hash] = built
-        record = ContextRecord(
+        record = ContextRecord.for_archive(
+            built,
             namespace=namespace,
             function=function,
             runtime="python",
             runtime_version="3.13",
-            content_hash=built.content_hash,
-            archive_sha256=built.archive_sha256,
-            size_bytes=built.size_bytes,
             created_at=created,
-            expires_at=created + ttl,
+            ttl=ttl,
             request_id=f"req-{function}",
         )
         return (client or self.client).put_if_absent(built, record).record
