@@ -300,7 +300,7 @@ def http_section(
     print(
         f"\n## End to end over HTTP ({kind} workload; "
         f"server threads: {threads or load_settings().threads}; closed loop: each of the "
-        "N senders sends again when answered)\n"
+        "N senders sends again when answered; 'one burst': N requests sent at once, once)\n"
     )
     table = Table(["store", *RUN_COLUMNS])
     print(table.header())
@@ -317,6 +317,12 @@ def http_section(
                 with MemoryWatch(server.process.pid) as memory, spy:
                     run = send(server.url, requests, concurrency)
                 print(table.add(name, *_run_cells(run, memory)))
+            burst = max(concurrencies)
+            with MemoryWatch(server.process.pid) as memory:
+                run = send(server.url, _requests(kind, burst), burst)
+            cells = _run_cells(run, memory)
+            cells[0] = f"{burst}, one burst"
+            print(table.add(name, *cells))
     if profile and profile.exists():
         print_profile(profile)
 
