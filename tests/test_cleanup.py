@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.trace import NoOpTracerProvider
 
 from function.archive import Archive
-from function.cleanup import CleanupService, context_key
+from function.cleanup import CleanupService, DeletesInBatches, context_key
 from function.contract import CleanupCompleted, CleanupRequest, StoreCleanupSummary
 from function.stores.base import ContextRecord, Listed, Store, Stored
 from function.stores.filesystem import FilesystemStore
@@ -261,6 +261,10 @@ class ReusesJustBeforeDelete(Store):
         return self.inner.list(namespaces)
 
     def delete(self, item: Listed, still_expired: Callable[[ContextRecord], bool]) -> bool:
+        self.request_reuses(item)
+        return self.inner.delete(item, still_expired)
+
+    def request_reuses(self, item: Listed) -> None:
         request = threading.Thread(
             target=lambda: self.reused.append(
                 self.under_test.reuse(item.record, self.at, client=self.request_client)
@@ -268,7 +272,19 @@ class ReusesJustBeforeDelete(Store):
         )
         request.start()
         request.join()
-        return self.inner.delete(item, still_expired)
+
+
+class ReusesJustBeforeBatchDelete(ReusesJustBeforeDelete):
+    """The same for a store that deletes a page at a time (S3): each context of the page is
+    reused right before the page's delete."""
+
+    def delete_many(
+        self, items: Sequence[Listed], still_expired: Callable[[ContextRecord], bool]
+    ) -> Sequence[bool | Exception]:
+        for item in items:
+            self.request_reuses(item)
+        assert isinstance(self.inner, DeletesInBatches)
+        return self.inner.delete_many(items, still_expired)
 
 
 @pytest.mark.parametrize("ttl_seconds", [None, 0], ids=["configured-ttl", "event-ttl-0"])
@@ -277,7 +293,9 @@ def test_a_context_reused_during_the_run_is_not_deleted(
 ) -> None:
     clock = SimulatedClock()
     contexts = [store.put(f"fn-{i // 2}", T0 - (20 - i % 2) * DAY) for i in range(40)]
-    racing = ReusesJustBeforeDelete(store, at=T0)
+    batches = isinstance(store.client, DeletesInBatches)
+    racing = (ReusesJustBeforeBatchDelete if batches else ReusesJustBeforeDelete)(store, at=T0)
+    assert batches == (store.backend == "s3")
     service = CleanupService([racing], store.settings(), clock=clock)
     summary = only(service.run(CleanupRequest(ttl_seconds=ttl_seconds)))
     assert racing.reused == [True] * 20, "each reuse found the context still there"

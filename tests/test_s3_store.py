@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
+import logging
 import os
 import socket
 import threading
@@ -29,6 +31,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from function import archive
 from function.archive import Archive
+from function.cleanup import CleanupService
 from function.errors import (
     ConfigurationError,
     StorageConflict,
@@ -36,9 +39,10 @@ from function.errors import (
     StorageUnavailable,
 )
 from function.settings import load_settings
-from function.stores import open_store
-from function.stores.base import RETAIN, ContextRecord
+from function.stores import open_store, s3
+from function.stores.base import RETAIN, ContextRecord, Listed
 from function.stores.s3 import S3Store
+from function.stores.traced import TracedStore
 from function.telemetry import Telemetry
 from tests.conftest import StartServer
 from tests.support.contexts import ROOT, example, members
@@ -325,10 +329,15 @@ class FaultyS3Proxy:
 
     `fault(method, query)` returns None to forward the request, "slow-down" to answer 503
     SlowDown as S3 does when throttling, or "cut" to drop the connection halfway through
-    the request body.
+    the request body. `rewrite(body)` may change the body of each forwarded answer.
     """
 
-    def __init__(self, upstream: str, fault: Callable[[str, dict[str, list[str]]], str | None]):
+    def __init__(
+        self,
+        upstream: str,
+        fault: Callable[[str, dict[str, list[str]]], str | None],
+        rewrite: Callable[[bytes], bytes] = lambda body: body,
+    ):
         target = urlsplit(upstream)
         self.faults: list[str] = []
         proxy = self
@@ -364,7 +373,7 @@ class FaultyS3Proxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
-                data = response.read()
+                data = rewrite(response.read())
                 self.send_response(response.status, response.reason)
                 for name, value in response.getheaders():
                     if name.lower() not in ("content-length", "transfer-encoding", "connection"):
@@ -610,11 +619,13 @@ def test_refresh_recreates_an_object_deleted_by_cleanup_meanwhile(
     )
 
 
+@pytest.mark.parametrize("how", ["delete", "delete_many"])
 def test_a_reuse_racing_cleanups_delete_is_never_lost(
-    seaweed: SeaweedS3, store: S3Store, admin: Any, bucket: str
+    seaweed: SeaweedS3, store: S3Store, admin: Any, bucket: str, how: str
 ) -> None:
     """Cleanup has re-checked the context and is about to delete it when a request reuses it:
-    the request refreshes it, sees cleanup's claim, waits, and writes the context again."""
+    the request refreshes it, sees cleanup's claim, waits, and writes the context again. The
+    same holds for a page deleted with one DeleteObjects call."""
     built = small()
     key = store.put_if_absent(built, record(built)).storage["key"]
     [item] = store.list()
@@ -627,29 +638,188 @@ def test_a_reuse_racing_cleanups_delete_is_never_lost(
     )
     claim_seen = threading.Event()
 
-    def on_head(params: dict[str, Any], **_: Any) -> None:
-        if params["Key"].endswith(".deleting"):
+    def on_head(http_response: Any, **_: Any) -> None:
+        if http_response.url.endswith(".deleting") and http_response.status_code == 200:
             claim_seen.set()
 
     def request_arrives(params: dict[str, Any], **_: Any) -> None:
-        if params["Key"] == key and not racer.is_alive() and not outcome:
+        deleting = [o["Key"] for o in params["Delete"]["Objects"]] if "Delete" in params else []
+        if key in [params.get("Key"), *deleting] and not racer.is_alive() and not outcome:
             racer.start()
             while racer.is_alive() and not claim_seen.wait(0.01):
                 pass
 
-    request_store.client.meta.events.register("before-parameter-build.s3.HeadObject", on_head)
-    store.client.meta.events.register("before-parameter-build.s3.DeleteObject", request_arrives)
+    request_store.client.meta.events.register("after-call.s3.HeadObject", on_head)
+    for operation in ("DeleteObject", "DeleteObjects"):
+        store.client.meta.events.register(f"before-parameter-build.s3.{operation}", request_arrives)
+    sent = calls(store, "DeleteObject", "DeleteObjects")
 
-    deleted = store.delete(item, lambda r: r.expired(NOW + timedelta(hours=2)))
+    def still_expired(r: ContextRecord) -> bool:
+        return r.expired(NOW + timedelta(hours=2))
+
+    if how == "delete":
+        deleted = store.delete(item, still_expired)
+    else:
+        [deleted] = store.delete_many([item], still_expired)
     racer.join()
 
     assert deleted is True
+    assert sent == {"delete": ["DeleteObject"] * 2, "delete_many": ["DeleteObjects"] * 2}[how]
     assert outcome[0].reused is False, "the request found its context deleted and wrote it again"
     assert admin.get_object(Bucket=bucket, Key=key)["Body"].read() == built.data
     assert admin.head_object(Bucket=bucket, Key=key)["Metadata"]["expires-at"] == (
         "2026-01-02T01:00:00Z"
     )
     assert keys(admin, bucket) == [key], "the claim is released"
+
+
+def expired_contexts(store: S3Store, count: int) -> list[Listed]:
+    """`count` contexts of functions fn-0, fn-1, ..., in that order; all expired by LATER."""
+    for i in range(count):
+        built = small(f"print({i})\n")
+        store.put_if_absent(built, record(built, function=f"fn-{i}"))
+    return sorted(store.list(), key=lambda item: int(item.record.function[3:]))
+
+
+LATER = NOW + timedelta(hours=2)
+
+
+def expired_later(r: ContextRecord) -> bool:
+    return not r.retain and r.expired(LATER)
+
+
+def test_delete_many_rechecks_each_context_and_deletes_the_page_in_one_call(
+    store: S3Store, admin: Any, bucket: str
+) -> None:
+    items = expired_contexts(store, 7)
+    key = [item.handle.key for item in items]
+    refreshed = small("print(3)\n")
+    store.put_if_absent(refreshed, record(refreshed, NOW + timedelta(hours=5), function="fn-3"))
+    admin.put_object_tagging(
+        Bucket=bucket, Key=key[4], Tagging={"TagSet": [{"Key": RETAIN, "Value": "true"}]}
+    )
+    admin.delete_object(Bucket=bucket, Key=key[5])
+    another_run = key[6] + ".deleting"
+    admin.put_object(Bucket=bucket, Key=another_run, Body=b"")
+    sent = calls(store, "DeleteObject", "DeleteObjects", "PutObject")
+    md5_checked: list[bool] = []
+
+    def check_md5(request: Any, **_: Any) -> None:
+        """Servers such as Ceph RGW refuse a DeleteObjects call without Content-MD5."""
+        digest = base64.b64encode(hashlib.md5(request.body).digest())
+        md5_checked.append(request.headers.get("Content-MD5") in (digest, digest.decode()))
+
+    store.client.meta.events.register("before-send.s3.DeleteObjects", check_md5)
+
+    outcomes = store.delete_many(items, expired_later)
+
+    assert list(outcomes) == [True, True, True, False, False, False, False]
+    assert sent.count("DeleteObjects") == 2, "one call deletes the page, one releases the claims"
+    assert md5_checked == [True, True]
+    assert "DeleteObject" not in sent and sent.count("PutObject") == 7, "a claim per context"
+    assert sorted(keys(admin, bucket)) == sorted([key[3], key[4], key[6], another_run])
+
+
+def test_delete_many_keeps_a_context_overwritten_after_its_recheck(
+    store: S3Store, admin: Any, bucket: str
+) -> None:
+    """Each key of the DeleteObjects call carries the ETag its re-check saw."""
+    [item] = expired_contexts(store, 1)
+    key = item.handle.key
+    metadata = admin.head_object(Bucket=bucket, Key=key)["Metadata"]
+
+    def overwrite(params: dict[str, Any], **_: Any) -> None:
+        if key in [o["Key"] for o in params["Delete"]["Objects"]]:
+            admin.put_object(Bucket=bucket, Key=key, Body=b"rewritten", Metadata=metadata)
+
+    store.client.meta.events.register("before-parameter-build.s3.DeleteObjects", overwrite)
+    assert list(store.delete_many([item], expired_later)) == [False]
+    assert admin.get_object(Bucket=bucket, Key=key)["Body"].read() == b"rewritten"
+    assert keys(admin, bucket) == [key], "the claim is released"
+
+
+def test_a_key_s3_did_not_delete_is_counted_and_logged_and_the_rest_go(
+    seaweed: SeaweedS3, store: S3Store, admin: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy turns one key of the DeleteObjects answer into AccessDenied, as S3 answers for
+    a key that a bucket policy protects."""
+    items = expired_contexts(store, 4)
+    denied = items[1].handle.key.encode()
+
+    def deny(body: bytes) -> bytes:
+        return body.replace(
+            b"<Deleted><Key>" + denied + b"</Key></Deleted>",
+            b"<Error><Key>" + denied + b"</Key><Code>AccessDenied</Code>"
+            b"<Message>Access Denied</Message></Error>",
+        )
+
+    settings = load_settings(namespace="team-a", keep_latest=0, cleanup_grace_seconds=0)
+    with FaultyS3Proxy(seaweed.endpoint_url, lambda *_: None, deny) as proxy:
+        service = CleanupService([open_s3(seaweed, bucket, proxy.url)], settings, lambda: LATER)
+        with caplog.at_level(logging.WARNING, logger="build_context.cleanup"):
+            [summary] = service.run().stores
+
+    assert (summary.deleted, summary.errors) == (3, 1)
+    [failure] = [r for r in caplog.records if r.getMessage().startswith("cleanup: could not")]
+    assert getattr(failure, "function", None) == "fn-1"
+    assert failure.exc_info and isinstance(failure.exc_info[1], StorageForbidden)
+    assert "grant the function's identity s3:DeleteObject" in str(failure.exc_info[1])
+    assert keys(admin, bucket) == [], "the proxy only hid the delete; no claim is left"
+
+
+def test_delete_many_splits_a_page_beyond_the_delete_objects_limit(
+    store: S3Store, admin: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = expired_contexts(store, 5)
+    monkeypatch.setattr(s3, "DELETE_BATCH_LIMIT", 2)
+    sent = calls(store, "DeleteObjects")
+    assert list(store.delete_many(items, expired_later)) == [True] * 5
+    assert len(sent) == 6, "three calls delete 2 + 2 + 1 contexts, three release the claims"
+    assert keys(admin, bucket) == []
+
+
+def test_delete_many_sends_no_delete_once_the_claims_are_older_than_the_hold(
+    store: S3Store, admin: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete sent later could land after a request took the claim for stale."""
+    items = expired_contexts(store, 3)
+    monkeypatch.setattr(s3, "CLAIM_HOLD_SECONDS", 0.0)
+    deleting: list[str] = []
+
+    def record_keys(params: dict[str, Any], **_: Any) -> None:
+        deleting.extend(o["Key"] for o in params["Delete"]["Objects"])
+
+    store.client.meta.events.register("before-parameter-build.s3.DeleteObjects", record_keys)
+    assert list(store.delete_many(items, expired_later)) == [False] * 3
+    assert len(deleting) == 3 and all(key.endswith(".deleting") for key in deleting)
+    assert sorted(keys(admin, bucket)) == sorted(item.handle.key for item in items)
+
+
+def test_cleanup_through_the_traced_store_deletes_a_page_in_one_span(
+    store: S3Store, admin: Any
+) -> None:
+    expired_contexts(store, 4)
+    recorder = Recorder()
+    store.telemetry = recorder.telemetry
+    settings = load_settings(namespace="team-a", keep_latest=0, cleanup_grace_seconds=0)
+    traced = TracedStore(store, recorder.telemetry)
+    [summary] = CleanupService([traced], settings, lambda: LATER).run().stores
+
+    assert summary.deleted == 4
+    spans = recorder.spans.get_finished_spans()
+    [batch] = [span for span in spans if span.name == "build_context.storage.delete_many"]
+    assert dict(batch.attributes or {}) == {
+        "build_context.store": "s3",
+        "build_context.operation": "delete_many",
+        "build_context.items": 4,
+        "build_context.deleted": 4,
+    }
+    inside = {span.name for span in spans if span.parent == batch.context}
+    assert inside == {"s3.put_object", "s3.head_object", "s3.get_object_tagging"} | {
+        "s3.delete_objects"
+    }
+    assert "s3.delete_object" not in {span.name for span in spans}
+    assert keys(admin, store.bucket) == []
 
 
 # --- over HTTP ------------------------------------------------------------------------------

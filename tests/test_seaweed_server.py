@@ -1,27 +1,21 @@
-"""Smoke tests of the SeaweedFS S3 server that backs the S3 store tests."""
+"""Smoke tests of the SeaweedFS S3 server that backs the S3 store tests (the session's
+`seaweed` fixture, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.support.seaweed import SeaweedS3, start_seaweed_s3
+from tests.support.seaweed import SeaweedS3
 
 pytestmark = pytest.mark.s3
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def seaweed() -> Iterator[SeaweedS3]:
-    instance = start_seaweed_s3()
-    yield instance
-    instance.stop()
 
 
 @pytest.fixture
@@ -139,7 +133,8 @@ def test_aborted_multipart_upload_leaves_no_object(s3: Any, bucket: str) -> None
 
 
 def test_restricted_identity_may_read_but_not_write(seaweed: SeaweedS3, s3: Any) -> None:
-    s3.create_bucket(Bucket=seaweed.restricted_bucket)
+    if seaweed.restricted_bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=seaweed.restricted_bucket)
     s3.put_object(Bucket=seaweed.restricted_bucket, Key="visible", Body=b"x")
     restricted = seaweed.client(seaweed.restricted.access_key, seaweed.restricted.secret_key)
 

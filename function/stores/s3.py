@@ -8,22 +8,26 @@ objects we did not write. A `build-context.dev/retain=true` object tag pins a co
 Refresh (pushing the expiry of a reused context forward) is a metadata self-copy, which keeps
 the ETag, so `If-Match` cannot tell cleanup about it. Cleanup therefore claims a key (an empty
 `<key>.deleting` object written with `If-None-Match`) for its re-check and delete, and a reuse
-re-reads the object after seeing no claim. docs/s3.md, Races, has the argument.
+re-reads the object after seeing no claim. docs/s3.md, Races, has the argument. Cleanup sends
+its deletes a page at a time (`delete_many`): the same claim and re-check per key, then one
+DeleteObjects call for the keys that still qualify.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import functools
 import hashlib
 import io
 import json
 import logging
+import math
 import re
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, MutableSequence, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -86,6 +90,10 @@ _ONCE = RetryPolicy(attempts=1)
 LIST_CONCURRENCY = 8
 LIST_PAGE_LIMIT = 100
 """Keys per ListObjectsV2 page at most: parsing a page costs about 3.5 KB per key."""
+DELETE_CONCURRENCY = 8
+"""Claims and re-checks of a page in flight at once, on the one shared client."""
+DELETE_BATCH_LIMIT = 1000
+"""Keys per DeleteObjects call: S3's maximum."""
 
 _FORBIDDEN = frozenset(
     {
@@ -128,6 +136,7 @@ _IAM_ACTION = {
     "abort_multipart_upload": "s3:AbortMultipartUpload",
     "copy_object": "s3:GetObject and s3:PutObject",
     "delete_object": "s3:DeleteObject",
+    "delete_objects": "s3:DeleteObject",
     "list_objects_v2": "s3:ListBucket",
 }
 
@@ -145,7 +154,7 @@ def s3_client(settings: Settings, session: boto3.session.Session | None = None) 
         retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=min(5.0, settings.retry_deadline_seconds),
         read_timeout=settings.retry_deadline_seconds,
-        max_pool_connections=settings.threads + LIST_CONCURRENCY,
+        max_pool_connections=settings.threads + LIST_CONCURRENCY + DELETE_CONCURRENCY,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         user_agent_extra="build-context",
@@ -169,6 +178,16 @@ class _Head:
     last_modified: datetime
     metadata: dict[str, str]
     retain: bool = False
+
+
+@dataclass(frozen=True)
+class _Due:
+    """A claimed context that passed its re-check, waiting for the page's DeleteObjects call."""
+
+    index: int
+    key: str
+    etag: str
+    claimed_at: float
 
 
 class _Taken(Exception):
@@ -236,6 +255,9 @@ class S3Store(Store):
         if sse == "aws:kms" and sse_kms_key_id:
             self.encryption["SSEKMSKeyId"] = sse_kms_key_id
         self._conditional_delete = True
+        client.meta.events.register(
+            "before-sign.s3.DeleteObjects", _content_md5, unique_id="build-context.content-md5"
+        )
         self._layout = re.compile(
             re.escape(prefix) + r"([a-z0-9-]+)/([a-z0-9-]+)/([0-9a-f]{64})" + re.escape(SUFFIX)
         )
@@ -383,17 +405,12 @@ class S3Store(Store):
         reusing the context waits while a claim is held and re-reads the object after it.
         """
         listed: _Head = item.handle
+        claimed = time.monotonic()
         if not self._claim(listed.key):
             return False
-        claimed = time.monotonic()
         try:
             current = self._head(listed.key, with_tags=True)
-            if current is None or current.metadata.get(MARKER) != MANAGED_BY:
-                return False
-            try:
-                if not still_expired(self._record(current)):
-                    return False
-            except (KeyError, ValueError):
+            if current is None or not self._qualifies(current, still_expired):
                 return False
             if time.monotonic() - claimed > CLAIM_HOLD_SECONDS:
                 return False
@@ -401,10 +418,200 @@ class S3Store(Store):
         finally:
             self._release(listed.key)
 
+    def delete_many(
+        self, items: Sequence[Listed], still_expired: Callable[[ContextRecord], bool]
+    ) -> Sequence[bool | Exception]:
+        """`delete` for a page: each key claimed and re-checked as `delete` does (a few at a
+        time), then one DeleteObjects call for every key that still qualifies, and one more
+        that releases the claims. One outcome per item, in order: True deleted, False kept,
+        or the item's exception."""
+        outcomes: list[bool | Exception] = []
+        with ThreadPoolExecutor(DELETE_CONCURRENCY, thread_name_prefix="s3-delete") as pool:
+            for start in range(0, len(items), DELETE_BATCH_LIMIT):
+                batch = items[start : start + DELETE_BATCH_LIMIT]
+                outcomes += self._delete_batch(pool, batch, still_expired)
+        return outcomes
+
     def close(self) -> None:
         self.client.close()
 
     # --- deleting, and the claim that makes it safe against a concurrent refresh ---------
+
+    def _qualifies(self, current: _Head, still_expired: Callable[[ContextRecord], bool]) -> bool:
+        if current.metadata.get(MARKER) != MANAGED_BY:
+            return False
+        try:
+            return still_expired(self._record(current))
+        except (KeyError, ValueError):
+            return False
+
+    def _delete_batch(
+        self,
+        pool: ThreadPoolExecutor,
+        items: Sequence[Listed],
+        still_expired: Callable[[ContextRecord], bool],
+    ) -> Sequence[bool | Exception]:
+        """Claims and re-reads run in `pool`; `still_expired` runs here, in the caller's thread.
+
+        Once the oldest claim is half the hold old, or when every key is through, what passed
+        its re-check is deleted and the claims are released: each delete leaves well within its
+        claim's hold, and no request waits long for a claim.
+        """
+        outcomes: list[bool | Exception] = [False] * len(items)
+        pending: dict[Future[tuple[float, _Head | None] | None], int] = {
+            pool.submit(contextvars.copy_context().run, self._claim_and_reread, item.handle.key): i
+            for i, item in enumerate(items)
+        }
+        claimed: list[str] = []
+        due: list[_Due] = []
+        deadline = math.inf
+        try:
+            while pending:
+                timeout = max(0.0, deadline - time.monotonic()) if claimed else None
+                done, _ = wait(pending, timeout, FIRST_COMPLETED)
+                for future in done:
+                    index = pending.pop(future)
+                    try:
+                        claim = future.result()
+                    except Exception as error:
+                        outcomes[index] = error
+                        continue
+                    if claim is None:
+                        continue
+                    claimed_at, current = claim
+                    claimed.append(items[index].handle.key)
+                    deadline = min(deadline, claimed_at + CLAIM_HOLD_SECONDS / 2)
+                    if current is not None and self._qualifies(current, still_expired):
+                        due.append(_Due(index, current.key, current.etag, claimed_at))
+                if claimed and time.monotonic() >= deadline:
+                    self._delete_due(due, outcomes)
+                    self._release_many(claimed)
+                    due, claimed, deadline = [], [], math.inf
+            self._delete_due(due, outcomes)
+        finally:
+            for future, index in pending.items():
+                with contextlib.suppress(Exception):
+                    if future.result() is not None:
+                        claimed.append(items[index].handle.key)
+            self._release_many(claimed)
+        return outcomes
+
+    def _claim_and_reread(self, key: str) -> tuple[float, _Head | None] | None:
+        """When the claim was sought and the object as it is under it; None when not claimed."""
+        claimed_at = time.monotonic()
+        if not self._claim(key):
+            return None
+        try:
+            return claimed_at, self._head(key, with_tags=True)
+        except BaseException:
+            self._release(key)
+            raise
+
+    def _delete_due(self, due: Sequence[_Due], outcomes: MutableSequence[bool | Exception]) -> None:
+        """One DeleteObjects call, one attempt: a retry could land after the claims went stale.
+
+        Each key carries the ETag of its re-read where the server honours it. A key whose
+        claim is older than the hold stays for the next run.
+        """
+        now = time.monotonic()
+        timely = [d for d in due if now - d.claimed_at <= CLAIM_HOLD_SECONDS]
+        if len(timely) < len(due):
+            log.warning(
+                "S3 store: deletion claims held too long; those contexts wait for the next run",
+                extra={
+                    "store": self.backend,
+                    "bucket": self.bucket,
+                    "late": len(due) - len(timely),
+                },
+            )
+        if not timely:
+            return
+        conditional = self._conditional_delete
+        objects = [{"Key": d.key, **({"ETag": d.etag} if conditional else {})} for d in timely]
+        try:
+            answer = self._call(
+                "delete_objects",
+                self.prefix,
+                functools.partial(
+                    self.client.delete_objects,
+                    Bucket=self.bucket,
+                    Delete={"Objects": objects, "Quiet": False},
+                ),
+                allow=frozenset({"NotImplemented"}),
+                retry=False,
+            )
+        except ClientError as refused:
+            if conditional:
+                log.warning("S3 store: the server refuses ETag conditions on DeleteObjects")
+                self._conditional_delete = False
+                self._delete_due(timely, outcomes)
+                return
+            failure: Exception = self._failure("delete_objects", self.prefix, refused, 1)
+        except BuildContextError as error:
+            failure = error
+        else:
+            self._answered(timely, answer, outcomes)
+            return
+        for d in timely:
+            outcomes[d.index] = failure
+
+    def _answered(
+        self,
+        timely: Sequence[_Due],
+        answer: dict[str, Any],
+        outcomes: MutableSequence[bool | Exception],
+    ) -> None:
+        deleted = {entry["Key"] for entry in answer.get("Deleted", [])}
+        errors = {entry["Key"]: entry for entry in answer.get("Errors", [])}
+        for d in timely:
+            if d.key in deleted:
+                outcomes[d.index] = True
+            elif d.key in errors:
+                outcomes[d.index] = self._key_error(d.key, errors[d.key])
+            else:
+                outcomes[d.index] = StorageUnavailable(
+                    f"S3 store: DeleteObjects on s3://{self.bucket}/{d.key} at {self.endpoint} "
+                    "answered neither Deleted nor Errors for it; the next cleanup run tries again"
+                )
+
+    def _key_error(self, key: str, entry: dict[str, str]) -> bool | Exception:
+        """False for a key changed (`ETag` no longer matches) or gone meanwhile; else a failure."""
+        code = entry.get("Code", "")
+        if code == _TAKEN or code in _MISSING:
+            return False
+        error = ClientError({"Error": {"Code": code, "Message": entry.get("Message", "")}}, "")
+        return self._failure("delete_objects", key, error, 1)
+
+    def _release_many(self, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), DELETE_BATCH_LIMIT):
+            claims = [key + CLAIM_SUFFIX for key in keys[start : start + DELETE_BATCH_LIMIT]]
+            try:
+                answer = self._call(
+                    "delete_objects",
+                    self.prefix,
+                    functools.partial(
+                        self.client.delete_objects,
+                        Bucket=self.bucket,
+                        Delete={"Objects": [{"Key": claim} for claim in claims], "Quiet": True},
+                    ),
+                )
+            except BuildContextError as error:
+                failed = [{"Key": claim, "Message": error.message} for claim in claims]
+            else:
+                failed = answer.get("Errors", [])
+            for entry in failed:
+                log.error(
+                    "S3 store: could not release a deletion claim; requests for it wait until it "
+                    "is stale",
+                    extra={
+                        "store": self.backend,
+                        "operation": "delete_objects",
+                        "bucket": self.bucket,
+                        "key": entry["Key"],
+                        "endpoint": self.endpoint,
+                        "error": f"{entry.get('Code', '')} {entry.get('Message', '')}".strip(),
+                    },
+                )
 
     def _delete(self, current: _Head) -> bool:
         """One attempt only: a retry could land after the claim went stale."""
@@ -837,6 +1044,13 @@ def _describe(error: BaseException) -> str:
 
 def _md5(data: bytes | memoryview) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+
+
+def _content_md5(request: Any, **_: Any) -> None:
+    """DeleteObjects carries a Content-MD5 as well: botocore sends only a CRC32 since 1.36,
+    which servers such as Ceph RGW and older MinIO refuse (`MissingContentMD5`)."""
+    if isinstance(request.body, bytes) and "Content-MD5" not in request.headers:
+        request.headers["Content-MD5"] = _md5(request.body)
 
 
 def _kebab(name: str) -> str:

@@ -75,7 +75,11 @@ class TracedStore(Store):
 
         @functools.wraps(value)
         def traced(*args: Any, **kwargs: Any) -> Any:
-            with self.telemetry.storage_call(self.backend, name):
-                return value(*args, **kwargs)
+            with self.telemetry.storage_call(self.backend, name) as span:
+                result = value(*args, **kwargs)
+                if name == "delete_many":
+                    span.set_attribute("build_context.items", len(result))
+                    span.set_attribute("build_context.deleted", sum(o is True for o in result))
+                return result
 
         return traced
