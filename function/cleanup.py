@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from .contract import CleanupCompleted, CleanupRequest, StoreCleanupSummary
 from .settings import Settings
@@ -198,8 +198,8 @@ class CleanupService:
             )
         if batch:
             self._delete(store, batch, policy, newest, tally)
-        if isinstance(store, LeavesTemporaries):
-            self._remove_leftovers(store, policy, tally)
+        if _offers(store, "stale_temporaries"):
+            self._remove_leftovers(cast(LeavesTemporaries, store), policy, tally)
         return tally.summary(time.perf_counter() - start)
 
     def _newest(self, store: Store) -> frozenset[ContextKey]:
@@ -261,9 +261,9 @@ class CleanupService:
     def _outcomes(
         store: Store, batch: Sequence[Listed], still_expired: Callable[[ContextRecord], bool]
     ) -> Iterable[bool | Exception]:
-        if isinstance(store, DeletesInBatches):
+        if _offers(store, "delete_many"):
             try:
-                return list(store.delete_many(batch, still_expired))
+                return list(cast(DeletesInBatches, store).delete_many(batch, still_expired))
             except Exception as error:
                 return [error] * len(batch)
         outcomes: list[bool | Exception] = []
@@ -324,6 +324,12 @@ class CleanupService:
                 "stores": [s.wire() for s in completed.stores],
             },
         )
+
+
+def _offers(store: Store, method: str) -> bool:
+    """Whether the store has `method`, also when a wrapper passes it on through `__getattr__`
+    (TracedStore): since Python 3.12, isinstance on a runtime protocol no longer sees those."""
+    return callable(getattr(store, method, None))
 
 
 def _where(store: Store, record: ContextRecord) -> dict[str, str]:
