@@ -28,7 +28,7 @@ class _Model(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _utc(value: datetime) -> str:
+def utc_text(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -94,7 +94,7 @@ class BuildContextCreated(_Model):
 
     @field_serializer("created_at", "expires_at")
     def _times(self, value: datetime) -> str:
-        return _utc(value)
+        return utc_text(value)
 
 
 class ErrorDetail(_Model):
@@ -174,7 +174,7 @@ class CleanupCompleted(_Model):
 
     @field_serializer("started_at")
     def _times(self, value: datetime) -> str:
-        return _utc(value)
+        return utc_text(value)
 
 
 SCHEMAS: dict[str, type[BaseModel]] = {

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..archive import Archive
-from ..contract import OwnerReference
+from ..contract import OwnerReference, utc_text
 
 Clock = Callable[[], datetime]
 MANAGED_BY = "build-context"
@@ -123,8 +123,6 @@ class Store(ABC):
 
 
 def record_fields(record: ContextRecord) -> dict[str, Any]:
-    from ..contract import _utc
-
     return {
         "namespace": record.namespace,
         "function": record.function,
@@ -133,8 +131,8 @@ def record_fields(record: ContextRecord) -> dict[str, Any]:
         "contentHash": record.content_hash,
         "archiveSha256": record.archive_sha256,
         "sizeBytes": record.size_bytes,
-        "createdAt": _utc(record.created_at),
-        "expiresAt": _utc(record.expires_at),
+        "createdAt": utc_text(record.created_at),
+        "expiresAt": utc_text(record.expires_at),
         "requestId": record.request_id,
         "metadata": dict(record.metadata),
         "retain": record.retain,

@@ -32,7 +32,7 @@ from kubernetes.client.rest import ApiException
 from opentelemetry import metrics, trace
 
 from ..archive import Archive, image_tag
-from ..contract import OwnerReference, _utc
+from ..contract import OwnerReference, utc_text
 from ..errors import (
     BuildContextError,
     CapacityExceeded,
@@ -122,8 +122,8 @@ def configmap_body(
             ARCHIVE_SHA256: record.archive_sha256,
             SIZE_BYTES: str(record.size_bytes),
             RUNTIME_VERSION: record.runtime_version,
-            CREATED_AT: _utc(record.created_at),
-            EXPIRES_AT: _utc(record.expires_at),
+            CREATED_AT: utc_text(record.created_at),
+            EXPIRES_AT: utc_text(record.expires_at),
             REQUEST_ID: record.request_id,
             METADATA: json.dumps(dict(record.metadata), sort_keys=True, separators=(",", ":")),
         },
@@ -491,7 +491,7 @@ class ConfigMapStore(Store):
             refreshed = current.refreshed(record.expires_at)
             patch: dict[str, Any] = {"resourceVersion": existing["resourceVersion"]}
             if refreshed.expires_at != current.expires_at:
-                patch["annotations"] = {EXPIRES_AT: _utc(refreshed.expires_at)}
+                patch["annotations"] = {EXPIRES_AT: utc_text(refreshed.expires_at)}
             references = list(existing.get("ownerReferences") or [])
             if owner is not None and all(r.get("uid") != owner.uid for r in references):
                 patch["ownerReferences"] = [*references, _owner_reference(owner)]
