@@ -31,23 +31,9 @@ def s3(workdir: Path) -> Iterator[dict[str, str]]:
     seaweed = start_seaweed_s3()
     try:
         seaweed.client().create_bucket(Bucket="bench")
-        yield s3_env(
-            seaweed.endpoint_url, "bench", seaweed.admin.access_key, seaweed.admin.secret_key
-        )
+        yield {"BUILD_CONTEXT_STORAGE": "s3", **seaweed.function_env("bench")}
     finally:
         seaweed.stop()
-
-
-def s3_env(endpoint: str, bucket: str, access_key: str, secret_key: str) -> dict[str, str]:
-    return {
-        "BUILD_CONTEXT_STORAGE": "s3",
-        "BUILD_CONTEXT_S3_BUCKET": bucket,
-        "BUILD_CONTEXT_S3_ENDPOINT_URL": endpoint,
-        "BUILD_CONTEXT_S3_FORCE_PATH_STYLE": "true",
-        "AWS_ACCESS_KEY_ID": access_key,
-        "AWS_SECRET_ACCESS_KEY": secret_key,
-        "AWS_REGION": "us-east-1",
-    }
 
 
 @contextlib.contextmanager
@@ -63,18 +49,9 @@ def configmap(workdir: Path) -> Iterator[dict[str, str]]:
         namespace = f"bench-{uuid.uuid4().hex[:8]}"
         core = kubernetes.client.CoreV1Api(kube.api_client())
         core.create_namespace({"metadata": {"name": namespace}})
-        assert kube.kubeconfig_path is not None
-        yield configmap_env(str(kube.kubeconfig_path), namespace)
+        yield {"BUILD_CONTEXT_STORAGE": "configmap", **kube.function_env(namespace)}
     finally:
         kube.stop()
-
-
-def configmap_env(kubeconfig: str, namespace: str) -> dict[str, str]:
-    return {
-        "BUILD_CONTEXT_STORAGE": "configmap",
-        "KUBECONFIG": kubeconfig,
-        "BUILD_CONTEXT_NAMESPACE": namespace,
-    }
 
 
 BACKENDS: dict[str, Backend] = {"filesystem": filesystem, "s3": s3, "configmap": configmap}

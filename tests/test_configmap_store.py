@@ -766,11 +766,9 @@ def test_a_hung_apiserver_cannot_hold_a_request_past_the_deadline() -> None:
 
 
 def configmap_env(kube: KubeAPIServer, namespace: str, **extra: str) -> dict[str, str]:
-    assert kube.kubeconfig_path is not None
     return {
         "BUILD_CONTEXT_STORAGE": "configmap",
-        "KUBECONFIG": str(kube.kubeconfig_path),
-        "BUILD_CONTEXT_NAMESPACE": namespace,
+        **kube.function_env(namespace),
         "BUILD_CONTEXT_RETRY_ATTEMPTS": "2",
         "BUILD_CONTEXT_RETRY_BASE_DELAY_SECONDS": "0.01",
         **extra,
@@ -915,12 +913,7 @@ def test_http_contexts_a_configmap_cannot_take_overflow_to_s3(
             BUILD_CONTEXT_CONFIGMAP_MAX_BYTES="1024",
             BUILD_CONTEXT_CONFIGMAP_NAMESPACE_MAX_COUNT="1",
             BUILD_CONTEXT_OVERFLOW_STORAGE="s3",
-            BUILD_CONTEXT_S3_BUCKET=bucket,
-            BUILD_CONTEXT_S3_ENDPOINT_URL=seaweed.endpoint_url,
-            BUILD_CONTEXT_S3_FORCE_PATH_STYLE="true",
-            AWS_ACCESS_KEY_ID=seaweed.admin.access_key,
-            AWS_SECRET_ACCESS_KEY=seaweed.admin.secret_key,
-            AWS_REGION=seaweed.region,
+            **seaweed.function_env(bucket),
         )
     )
     request = example("python")

@@ -20,7 +20,6 @@ import pytest
 
 from bench import workload
 from bench.load import Reply, send
-from bench.stores import configmap_env, s3_env
 from function.cleanup import CleanupService
 from function.settings import Settings, load_settings
 from function.stores import Store, open_store
@@ -162,7 +161,7 @@ def test_burst_s3(
 ) -> None:
     bucket = f"load-{uuid.uuid4().hex[:12]}"
     seaweed.client().create_bucket(Bucket=bucket)
-    env = s3_env(seaweed.endpoint_url, bucket, seaweed.admin.access_key, seaweed.admin.secret_key)
+    env = {"BUILD_CONTEXT_STORAGE": "s3", **seaweed.function_env(bucket)}
     check_burst(start_server, env, monkeypatch)
 
 
@@ -175,4 +174,8 @@ def test_burst_configmap(
         {"metadata": {"name": namespace}}
     )
     assert kube.kubeconfig_path is not None
-    check_burst(start_server, configmap_env(str(kube.kubeconfig_path), namespace), monkeypatch)
+    check_burst(
+        start_server,
+        {"BUILD_CONTEXT_STORAGE": "configmap", **kube.function_env(namespace)},
+        monkeypatch,
+    )

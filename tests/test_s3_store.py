@@ -831,12 +831,7 @@ def s3_env(
     credentials = seaweed.admin if identity == "admin" else seaweed.restricted
     return {
         "BUILD_CONTEXT_STORAGE": "s3",
-        "BUILD_CONTEXT_S3_BUCKET": bucket,
-        "BUILD_CONTEXT_S3_ENDPOINT_URL": seaweed.endpoint_url,
-        "BUILD_CONTEXT_S3_FORCE_PATH_STYLE": "true",
-        "AWS_ACCESS_KEY_ID": credentials.access_key,
-        "AWS_SECRET_ACCESS_KEY": credentials.secret_key,
-        "AWS_REGION": seaweed.region,
+        **seaweed.function_env(bucket, credentials),
         "BUILD_CONTEXT_RETRY_ATTEMPTS": "3",
         "BUILD_CONTEXT_RETRY_BASE_DELAY_SECONDS": "0.01",
         **extra,

@@ -309,6 +309,11 @@ class KubeAPIServer:
         configuration.api_key_prefix = {"BearerToken": "Bearer"}
         return kubernetes.client.ApiClient(configuration)
 
+    def function_env(self, namespace: str) -> dict[str, str]:
+        """The environment that points the function's ConfigMap store at this apiserver."""
+        assert self.kubeconfig_path is not None, "server not started"
+        return {"KUBECONFIG": str(self.kubeconfig_path), "BUILD_CONTEXT_NAMESPACE": namespace}
+
     def api_client(self) -> kubernetes.client.ApiClient:
         return self.client_for_token(self.token)
 

@@ -121,6 +121,18 @@ class SeaweedS3:
             raise SeaweedError("server not started")
         return self.workdir / "weed.log"
 
+    def function_env(self, bucket: str, credentials: Credentials | None = None) -> dict[str, str]:
+        """The environment that points the function's S3 store (primary or overflow) here."""
+        credentials = credentials or self.admin
+        return {
+            "BUILD_CONTEXT_S3_BUCKET": bucket,
+            "BUILD_CONTEXT_S3_ENDPOINT_URL": self.endpoint_url,
+            "BUILD_CONTEXT_S3_FORCE_PATH_STYLE": "true",
+            "AWS_ACCESS_KEY_ID": credentials.access_key,
+            "AWS_SECRET_ACCESS_KEY": credentials.secret_key,
+            "AWS_REGION": self.region,
+        }
+
     def client(self, access_key: str | None = None, secret_key: str | None = None) -> Any:
         return boto3.client(
             "s3",
