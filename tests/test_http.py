@@ -269,26 +269,40 @@ def test_a_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path) -> Non
 
 
 def test_sigterm_lets_in_flight_requests_finish(start_server: StartServer) -> None:
+    """Four large requests share the interpreter, so the last answers well after the signal;
+    the test insists on that, so that it cannot pass without a request in flight."""
     server = start_server(BUILD_CONTEXT_THREADS="4")
-    big = {"lambdaFunction": "slow", "sourceCode": "x = 1\n" * 150000}
-    results: list[object] = []
+    outcomes: list[tuple[float, object]] = []
+    lock = threading.Lock()
 
-    def call() -> None:
+    def call(index: int) -> None:
+        big = {
+            "lambdaFunction": f"slow-{index}",
+            "runtime": "go",
+            "sourceCode": ("package main\n\nfunc main() {}\n" + "var x = 1\n" * 90000),
+        }
         try:
-            results.append(server.send(big, timeout=60))
+            outcome: object = server.send(big, timeout=60)
         except requests.RequestException as exc:
-            results.append(exc)
+            outcome = exc
+        with lock:
+            outcomes.append((time.monotonic(), outcome))
 
-    worker = threading.Thread(target=call)
-    worker.start()
+    workers = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for worker in workers:
+        worker.start()
     time.sleep(0.3)
     assert server.process is not None
+    signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
-    worker.join(60)
+    for worker in workers:
+        worker.join(60)
     assert server.process.wait(30) == 0
-    (reply,) = results
-    assert not isinstance(reply, Exception), reply
-    assert reply.type == "buildcontext.created", reply  # type: ignore[attr-defined]
+    assert len(outcomes) == 4
+    for _, reply in outcomes:
+        assert not isinstance(reply, Exception), reply
+        assert reply.type == "buildcontext.created", reply  # type: ignore[attr-defined]
+    assert max(at for at, _ in outcomes) > signalled, "no request was in flight at SIGTERM"
     assert any(line.get("message") == "stopping" for line in server.log_lines())
 
 
