@@ -775,26 +775,6 @@ def configmap_env(kube: KubeAPIServer, namespace: str, **extra: str) -> dict[str
     }
 
 
-def service_account_kubeconfig(kube: KubeAPIServer, token: str, folder: Path) -> Path:
-    """What a pod's in-cluster configuration amounts to: the server, its CA and the SA token."""
-    path = folder / "sa-kubeconfig"
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "t",
-                "cluster": {"server": kube.url, "certificate-authority": str(kube.ca_file)},
-            }
-        ],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "sa"}}],
-        "current-context": "t",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def test_http_created_event_names_the_configmap_that_holds_the_archive(
     kube: KubeAPIServer,
     admin: kubernetes.client.CoreV1Api,
@@ -803,7 +783,7 @@ def test_http_created_event_names_the_configmap_that_holds_the_archive(
     tmp_path: Path,
 ) -> None:
     token = apply_rbac(kube, namespace)["create"]
-    kubeconfig = service_account_kubeconfig(kube, token, tmp_path)
+    kubeconfig = kube.write_kubeconfig(tmp_path / "sa-kubeconfig", token, "sa")
     server = start_server(**configmap_env(kube, namespace, KUBECONFIG=str(kubeconfig)))
     request = example("python")
 

@@ -285,7 +285,13 @@ class KubeAPIServer:
 
     def _write_kubeconfig(self) -> None:
         assert self.workdir is not None
-        self.kubeconfig_path = self.workdir / "kubeconfig"
+        self.kubeconfig_path = self.write_kubeconfig(
+            self.workdir / "kubeconfig", self.token, ADMIN_USER
+        )
+
+    def write_kubeconfig(self, path: Path, token: str, user: str) -> Path:
+        """A kubeconfig for this server with a bearer token: the admin's, or a ServiceAccount's
+        (what a pod's in-cluster configuration amounts to)."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -295,11 +301,12 @@ class KubeAPIServer:
                     "cluster": {"server": self.url, "certificate-authority": str(self.ca_file)},
                 }
             ],
-            "users": [{"name": ADMIN_USER, "user": {"token": self.token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": ADMIN_USER}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
             "current-context": "test",
         }
-        self.kubeconfig_path.write_text(yaml.safe_dump(config))
+        path.write_text(yaml.safe_dump(config))
+        return path
 
     def client_for_token(self, token: str) -> kubernetes.client.ApiClient:
         configuration = kubernetes.client.Configuration()
