@@ -69,16 +69,21 @@ class Gate:
                 self._in_flight -= 1
                 self._lock.notify_all()
 
-    def drain(self, timeout: float) -> bool:
-        """Wait until no request is in flight; False when the grace period ran out."""
+    def drain(self, timeout: float, receiving: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until no request is in flight; False when the grace period ran out.
+
+        `receiving` says whether the server still holds a request the app has not seen yet:
+        one whose body is still arriving, one queued for a worker thread, or a reply not yet
+        flushed. Those count as in flight too, or a SIGTERM in mid-upload would cut them off.
+        """
         self.draining.set()
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._in_flight:
+            while self._in_flight or receiving():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._lock.wait(left)
+                self._lock.wait(min(left, 0.05))
         return True
 
 
@@ -88,6 +93,18 @@ def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any])
         status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
     )
     return [data]
+
+
+def _receiving(server: Any) -> bool:
+    """Whether any connection has a request part-received, queued, or a reply unsent.
+
+    Reads waitress's channel state (`request`, `requests`, `total_outbufs_len`; waitress is
+    pinned). Idle keep-alive connections do not count: nothing is lost by closing them.
+    """
+    return any(
+        channel.request is not None or channel.requests or channel.total_outbufs_len
+        for channel in list(getattr(server, "active_channels", {}).values())
+    )
 
 
 def wsgi_app(app: App) -> Gate:
@@ -126,8 +143,7 @@ def serve(app: App, ready: Callable[[str, int], None] | None = None) -> None:
         ready(str(host), int(port))
     while not stop.wait(0.5):
         pass
-    drained = gate.drain(settings.shutdown_grace_seconds)
+    drained = gate.drain(settings.shutdown_grace_seconds, lambda: _receiving(server))
     log.info("stopping", extra={"drained": drained})
-    time.sleep(0.1)  # let waitress flush the last responses
     server.close()
     app.close()

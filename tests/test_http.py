@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import shutil
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent
 
 from tests.conftest import StartServer
 from tests.support.contexts import example, members, read_member
@@ -268,42 +272,95 @@ def test_a_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path) -> Non
         server.start(timeout=20)
 
 
+def _binary_request(data: dict[str, object], event_id: str) -> tuple[dict[str, str], bytes]:
+    headers, body = to_binary(
+        CloudEvent(
+            {
+                "type": "remediation.buildcontext.requested",
+                "source": "/tests/agent-sre",
+                "id": event_id,
+                "datacontenttype": "application/json",
+            },
+            data,
+        )
+    )
+    return dict(headers), body
+
+
 def test_sigterm_lets_in_flight_requests_finish(start_server: StartServer) -> None:
     """Four large requests share the interpreter, so the last answers well after the signal;
-    the test insists on that, so that it cannot pass without a request in flight."""
+    the test insists on that, so that it cannot pass without a request in flight. The signal
+    goes only once every request has been written, so none can miss the server."""
     server = start_server(BUILD_CONTEXT_THREADS="4")
     outcomes: list[tuple[float, object]] = []
     lock = threading.Lock()
+    written = [threading.Event() for _ in range(4)]
 
     def call(index: int) -> None:
-        big = {
-            "lambdaFunction": f"slow-{index}",
-            "runtime": "go",
-            "sourceCode": ("package main\n\nfunc main() {}\n" + "var x = 1\n" * 90000),
-        }
+        headers, body = _binary_request(
+            {
+                "lambdaFunction": f"slow-{index}",
+                "runtime": "go",
+                "sourceCode": ("package main\n\nfunc main() {}\n" + "var x = 1\n" * 90000),
+            },
+            f"slow-{index}",
+        )
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         try:
-            outcome: object = server.send(big, timeout=60)
-        except requests.RequestException as exc:
+            connection.request("POST", "/", body=body, headers=headers)
+            written[index].set()
+            response = connection.getresponse()
+            outcome: object = (response.status, response.getheader("ce-type"))
+        except OSError as exc:
             outcome = exc
+        finally:
+            written[index].set()
+            connection.close()
         with lock:
             outcomes.append((time.monotonic(), outcome))
 
     workers = [threading.Thread(target=call, args=(i,)) for i in range(4)]
     for worker in workers:
         worker.start()
-    time.sleep(0.3)
+    for event in written:
+        assert event.wait(30)
     assert server.process is not None
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     for worker in workers:
         worker.join(60)
     assert server.process.wait(30) == 0
-    assert len(outcomes) == 4
-    for _, reply in outcomes:
-        assert not isinstance(reply, Exception), reply
-        assert reply.type == "buildcontext.created", reply  # type: ignore[attr-defined]
+    answers = [outcome for _, outcome in outcomes]
+    assert answers == [(200, "buildcontext.created")] * 4, answers
     assert max(at for at, _ in outcomes) > signalled, "no request was in flight at SIGTERM"
     assert any(line.get("message") == "stopping" for line in server.log_lines())
+
+
+def test_sigterm_in_mid_upload_still_answers_the_request(start_server: StartServer) -> None:
+    """A request whose body is still arriving when SIGTERM lands has not reached the app yet;
+    the drain must wait for it rather than close the connection under the caller."""
+    server = start_server()
+    headers, body = _binary_request(example("python"), "mid-upload")
+    head = "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    head += f"Content-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head.encode() + body[:10])
+        time.sleep(0.3)  # the server has the headers: the request is half-received
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(1.0)  # well past the moment an unaware drain would have closed the socket
+        assert server.process.poll() is None, "the server stopped with a request half-received"
+        sock.sendall(body[10:])
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status, _, rest = reply.partition(b"\r\n")
+    assert status == b"HTTP/1.1 200 OK", reply[:500]
+    assert b"ce-type: buildcontext.created" in rest.lower()
+    assert server.process.wait(30) == 0
+    stopping = [line for line in server.log_lines() if line.get("message") == "stopping"]
+    assert stopping and stopping[0]["drained"] is True
 
 
 def test_reply_json_round_trips_the_schema(server: FunctionServer) -> None:
