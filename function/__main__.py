@@ -84,15 +84,13 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     command = args.command or "serve"
     if command == "serve":
-        from .app import App
-        from .server import serve
+        from .server import run
         from .settings import load_settings
         from .telemetry import configure_logging
 
         settings = load_settings()
         configure_logging(settings.log_level)
-        serve(App.from_settings(settings))
-        return 0
+        return run(settings)
     if command == "create":
         return _create(args)
     if command == "send":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -14,8 +15,9 @@ from typing import Any
 import parliament
 import waitress
 
-from . import func
+from . import func, workers
 from .app import App
+from .settings import Settings
 
 log = logging.getLogger("build_context.server")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -107,26 +109,55 @@ def _receiving(server: Any) -> bool:
     )
 
 
-def wsgi_app(app: App) -> Gate:
+def wsgi_app(app: App, metrics: WSGIApp | None = None) -> Gate:
     func.install(app)
     flask_app = parliament.server.create(func)
     flask_app.config["MAX_CONTENT_LENGTH"] = app.settings.max_request_bytes
-    metrics = app.exporters.metrics_app if app.exporters else None
+    if metrics is None and app.exporters is not None:
+        metrics = app.exporters.metrics_app
     return Gate(flask_app.wsgi_app, app.settings.max_request_bytes, metrics)
 
 
-def serve(app: App, ready: Callable[[str, int], None] | None = None) -> None:
+def run(settings: Settings, ready: Callable[[str, int], None] | None = None) -> int:
+    """Serve until SIGTERM: in this process, or in `BUILD_CONTEXT_PROCESSES` workers."""
+    count = workers.process_count(settings)
+    if count == 1:
+        serve(App.from_settings(settings), ready)
+        return 0
+
+    def worker_main(
+        worker: workers.Worker, sock: socket.socket, started: Callable[[], None]
+    ) -> None:
+        serve(App.from_settings(settings), lambda host, port: started(), sock=sock, worker=worker)
+
+    return workers.Supervisor(settings, count, worker_main).run(ready)
+
+
+def serve(
+    app: App,
+    ready: Callable[[str, int], None] | None = None,
+    *,
+    sock: socket.socket | None = None,
+    worker: workers.Worker | None = None,
+) -> None:
+    """Serve `app` until SIGTERM/SIGINT, then drain. With `sock`, accept on that (shared)
+    listening socket as worker `worker` of a supervisor (see function/workers.py)."""
     settings = app.settings
-    gate = wsgi_app(app)
+    shared = None
+    if worker is not None and app.exporters is not None:
+        shared = workers.SharedMetrics(app.exporters.registry, worker)
+    gate = wsgi_app(app, shared.wsgi_app if shared else None)
+    where: dict[str, Any] = (
+        {"sockets": [sock]} if sock is not None else {"host": settings.host, "port": settings.port}
+    )
     server = waitress.create_server(
         gate,
-        host=settings.host,
-        port=settings.port,
         threads=settings.threads,
         ident="build-context",
         clear_untrusted_proxy_headers=True,
         channel_timeout=120,
         connection_limit=CONNECTION_LIMIT,
+        **where,
     )
     stop = threading.Event()
 
@@ -135,6 +166,7 @@ def serve(app: App, ready: Callable[[str, int], None] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     runner = threading.Thread(target=server.run, name="waitress", daemon=True)
     runner.start()
     host, port = server.effective_host, server.effective_port
@@ -142,8 +174,12 @@ def serve(app: App, ready: Callable[[str, int], None] | None = None) -> None:
     if ready:
         ready(str(host), int(port))
     while not stop.wait(0.5):
-        pass
+        if worker is not None and worker.orphaned():
+            log.warning("the supervisor is gone; stopping")
+            break
     drained = gate.drain(settings.shutdown_grace_seconds, lambda: _receiving(server))
     log.info("stopping", extra={"drained": drained})
     server.close()
+    if shared is not None:
+        shared.close()
     app.close()

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     threads: int = Field(
         8, ge=1, le=256, description="Worker threads of the HTTP server (see README, Speed)."
     )
+    processes: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Server processes sharing the port, each with its own threads; 0: one per "
+        "CPU the container may use (affinity and cgroup quota), at most 4. See README, Speed.",
+    )
     shutdown_grace_seconds: float = Field(
         25.0, ge=0, le=300, description="On SIGTERM, how long in-flight requests may take."
     )

@@ -12,18 +12,22 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 _SCOPE = "build-context"
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -201,6 +205,7 @@ class Exporters:
     tracer_provider: trace.TracerProvider
     metrics_app: WSGIApp
     otlp: tuple[str, ...]
+    registry: CollectorRegistry
 
     def shutdown(self) -> None:
         """Flush what OTLP still holds (spans, the last metric export) before exit."""
@@ -247,7 +252,7 @@ def _build_exporters(environ: Mapping[str, str]) -> Exporters:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from prometheus_client import (
@@ -259,6 +264,10 @@ def _build_exporters(environ: Mapping[str, str]) -> Exporters:
     )
 
     explicit = {} if environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: _SCOPE}
+    if "service.instance.id" not in environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+        # Each server process exports its own cumulative series (BUILD_CONTEXT_PROCESSES):
+        # a collector must be able to tell them apart.
+        explicit[SERVICE_INSTANCE_ID] = f"{socket.gethostname()}-{os.getpid()}"
     resource = Resource.create(explicit)
     registry = CollectorRegistry()
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
@@ -281,6 +290,7 @@ def _build_exporters(environ: Mapping[str, str]) -> Exporters:
         tracer_provider,
         make_wsgi_app(registry),
         tuple(otlp),
+        registry,
     )
 
 

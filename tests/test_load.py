@@ -15,14 +15,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import kubernetes.client
-import psutil
 import pytest
 
 from bench import workload
-from bench.load import Reply, send
+from bench.load import MemoryWatch, Reply, send
 from function.cleanup import CleanupService
 from function.settings import Settings, load_settings
 from function.stores import Store, open_store
+from function.workers import process_count
 from tests.conftest import StartServer
 from tests.support.contexts import members, read_member
 from tests.support.kube import KubeAPIServer
@@ -56,10 +56,11 @@ def warm_up(server: FunctionServer) -> set[tuple[str, str]]:
             (r, s) for s in workload.SIZES for r in workload.RUNTIMES
         )
     ]
-    threads = load_settings().threads
+    settings = load_settings()
+    concurrency = settings.threads * process_count(settings)
     stored = set()
     for order in (requests, requests[::-1]):
-        run = send(server.url, order, concurrency=threads)
+        run = send(server.url, order, concurrency=concurrency)
         assert not run.failures, run.failures[:3]
         stored |= {(r.data["lambdaFunction"], r.data["contentHash"]) for r in run.replies}
     return stored
@@ -81,12 +82,12 @@ def check_burst(
     server = start_server(**env)
     assert server.process is not None
     warmed = warm_up(server)
-    memory = psutil.Process(server.process.pid)
-    before = memory.memory_info().rss
+    memory = MemoryWatch(server.process.pid)  # the server and its worker processes
+    before = memory.rss()
 
     run = send(server.url, burst(), concurrency=BURST)
 
-    after = memory.memory_info().rss
+    after = memory.rss()
     assert "connection limit" not in server.log(), "callers waited for a connection slot"
     assert len(run.replies) == BURST
     assert not run.failures, run.failures[:3]

@@ -118,6 +118,7 @@ def test_metrics_are_served_on_the_function_port_with_the_documented_names(
     assert metrics.value("build_context_cleanup_last_run_timestamp_seconds") > 1.7e9
 
     allowed = {"outcome", "reason", "runtime", "store", "stage", "le", "action", "rule", "dry_run"}
+    allowed.add("worker")  # the server process, with BUILD_CONTEXT_PROCESSES above 1
     forbidden = {request["lambdaFunction"], first.data["contentHash"], first.data["imageTag"]}
     for sample in metrics.samples:
         labels = {k for k in sample.labels if not k.startswith("otel_scope_")}
@@ -280,6 +281,16 @@ class OtlpReceiver:
             }
         return names
 
+    def metric_sources(self) -> set[str]:
+        """`service.instance.id` of every resource that exported metrics."""
+        return {
+            a.value.string_value
+            for body in self.bodies.get("/v1/metrics", [])
+            for r in ExportMetricsServiceRequest.FromString(body).resource_metrics
+            for a in r.resource.attributes
+            if a.key == "service.instance.id"
+        }
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
@@ -299,9 +310,12 @@ def test_spans_per_stage_and_storage_call_go_over_otlp(
         OTEL_EXPORTER_OTLP_ENDPOINT=otlp.url,
         OTEL_METRIC_EXPORT_INTERVAL="600000",
         OTEL_SERVICE_NAME="build-context-test",
+        BUILD_CONTEXT_PROCESSES="2",
     )
     request_id, _ = _traced_request(server, {"traceparent": TRACEPARENT}, {})
     assert server.stop() == 0  # the shutdown flushes spans and the last metric export
+    # each process exports its own cumulative series, told apart by the collector
+    assert len(otlp.metric_sources()) == 2, otlp.metric_sources()
 
     spans = {s.name: s for s in otlp.spans()}
     root = spans["process remediation.buildcontext.requested"]
