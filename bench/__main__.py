@@ -24,6 +24,7 @@ import uuid
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from function.settings import load_settings
 from function.stores import open_store
 from function.telemetry import Telemetry
 from function.validation import parse, validate
+from function.workers import process_count
 from tests.support.server import FunctionServer
 
 from . import stores, workload
@@ -64,12 +66,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="server worker threads for the end-to-end runs (default: the server's default)",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="server processes for the end-to-end runs (default: the server's default, one per "
+        "CPU)",
+    )
+    parser.add_argument(
+        "--process-sweep",
+        default="",
+        help="also compare these server process counts at the highest concurrency, e.g. 1,2",
+    )
+    parser.add_argument(
         "--thread-sweep",
         default="",
         help="also compare these server thread counts at the highest concurrency, e.g. 2,4,8,16",
     )
     parser.add_argument(
-        "--repeat", type=int, default=1, help="rounds of the thread sweep (medians are shown)"
+        "--repeat", type=int, default=1, help="rounds of a sweep (medians are shown)"
     )
     parser.add_argument(
         "--workload",
@@ -102,10 +116,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "stages" in sections:
         stage_section(names, args.quick)
     if "http" in sections:
-        http_section(names, concurrencies, args.threads, args.workload, args.quick, args.profile)
-    if args.thread_sweep:
-        sweep = [int(t) for t in args.thread_sweep.split(",")]
-        thread_section(names[0], sweep, max(concurrencies), args.workload, args.quick, args.repeat)
+        shape = Shape(args.threads, args.processes)
+        http_section(names, concurrencies, shape, args.workload, args.quick, args.profile)
+    for option, values in (("threads", args.thread_sweep), ("processes", args.process_sweep)):
+        if values:
+            sweep = [
+                Shape(**{"threads": args.threads, "processes": args.processes, option: int(v)})
+                for v in values.split(",")
+            ]
+            sweep_section(
+                names[0], option, sweep, max(concurrencies), args.workload, args.quick, args.repeat
+            )
     return 0
 
 
@@ -257,15 +278,30 @@ def stage_section(names: Sequence[str], quick: bool) -> None:
                 )
 
 
+@dataclass(frozen=True)
+class Shape:
+    """Server threads and processes; None: the server's default."""
+
+    threads: int | None = None
+    processes: int | None = None
+
+    def env(self) -> dict[str, str]:
+        env = {}
+        if self.threads:
+            env["BUILD_CONTEXT_THREADS"] = str(self.threads)
+        if self.processes:
+            env["BUILD_CONTEXT_PROCESSES"] = str(self.processes)
+        return env
+
+    def describe(self) -> str:
+        settings = load_settings(**{k: v for k, v in vars(self).items() if v})
+        return f"server threads: {settings.threads}, processes: {process_count(settings)}"
+
+
 @contextlib.contextmanager
-def running_server(
-    name: str, threads: int | None
-) -> Iterator[tuple[FunctionServer, dict[str, str]]]:
+def running_server(name: str, shape: Shape) -> Iterator[tuple[FunctionServer, dict[str, str]]]:
     with stores.opened(name) as (env, workdir):
-        server_env = dict(env)
-        if threads:
-            server_env["BUILD_CONTEXT_THREADS"] = str(threads)
-        server = FunctionServer(server_env, workdir).start()
+        server = FunctionServer({**env, **shape.env()}, workdir).start()
         try:
             warm = send(server.url, workload.mixed(40, seed=_seed()), concurrency=10)
             if warm.failures:
@@ -292,20 +328,20 @@ def _count(concurrency: int, quick: bool) -> int:
 def http_section(
     names: Sequence[str],
     concurrencies: Sequence[int],
-    threads: int | None,
+    shape: Shape,
     kind: str,
     quick: bool,
     profile: Path | None,
 ) -> None:
     print(
         f"\n## End to end over HTTP ({kind} workload; "
-        f"server threads: {threads or load_settings().threads}; closed loop: each of the "
+        f"{shape.describe()}; closed loop: each of the "
         "N senders sends again when answered; 'one burst': N requests sent at once, once)\n"
     )
     table = Table(["store", *RUN_COLUMNS])
     print(table.header())
     for name in names:
-        with running_server(name, threads) as (server, _):
+        with running_server(name, shape) as (server, _):
             assert server.process is not None
             for concurrency in concurrencies:
                 requests = _requests(kind, _count(concurrency, quick))
@@ -327,27 +363,33 @@ def http_section(
         print_profile(profile)
 
 
-def thread_section(
-    name: str, sweep: Sequence[int], concurrency: int, kind: str, quick: bool, repeat: int
+def sweep_section(
+    name: str,
+    option: str,
+    sweep: Sequence[Shape],
+    concurrency: int,
+    kind: str,
+    quick: bool,
+    repeat: int,
 ) -> None:
-    """Thread counts in turn, `repeat` rounds, medians: a neighbour's burst then hits every
-    count alike instead of whichever ran at that moment."""
+    """Server thread or process counts in turn, `repeat` rounds, medians: a neighbour's burst
+    then hits every count alike instead of whichever ran at that moment."""
     print(
-        f"\n## Server worker threads at concurrency {concurrency} ({name} store, {kind}; "
+        f"\n## Server {option} at concurrency {concurrency} ({name} store, {kind}; "
         f"median of {repeat} interleaved rounds)\n"
     )
-    table = Table(["threads", *RUN_COLUMNS])
+    table = Table([option, *RUN_COLUMNS])
     print(table.header())
-    rounds: dict[int, list[list[float]]] = defaultdict(list)
+    rounds: dict[Shape, list[list[float]]] = defaultdict(list)
     for _ in range(repeat):
-        for threads in sweep:
-            with running_server(name, threads) as (server, _):
+        for shape in sweep:
+            with running_server(name, shape) as (server, _):
                 assert server.process is not None
                 requests = _requests(kind, _count(concurrency, quick))
                 with MemoryWatch(server.process.pid) as memory:
                     run = send(server.url, requests, concurrency)
                 p50, p95, p99 = percentiles(run.latencies)
-                rounds[threads].append(
+                rounds[shape].append(
                     [
                         len(run.replies),
                         p50,
@@ -361,13 +403,13 @@ def thread_section(
                         memory.peak,
                     ]
                 )
-    for threads in sweep:
-        cells = [statistics.median(column) for column in zip(*rounds[threads], strict=True)]
+    for shape in sweep:
+        cells = [statistics.median(column) for column in zip(*rounds[shape], strict=True)]
         count, p50, p95, p99, most, small, throughput, failed, cpu, _ = cells
-        peak = max(r[-1] for r in rounds[threads])
+        peak = max(r[-1] for r in rounds[shape])
         print(
             table.add(
-                threads,
+                getattr(shape, option),
                 concurrency,
                 int(count),
                 _ms(p50),
@@ -430,6 +472,7 @@ def _py_spy(pid: int, output: Path) -> Iterator[None]:
             "--rate",
             "250",
             "--gil",
+            "--subprocesses",
             "--nonblocking",
             "--output",
             str(output),
