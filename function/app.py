@@ -30,7 +30,11 @@ class App:
         exporters = None
         if telemetry is None:
             exporters = install_exporters()
-            telemetry = Telemetry(exporters.meter_provider, exporters.tracer_provider)
+            telemetry = Telemetry(
+                exporters.meter_provider,
+                exporters.tracer_provider,
+                stage_spans="traces" in exporters.otlp,
+            )
         primary = TracedStore(open_store(settings.storage, settings, telemetry), telemetry)
         overflow = (
             TracedStore(open_store(settings.overflow_storage, settings, telemetry), telemetry)

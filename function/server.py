@@ -170,7 +170,7 @@ def serve(
     runner = threading.Thread(target=server.run, name="waitress", daemon=True)
     runner.start()
     host, port = server.effective_host, server.effective_port
-    log.info("serving", extra={"host": host, "port": port, "threads": settings.threads})
+    log.info("serving", extra={"host": host, "port": int(port), "threads": settings.threads})
     if ready:
         ready(str(host), int(port))
     while not stop.wait(0.5):

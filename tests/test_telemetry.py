@@ -23,6 +23,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
 from function.errors import InvalidRequest, StorageUnavailable
@@ -397,3 +399,38 @@ def test_transient_storage_errors_are_retried_with_bounded_backoff_and_counted()
     with pytest.raises(InvalidRequest):
         policy.call(refused, transient=lambda error: isinstance(error, StorageUnavailable))
     assert retries() == 5
+
+
+@pytest.mark.parametrize("stage_spans", [True, False])
+def test_stage_spans_only_when_traces_are_exported(stage_spans: bool) -> None:
+    """Without a trace exporter the server keeps the request span only (its ids still reach the
+    reply and the logs); the stage durations are recorded either way."""
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(MeterProvider(metric_readers=[reader]), tracer_provider, stage_spans)
+    with telemetry.request({"id": "r1", "type": "t"}) as root:
+        with (
+            telemetry.stage("store", {"store": "s3"}) as stage,
+            telemetry.storage_call("s3", "put_if_absent") as call,
+        ):
+            telemetry.retried("s3", 1)
+        assert (stage is root and call is root) is not stage_spans
+
+    names = sorted(span.name for span in spans.get_finished_spans())
+    expected = ["build_context.storage.put_if_absent", "build_context.store"] if stage_spans else []
+    assert names == sorted([*expected, "process t"])
+    retried_on = [s.name for s in spans.get_finished_spans() if s.events]
+    assert retried_on == ["build_context.storage.put_if_absent" if stage_spans else "process t"]
+    data = reader.get_metrics_data()
+    assert data is not None
+    counts = [
+        point.count
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "build_context.stage.duration"
+        for point in metric.data.data_points
+    ]
+    assert counts == [1]

@@ -633,14 +633,14 @@ class ConfigMapStore(Store):
                 },
             )
 
-        with self.telemetry.tracer.start_as_current_span(
+        with self.telemetry.span(
             f"kube {verb} configmaps",
-            kind=trace.SpanKind.CLIENT,
-            attributes={
+            {
                 "build_context.store": self.backend,
                 "k8s.namespace.name": namespace,
                 "http.request.method": method,
             },
+            trace.SpanKind.CLIENT,
         ) as span:
             try:
                 return policy.call(attempt, _transient, on_retry, self._sleep)

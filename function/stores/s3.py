@@ -929,10 +929,10 @@ class S3Store(Store):
     # --- calls ------------------------------------------------------------------------
 
     def _span(self, operation: str, key: str) -> Any:
-        return self.telemetry.tracer.start_as_current_span(
+        return self.telemetry.span(
             f"s3.{operation}",
-            kind=trace.SpanKind.CLIENT,
-            attributes={"aws.s3.bucket": self.bucket, "aws.s3.key": key},
+            {"aws.s3.bucket": self.bucket, "aws.s3.key": key},
+            trace.SpanKind.CLIENT,
         )
 
     def _call(
