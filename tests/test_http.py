@@ -343,10 +343,15 @@ def test_sigterm_in_mid_upload_still_answers_the_request(start_server: StartServ
     headers, body = _binary_request(example("python"), "mid-upload")
     head = "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    head += f"Content-Length: {len(body)}\r\n\r\n"
+    head += f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(head.encode() + body[:10])
-        time.sleep(0.3)  # the server has the headers: the request is half-received
+        sock.sendall(head.encode())
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += sock.recv(1)
+        # "100 Continue": the server has parsed the headers and waits for the body
+        assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+        sock.sendall(body[:10])
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)
         time.sleep(1.0)  # well past the moment an unaware drain would have closed the socket
@@ -360,7 +365,7 @@ def test_sigterm_in_mid_upload_still_answers_the_request(start_server: StartServ
     assert b"ce-type: buildcontext.created" in rest.lower()
     assert server.process.wait(30) == 0
     stopping = [line for line in server.log_lines() if line.get("message") == "stopping"]
-    assert stopping and stopping[0]["drained"] is True
+    assert stopping and all(line["drained"] is True for line in stopping), stopping
 
 
 def test_reply_json_round_trips_the_schema(server: FunctionServer) -> None:
