@@ -342,6 +342,20 @@ def test_the_log_level_is_configurable(start_server: StartServer) -> None:
     assert [line["level"] for line in outcome_lines(server, "loud-1")] == ["ERROR"]
 
 
+def data_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    """The data points of one instrument, as the in-process SDK reader holds them."""
+    data = reader.get_metrics_data()
+    assert data is not None
+    return [
+        point
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
 class FlakyStorageCallDouble:
     """Test double of one storage call that fails `failures` times with a transient error."""
 
@@ -371,15 +385,9 @@ def test_transient_storage_errors_are_retried_with_bounded_backoff_and_counted()
         )
 
     def retries() -> float:
-        data = reader.get_metrics_data()
-        assert data is not None
         return sum(
             point.value
-            for rm in data.resource_metrics
-            for sm in rm.scope_metrics
-            for metric in sm.metrics
-            if metric.name == "build_context.storage.retries"
-            for point in metric.data.data_points
+            for point in data_points(reader, "build_context.storage.retries")
             if point.attributes == {"store": "s3"}
         )
 
@@ -423,14 +431,4 @@ def test_stage_spans_only_when_traces_are_exported(stage_spans: bool) -> None:
     assert names == sorted([*expected, "process t"])
     retried_on = [s.name for s in spans.get_finished_spans() if s.events]
     assert retried_on == ["build_context.storage.put_if_absent" if stage_spans else "process t"]
-    data = reader.get_metrics_data()
-    assert data is not None
-    counts = [
-        point.count
-        for rm in data.resource_metrics
-        for sm in rm.scope_metrics
-        for metric in sm.metrics
-        if metric.name == "build_context.stage.duration"
-        for point in metric.data.data_points
-    ]
-    assert counts == [1]
+    assert [p.count for p in data_points(reader, "build_context.stage.duration")] == [1]
