@@ -168,7 +168,13 @@ class SharedMetrics:
             if text is None:
                 continue
             label = str(index)
-            parsed = text_string_to_metric_families(text.decode())  # type: ignore[no-untyped-call]
+            try:
+                parsed = list(text_string_to_metric_families(text.decode()))  # type: ignore[no-untyped-call]
+            except ValueError as error:  # cut short: the sibling stopped while answering
+                log.warning(
+                    "metrics of a worker unreadable", extra={"peer": index, "error": str(error)}
+                )
+                continue
             for family in parsed:
                 merged = families.get(family.name)
                 if merged is None:

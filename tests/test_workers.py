@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -194,3 +196,48 @@ def test_a_worker_stuck_past_the_grace_period_is_killed(start_server: StartServe
         if line["message"] == "killing a worker that did not stop"
     ]
     assert [line["pid"] for line in killed] == [stuck.pid]
+
+
+@pytest.mark.parametrize("sibling", ["answers", "cut short", "absent"])
+def test_a_scrape_merges_what_siblings_answer_and_skips_what_they_cannot(
+    tmp_path: Path, sibling: str
+) -> None:
+    from prometheus_client import CollectorRegistry, Counter
+    from prometheus_client.openmetrics.exposition import generate_latest
+
+    from function.workers import SharedMetrics, Worker
+
+    def registry_counting(value: float) -> CollectorRegistry:
+        registry = CollectorRegistry()
+        Counter("requests", "Requests.", registry=registry).inc(value)
+        return registry
+
+    worker = Worker(index=0, count=2, folder=tmp_path, supervisor=os.getppid())
+    answer = generate_latest(registry_counting(5))
+    replies = {"answers": answer, "cut short": answer[: len(answer) // 2]}
+    peer = None
+    if sibling in replies:
+        peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        peer.bind(str(worker.metrics_socket(1)))
+        peer.listen()
+
+        def answer_once() -> None:
+            connection, _ = peer.accept()
+            with connection:
+                connection.sendall(replies[sibling])
+
+        threading.Thread(target=answer_once, daemon=True).start()
+    shared = SharedMetrics(registry_counting(2), worker)
+    try:
+        samples = {
+            sample.labels["worker"]: sample.value
+            for family in shared.collect()
+            if family.name == "requests"
+            for sample in family.samples
+            if sample.name == "requests_total"
+        }
+    finally:
+        shared.close()
+        if peer is not None:
+            peer.close()
+    assert samples == ({"0": 2.0, "1": 5.0} if sibling == "answers" else {"0": 2.0})
