@@ -239,3 +239,48 @@ def test_newer_python_syntax_is_accepted_for_newer_versions(source: str) -> None
 def test_older_versions_are_checked_with_their_own_grammar() -> None:
     error = failure(base(sourceCode="type Point = tuple[float, float]\n", runtimeVersion="3.11"))
     assert isinstance(error, InvalidSource)
+
+
+@pytest.mark.parametrize(
+    ("runtime", "line"),
+    [
+        ("go", 'var s{n} = "{text}"\n'),
+        ("nodejs", 'const s{n} = "{text}";\n'),
+        ("python", 's{n} = "{text}"\n'),
+    ],
+)
+def test_chunked_parsing_reads_characters_split_across_chunks(runtime: str, line: str) -> None:
+    """The parser reads the source in CHUNK_BYTES pieces; a character of 2, 3 or 4 bytes cut by
+    a chunk boundary must parse exactly as when the source is read whole."""
+    import importlib
+
+    from tree_sitter import Parser
+
+    from function.runtimes.treesitter import CHUNK_BYTES
+
+    grammar = importlib.import_module(f"function.runtimes.{runtime}")._GRAMMAR
+    head = "package main\n\nfunc main() {}\n" if runtime == "go" else ""
+    lines, n = [head], 0
+    while sum(len(x.encode()) for x in lines) < 4 * CHUNK_BYTES:
+        lines.append(line.format(n=n, text="é€😀" * (n % 7 + 1)))
+        n += 1
+
+    def splits(source: bytes) -> int:
+        """Chunk boundaries that fall inside a character (on a UTF-8 continuation byte)."""
+        return sum(source[k] & 0xC0 == 0x80 for k in range(CHUNK_BYTES, len(source), CHUNK_BYTES))
+
+    # leading blank lines shift every boundary; take the first shift that cuts characters
+    body = next(
+        "\n" * pad + "".join(lines)
+        for pad in range(16)
+        if splits(("\n" * pad + "".join(lines)).encode()) >= 2
+    )
+    source = body.encode()
+
+    parsed = grammar.parse(body)
+    whole = Parser(grammar.language).parse(source).root_node
+    assert not parsed.root.has_error
+    assert str(parsed.root) == str(whole)
+    last = parsed.root.children[-1]
+    assert parsed.text(last) == source[whole.children[-1].start_byte : whole.children[-1].end_byte]
+    assert "😀" in parsed.text(last).decode()

@@ -76,16 +76,19 @@ class GoRuntime(Runtime):
         return tuple(sorted((m, v) for _, m, v in pairs))
 
     def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
-        root = _GRAMMAR.parse(text)
-        errors = _GRAMMAR.first_error(path, root, text)
+        parsed = _GRAMMAR.parse(text)
+        errors = _GRAMMAR.first_error(path, parsed)
         if errors or path != self.entry_file:
             return errors
+        root = parsed.root
         package = next((c for c in root.children if c.type == "package_clause"), None)
-        name = package.named_children[0].text if package and package.named_children else None
+        name = (
+            parsed.text(package.named_children[0]) if package and package.named_children else None
+        )
         has_main = any(
             c.type == "function_declaration"
             and (node := c.child_by_field_name("name")) is not None
-            and node.text == b"main"
+            and parsed.text(node) == b"main"
             for c in root.children
         )
         if name == b"main" and has_main:

@@ -71,7 +71,7 @@ class NodeRuntime(Runtime):
         return tuple(sorted((n, s) for _, n, s in pairs))
 
     def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
-        return _GRAMMAR.first_error(path, _GRAMMAR.parse(text), text)
+        return _GRAMMAR.first_error(path, _GRAMMAR.parse(text))
 
     def render(self, version: str, deps: Pinned, settings: Settings) -> Rendered:
         package = {

@@ -80,7 +80,7 @@ class PythonRuntime(Runtime):
         valid code."""
         minor = int(version.split(".")[1])
         if minor > sys.version_info[1]:
-            return _GRAMMAR.first_error(path, _GRAMMAR.parse(text), text)
+            return _GRAMMAR.first_error(path, _GRAMMAR.parse(text))
         try:
             compile(text, path, "exec", dont_inherit=True)
             if minor < sys.version_info[1]:
