@@ -120,36 +120,35 @@ def wsgi_app(app: App, metrics: WSGIApp | None = None) -> Gate:
 
 def run(settings: Settings, ready: Callable[[str, int], None] | None = None) -> int:
     """Serve until SIGTERM: in this process, or in `BUILD_CONTEXT_PROCESSES` workers."""
+    sock = workers.listen(settings)
     count = workers.process_count(settings)
     if count == 1:
-        serve(App.from_settings(settings), ready)
+        serve(App.from_settings(settings), sock, ready)
         return 0
 
     def worker_main(
         worker: workers.Worker, sock: socket.socket, started: Callable[[], None]
     ) -> None:
-        serve(App.from_settings(settings), lambda host, port: started(), sock=sock, worker=worker)
+        serve(App.from_settings(settings), sock, lambda host, port: started(), worker=worker)
 
-    return workers.Supervisor(settings, count, worker_main).run(ready)
+    return workers.Supervisor(settings, count, worker_main).run(sock, ready)
 
 
 def serve(
     app: App,
+    sock: socket.socket,
     ready: Callable[[str, int], None] | None = None,
     *,
-    sock: socket.socket | None = None,
     worker: workers.Worker | None = None,
 ) -> None:
-    """Serve `app` until SIGTERM/SIGINT, then drain. With `sock`, accept on that (shared)
-    listening socket as worker `worker` of a supervisor (see function/workers.py)."""
+    """Serve `app` on the listening socket `sock` until SIGTERM/SIGINT, then drain; as worker
+    `worker` of a supervisor, the socket is shared with the other workers
+    (see function/workers.py)."""
     settings = app.settings
     shared = None
     if worker is not None and app.exporters is not None:
         shared = workers.SharedMetrics(app.exporters.registry, worker)
     gate = wsgi_app(app, shared.wsgi_app if shared else None)
-    where: dict[str, Any] = (
-        {"sockets": [sock]} if sock is not None else {"host": settings.host, "port": settings.port}
-    )
     server = waitress.create_server(
         gate,
         threads=settings.threads,
@@ -157,7 +156,7 @@ def serve(
         clear_untrusted_proxy_headers=True,
         channel_timeout=120,
         connection_limit=CONNECTION_LIMIT,
-        **where,
+        sockets=[sock],
     )
     stop = threading.Event()
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigurationError
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -193,11 +194,27 @@ class SharedMetrics:
 
 
 def listen(settings: Settings) -> socket.socket:
-    """The listening socket every worker accepts from (bound once, before the forks)."""
-    family, _, _, _, address = socket.getaddrinfo(
-        settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.create_server(address[:2], family=family, backlog=1024)
+    """The listening socket, bound before any worker starts (they share it)."""
+    where = f"{settings.host}:{settings.port}"
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as error:
+        raise ConfigurationError(
+            "BUILD_CONTEXT_HOST",
+            f"cannot resolve {settings.host!r} ({error.strerror})",
+            "Set it to an address of this host, such as 0.0.0.0 or 127.0.0.1.",
+        ) from error
+    try:
+        sock = socket.create_server(address[:2], family=family, backlog=1024)
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ConfigurationError(
+            "PORT",
+            f"cannot listen on {where} ({reason})",
+            "Stop what else listens there, or set PORT (and BUILD_CONTEXT_HOST) to a free address.",
+        ) from error
     sock.setblocking(False)
     return sock
 
@@ -219,8 +236,7 @@ class Supervisor:
         self.failed = False
         self.restarts: deque[float] = deque()
 
-    def run(self, ready: Callable[[str, int], None] | None = None) -> int:
-        sock = listen(self.settings)
+    def run(self, sock: socket.socket, ready: Callable[[str, int], None] | None = None) -> int:
         host, port = sock.getsockname()[:2]
         folder = Path(tempfile.mkdtemp(prefix="build-context-"))
         ready_read, ready_write = os.pipe()

@@ -241,3 +241,25 @@ def test_a_scrape_merges_what_siblings_answer_and_skips_what_they_cannot(
         if peer is not None:
             peer.close()
     assert samples == ({"0": 2.0, "1": 5.0} if sibling == "answers" else {"0": 2.0})
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_port_in_use_stops_start_up_naming_port(tmp_path: Path, processes: str) -> None:
+    server = FunctionServer({"BUILD_CONTEXT_PROCESSES": processes}, tmp_path)
+    with (
+        socket.socket() as squatter,
+        pytest.raises(RuntimeError, match="server exited 2") as failure,
+    ):
+        squatter.bind(("127.0.0.1", server.port))  # bound, not listening: probes are refused
+        server.start(timeout=30)
+    assert f"PORT: cannot listen on 127.0.0.1:{server.port} (Address already in use)" in str(
+        failure.value
+    )
+    assert "Traceback" not in str(failure.value)
+
+
+def test_a_host_that_does_not_resolve_stops_start_up_naming_it(tmp_path: Path) -> None:
+    server = FunctionServer({"BUILD_CONTEXT_HOST": "no-such-host.invalid"}, tmp_path)
+    with pytest.raises(RuntimeError, match="server exited 2") as failure:
+        server.start(timeout=30)
+    assert "BUILD_CONTEXT_HOST: cannot resolve 'no-such-host.invalid'" in str(failure.value)
