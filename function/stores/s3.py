@@ -690,16 +690,23 @@ class S3Store(Store):
                 extra=self._log_fields("delete_object", claim, error),
             )
 
-    def _claim_held(self, claim: str) -> tuple[str, timedelta] | None:
-        """ETag and age (by the server's clock) of a claim, or None when there is none."""
+    def _head_object(self, key: str) -> dict[str, Any] | None:
+        """HEAD of one key, or None when it does not exist."""
         try:
-            found = self._call(
+            found: dict[str, Any] = self._call(
                 "head_object",
-                claim,
-                lambda: self.client.head_object(Bucket=self.bucket, Key=claim),
+                key,
+                lambda: self.client.head_object(Bucket=self.bucket, Key=key),
                 allow=_MISSING,
             )
         except ClientError:
+            return None
+        return found
+
+    def _claim_held(self, claim: str) -> tuple[str, timedelta] | None:
+        """ETag and age (by the server's clock) of a claim, or None when there is none."""
+        found = self._head_object(claim)
+        if found is None:
             return None
         now = parsedate_to_datetime(found["ResponseMetadata"]["HTTPHeaders"]["date"])
         return str(found["ETag"]), now - found["LastModified"]
@@ -848,14 +855,8 @@ class S3Store(Store):
         (`x-amz-tagging-count`): right on AWS, MinIO and SeaweedFS, and only a hint elsewhere,
         which is why the re-check before a delete always reads them.
         """
-        try:
-            found = self._call(
-                "head_object",
-                key,
-                lambda: self.client.head_object(Bucket=self.bucket, Key=key),
-                allow=_MISSING,
-            )
-        except ClientError:
+        found = self._head_object(key)
+        if found is None:
             return None
         retain = False
         tagged = not tag_count_hint or int(found.get("TagCount") or 0) > 0
