@@ -15,12 +15,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from cloudevents.conversion import to_binary
-from cloudevents.http import CloudEvent
 
 from tests.conftest import StartServer
 from tests.support.contexts import example, members, read_member
-from tests.support.server import FunctionServer
+from tests.support.server import FunctionServer, encode
 
 RUNTIMES = ["python", "nodejs", "go"]
 
@@ -272,21 +270,6 @@ def test_a_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path) -> Non
         server.start(timeout=20)
 
 
-def _binary_request(data: dict[str, object], event_id: str) -> tuple[dict[str, str], bytes]:
-    headers, body = to_binary(
-        CloudEvent(
-            {
-                "type": "remediation.buildcontext.requested",
-                "source": "/tests/agent-sre",
-                "id": event_id,
-                "datacontenttype": "application/json",
-            },
-            data,
-        )
-    )
-    return dict(headers), body
-
-
 def test_sigterm_lets_in_flight_requests_finish(start_server: StartServer) -> None:
     """Four large requests share the interpreter, so the last answers well after the signal;
     the test insists on that, so that it cannot pass without a request in flight. The signal
@@ -297,13 +280,13 @@ def test_sigterm_lets_in_flight_requests_finish(start_server: StartServer) -> No
     written = [threading.Event() for _ in range(4)]
 
     def call(index: int) -> None:
-        headers, body = _binary_request(
+        headers, body = encode(
             {
                 "lambdaFunction": f"slow-{index}",
                 "runtime": "go",
                 "sourceCode": ("package main\n\nfunc main() {}\n" + "var x = 1\n" * 90000),
             },
-            f"slow-{index}",
+            id=f"slow-{index}",
         )
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         try:
@@ -340,7 +323,7 @@ def test_sigterm_in_mid_upload_still_answers_the_request(start_server: StartServ
     """A request whose body is still arriving when SIGTERM lands has not reached the app yet;
     the drain must wait for it rather than close the connection under the caller."""
     server = start_server()
-    headers, body = _binary_request(example("python"), "mid-upload")
+    headers, body = encode(example("python"), id="mid-upload")
     head = "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     head += f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"

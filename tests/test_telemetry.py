@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 import requests
-from cloudevents.conversion import to_binary
-from cloudevents.http import CloudEvent
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -32,7 +30,7 @@ from function.retry import RetryPolicy
 from function.telemetry import Telemetry
 from tests.conftest import StartServer
 from tests.support.contexts import example
-from tests.support.server import FunctionServer
+from tests.support.server import FunctionServer, encode
 from tests.test_http import FAILURES
 
 DOCS = Path(__file__).parents[1] / "docs" / "observability.md"
@@ -207,20 +205,11 @@ def test_logs_hold_no_source_code_and_no_credentials(server: FunctionServer) -> 
 
 
 def _traced_request(server: FunctionServer, extensions: dict[str, str], headers: dict[str, str]):
-    event = CloudEvent(
-        {
-            "type": "remediation.buildcontext.requested",
-            "source": "/tests/agent-sre",
-            "id": str(uuid.uuid4()),
-            "datacontenttype": "application/json",
-            **extensions,
-        },
-        example("nodejs"),
-    )
-    ce_headers, body = to_binary(event)
+    request_id = str(uuid.uuid4())
+    ce_headers, body = encode(example("nodejs"), id=request_id, extensions=extensions)
     response = requests.post(server.url, headers={**ce_headers, **headers}, data=body, timeout=30)
     assert response.headers.get("ce-type") == "buildcontext.created", response.text
-    return event["id"], response.headers["ce-traceparent"]
+    return request_id, response.headers["ce-traceparent"]
 
 
 def test_the_trace_runs_from_the_request_event_into_the_reply(server: FunctionServer) -> None:

@@ -115,13 +115,25 @@ class FunctionServer:
         extensions: dict[str, str] | None = None,
         timeout: float = 60,
     ) -> Reply:
-        attributes = {
-            "type": type,
-            "source": "/tests/agent-sre",
-            "id": id or str(uuid.uuid4()),
-            "datacontenttype": "application/json",
-            **(extensions or {}),
-        }
-        event = CloudEvent(attributes, data)
-        headers, body = (to_structured if structured else to_binary)(event)
+        headers, body = encode(data, type=type, id=id, structured=structured, extensions=extensions)
         return Reply(self.session.post(self.url, headers=headers, data=body, timeout=timeout))
+
+
+def encode(
+    data: Any,
+    *,
+    type: str = "remediation.buildcontext.requested",
+    id: str | None = None,
+    structured: bool = False,
+    extensions: dict[str, str] | None = None,
+) -> tuple[dict[str, str], bytes]:
+    """A CloudEvent from the test agent, as HTTP headers and body (binary or structured)."""
+    attributes = {
+        "type": type,
+        "source": "/tests/agent-sre",
+        "id": id or str(uuid.uuid4()),
+        "datacontenttype": "application/json",
+        **(extensions or {}),
+    }
+    headers, body = (to_structured if structured else to_binary)(CloudEvent(attributes, data))
+    return dict(headers), body
