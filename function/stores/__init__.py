@@ -28,10 +28,17 @@ def _s3(settings: Settings, telemetry: Telemetry) -> Store:
     return S3Store.from_settings(settings, telemetry)
 
 
+def _oci(settings: Settings, telemetry: Telemetry) -> Store:
+    from .oci import OCIStore
+
+    return OCIStore.from_settings(settings, telemetry)
+
+
 _FACTORIES: dict[str, Callable[[Settings, Telemetry], Store]] = {
     "filesystem": _filesystem,
     "configmap": _configmap,
     "s3": _s3,
+    "oci": _oci,
 }
 
 

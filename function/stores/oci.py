@@ -1,0 +1,566 @@
+"""An OCI registry: each context is a single-layer image `<registry>/<prefix>/<ns>/<fn>:<tag>`.
+
+The **context image** depends on the content only: its layer is our reproducible tar.gz
+(`application/vnd.oci.image.layer.v1.tar+gzip`), its config a minimal image config whose one
+diff_id is the content hash (the sha256 of the uncompressed tar, which is what a diff_id is), and
+its annotations name the namespace, function, runtime, hashes and `managed-by`. So the same
+request gives the same manifest digest on any machine, at any time, and builders pin it.
+
+What changes — created and expiry times, request id, metadata — lives in a second, tiny
+manifest, the **record**: an OCI artifact (`artifactType` below, empty config and layer) whose
+`subject` is the context image and whose annotations hold the record. It is tagged
+`<tag>.record`; a refresh pushes a new record to that tag and deletes the old one by digest.
+
+Order of a first push: blobs, the context manifest by digest (untagged, so invisible), the record
+tag, and the context tag last: a crash or outage before the end leaves no tag a builder sees.
+A user pins a context by tagging it (`<tag>.retain`, or any other tag of theirs): deleting a
+manifest by digest would take every tag on it, so cleanup never deletes a context that carries
+a tag it did not make. docs/oci.md has the layout, races and what registry GC must do.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from opentelemetry import trace
+
+from ..archive import Archive, image_tag
+from ..contract import OwnerReference, utc_text
+from ..errors import (
+    ContextTooLarge,
+    InternalError,
+    StorageConflict,
+    StorageForbidden,
+    StorageUnavailable,
+)
+from ..retry import RetryPolicy
+from ..settings import Settings
+from ..telemetry import NOOP, Telemetry
+from .base import MANAGED_BY, ContextRecord, Listed, Store, Stored, parse_time
+from .distribution import (
+    OCI_MANIFEST,
+    Credentials,
+    Denied,
+    Missing,
+    Refused,
+    RegistryClient,
+    RegistryError,
+    Unavailable,
+    credentials_from_docker_config,
+)
+
+T = TypeVar("T")
+log = logging.getLogger("build_context.oci")
+
+LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+RECORD_TYPE = "application/vnd.build-context.record.v1+json"
+EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY = b"{}"
+EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY).hexdigest()
+RECORD_SUFFIX = ".record"
+RETAIN_SUFFIX = ".retain"
+ANNOTATION = "dev.build-context."
+MANAGED = ANNOTATION + "managed-by"
+CONTEXT_TAG = re.compile(r"sha256-[0-9a-f]{24}")
+MAX_LAYER_BYTES = 512 * 1024 * 1024
+LIST_CONCURRENCY = 8
+REQUEST_ID_LIMIT = 256
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _descriptor(media_type: str, blob: bytes, **extra: Any) -> dict[str, Any]:
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    return {"mediaType": media_type, "digest": digest, "size": len(blob), **extra}
+
+
+@dataclass(frozen=True)
+class ContextImage:
+    """The reproducible part: config and manifest bytes of one context."""
+
+    config: bytes
+    manifest: bytes
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.manifest).hexdigest()
+
+    @classmethod
+    def of(cls, archive: Archive, record: ContextRecord) -> ContextImage:
+        config = _canonical(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": [f"sha256:{archive.content_hash}"]},
+            }
+        )
+        annotations = {
+            MANAGED: MANAGED_BY,
+            ANNOTATION + "namespace": record.namespace,
+            ANNOTATION + "function": record.function,
+            ANNOTATION + "runtime": record.runtime,
+            ANNOTATION + "runtime-version": record.runtime_version,
+            ANNOTATION + "content-hash": archive.content_hash,
+            ANNOTATION + "archive-sha256": archive.archive_sha256,
+            "org.opencontainers.image.title": f"{record.function} build context",
+        }
+        manifest = _canonical(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": _descriptor(CONFIG_TYPE, config),
+                "layers": [
+                    _descriptor(
+                        LAYER_TYPE,
+                        archive.data,
+                        annotations={"org.opencontainers.image.title": "context.tar.gz"},
+                    )
+                ],
+                "annotations": annotations,
+            }
+        )
+        return cls(config, manifest)
+
+
+def record_manifest(record: ContextRecord, context: ContextImage) -> bytes:
+    empty = _descriptor(EMPTY_TYPE, EMPTY, data=base64.b64encode(EMPTY).decode())
+    annotations = {
+        MANAGED: MANAGED_BY,
+        ANNOTATION + "namespace": record.namespace,
+        ANNOTATION + "function": record.function,
+        ANNOTATION + "runtime": record.runtime,
+        ANNOTATION + "runtime-version": record.runtime_version,
+        ANNOTATION + "content-hash": record.content_hash,
+        ANNOTATION + "archive-sha256": record.archive_sha256,
+        ANNOTATION + "size-bytes": str(record.size_bytes),
+        ANNOTATION + "created-at": utc_text(record.created_at),
+        ANNOTATION + "expires-at": utc_text(record.expires_at),
+        ANNOTATION + "request-id": record.request_id[:REQUEST_ID_LIMIT],
+        ANNOTATION + "metadata": json.dumps(dict(record.metadata), sort_keys=True),
+    }
+    return _canonical(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": RECORD_TYPE,
+            "config": empty,
+            "layers": [empty],
+            "subject": {
+                "mediaType": OCI_MANIFEST,
+                "digest": context.digest,
+                "size": len(context.manifest),
+            },
+            "annotations": annotations,
+        }
+    )
+
+
+def record_from_manifest(data: bytes) -> tuple[ContextRecord, str]:
+    """The record and the digest of its subject (the context image); ValueError if not ours."""
+    try:
+        manifest = json.loads(data)
+        notes = manifest["annotations"]
+        if manifest.get("artifactType") != RECORD_TYPE or notes.get(MANAGED) != MANAGED_BY:
+            raise ValueError("not a build-context record")
+        metadata = json.loads(notes[ANNOTATION + "metadata"])
+        record = ContextRecord(
+            namespace=str(notes[ANNOTATION + "namespace"]),
+            function=str(notes[ANNOTATION + "function"]),
+            runtime=str(notes[ANNOTATION + "runtime"]),
+            runtime_version=str(notes[ANNOTATION + "runtime-version"]),
+            content_hash=str(notes[ANNOTATION + "content-hash"]),
+            archive_sha256=str(notes[ANNOTATION + "archive-sha256"]),
+            size_bytes=int(notes[ANNOTATION + "size-bytes"]),
+            created_at=parse_time(str(notes[ANNOTATION + "created-at"])),
+            expires_at=parse_time(str(notes[ANNOTATION + "expires-at"])),
+            request_id=str(notes.get(ANNOTATION + "request-id", "")),
+            metadata={str(k): str(v) for k, v in dict(metadata).items()},
+        )
+        return record, str(manifest["subject"]["digest"])
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"unreadable record: {error}") from None
+
+
+@dataclass(frozen=True)
+class _Handle:
+    repository: str
+    tag: str
+    record_digest: str
+    context_digest: str
+    foreign_tags: tuple[str, ...]
+
+
+class OCIStore(Store):
+    backend = "oci"
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        repository_prefix: str = "build-contexts",
+        *,
+        page_size: int = 500,
+        retry: RetryPolicy | None = None,
+        telemetry: Telemetry = NOOP,
+    ) -> None:
+        self.client = client
+        self.registry = client.registry
+        self.prefix = repository_prefix
+        self.page_size = page_size
+        self.retry = retry or RetryPolicy()
+        self.telemetry = telemetry
+        self._layout = re.compile(re.escape(repository_prefix) + r"/([a-z0-9-]+)/([a-z0-9-]+)")
+        self._tracer = trace.get_tracer("build_context.oci")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, telemetry: Telemetry = NOOP) -> OCIStore:
+        return cls(
+            RegistryClient(
+                settings.oci_registry,
+                credentials=_credentials(settings),
+                insecure_http=settings.oci_insecure_http,
+                ca_file=settings.oci_ca_file,
+                timeout=settings.retry_deadline_seconds,
+                pool_size=settings.threads + LIST_CONCURRENCY,
+            ),
+            settings.oci_repository,
+            page_size=settings.cleanup_page_size,
+            retry=RetryPolicy.from_settings(settings),
+            telemetry=telemetry,
+        )
+
+    def repository(self, namespace: str, function: str) -> str:
+        return f"{self.prefix}/{namespace}/{function}"
+
+    def check(self) -> None:
+        """Unreachable or refusing registries only warn: requests then fail retryably."""
+        try:
+            self.client.check()
+        except RegistryError as error:
+            log.warning(
+                "OCI store: registry probe failed at start-up; requests will fail until fixed",
+                extra={"registry": self.registry, "error": error.message},
+            )
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- create ----------------------------------------------------------------------------
+
+    def put_if_absent(
+        self, archive: Archive, record: ContextRecord, owner: OwnerReference | None = None
+    ) -> Stored:
+        repository = self.repository(record.namespace, record.function)
+        tag = image_tag(record.content_hash)
+        context = ContextImage.of(archive, record)
+        found = self._call("read record", repository, lambda: self._read_record(repository, tag))
+        if found is None:
+            self._push_blobs(repository, archive, context)
+            self._call(
+                "push context",
+                repository,
+                lambda: self.client.put_manifest(
+                    repository, context.digest, context.manifest, OCI_MANIFEST
+                ),
+            )
+            self._put_record(repository, tag, record, context)
+            self._tag_context(repository, tag, context)
+            return self._stored(repository, tag, context, record, reused=False)
+        existing, record_digest, subject = found
+        if existing.content_hash != record.content_hash or subject != context.digest:
+            raise StorageConflict(
+                f"OCI store: {self.registry}/{repository}:{tag}{RECORD_SUFFIX} describes another "
+                "context; it is left as it is. Remove it or change BUILD_CONTEXT_OCI_REPOSITORY."
+            )
+        wanted = existing.refreshed(record.expires_at)
+        if wanted != existing:
+            self._put_record(repository, tag, wanted, context)
+            self._forget(repository, record_digest)
+        current = self._call(
+            "read context", repository, lambda: self.client.head_manifest(repository, tag)
+        )
+        if current != context.digest:
+            if current is not None:
+                raise StorageConflict(
+                    f"OCI store: {self.registry}/{repository}:{tag} points at {current}, not at "
+                    "the context image; it is left as it is"
+                )
+            # A crash before the last step, or a cleanup that deleted it a moment ago.
+            self._push_blobs(repository, archive, context)
+            self._tag_context(repository, tag, context)
+        return self._stored(repository, tag, context, wanted, reused=True)
+
+    def _push_blobs(self, repository: str, archive: Archive, context: ContextImage) -> None:
+        blobs = (
+            (f"sha256:{archive.archive_sha256}", archive.data),
+            ("sha256:" + hashlib.sha256(context.config).hexdigest(), context.config),
+            (EMPTY_DIGEST, EMPTY),
+        )
+        for digest, data in blobs:
+
+            def push(digest: str = digest, data: bytes = data) -> None:
+                if not self.client.has_blob(repository, digest):
+                    self.client.upload_blob(repository, digest, data)
+
+            self._call("push blob", repository, push)
+
+    def _put_record(
+        self, repository: str, tag: str, record: ContextRecord, context: ContextImage
+    ) -> None:
+        body = record_manifest(record, context)
+        self._call(
+            "push record",
+            repository,
+            lambda: self.client.put_manifest(repository, tag + RECORD_SUFFIX, body, OCI_MANIFEST),
+        )
+
+    def _tag_context(self, repository: str, tag: str, context: ContextImage) -> None:
+        self._call(
+            "tag context",
+            repository,
+            lambda: self.client.put_manifest(repository, tag, context.manifest, OCI_MANIFEST),
+        )
+
+    def _forget(self, repository: str, digest: str) -> None:
+        """Delete a superseded record by digest; a leftover only costs registry GC a little."""
+        try:
+            self._call("delete record", repository, lambda: self.client.delete_manifest(
+                repository, digest
+            ))  # fmt: skip
+        except StorageUnavailable as error:
+            log.warning(
+                "OCI store: could not delete a superseded record",
+                extra={"repository": repository, "digest": digest, "error": error.message},
+            )
+
+    def _read_record(self, repository: str, tag: str) -> tuple[ContextRecord, str, str] | None:
+        found = self.client.get_manifest(repository, tag + RECORD_SUFFIX)
+        if found is None:
+            return None
+        data, digest = found
+        try:
+            record, subject = record_from_manifest(data)
+        except ValueError:
+            raise StorageConflict(
+                f"OCI store: {self.registry}/{repository}:{tag}{RECORD_SUFFIX} was not written "
+                "by build-context; it is left as it is"
+            ) from None
+        return record, digest, subject
+
+    def _stored(
+        self,
+        repository: str,
+        tag: str,
+        context: ContextImage,
+        record: ContextRecord,
+        *,
+        reused: bool,
+    ) -> Stored:
+        storage = {
+            "backend": self.backend,
+            "registry": self.registry,
+            "repository": repository,
+            "tag": tag,
+            "digest": context.digest,
+        }
+        uri = f"oci://{self.registry}/{repository}@{context.digest}"
+        return Stored(record, storage, uri, reused)
+
+    # --- read ------------------------------------------------------------------------------
+
+    def get(self, namespace: str, function: str, content_hash: str) -> bytes:
+        repository = self.repository(namespace, function)
+        tag = image_tag(content_hash)
+        found = self._call(
+            "read context", repository, lambda: self.client.get_manifest(repository, tag)
+        )
+        if found is None:
+            raise KeyError((namespace, function, content_hash))
+        try:
+            manifest = json.loads(found[0])
+            if manifest["annotations"][MANAGED] != MANAGED_BY:
+                raise KeyError((namespace, function, content_hash))
+            layer = manifest["layers"][0]["digest"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise KeyError((namespace, function, content_hash)) from None
+        try:
+            data: bytes = self._call(
+                "read layer",
+                repository,
+                lambda: self.client.get_blob(repository, layer, MAX_LAYER_BYTES),
+            )
+        except KeyError:
+            raise KeyError((namespace, function, content_hash)) from None
+        return data
+
+    # --- cleanup ---------------------------------------------------------------------------
+
+    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed]:
+        """Our repositories from the catalog, their tags page by page, records a few at a time."""
+        after = f"{self.prefix}/"
+        repositories = self._call(
+            "list repositories",
+            self.prefix,
+            lambda: list(self.client.repositories(self.page_size, after)),
+        )
+        with ThreadPoolExecutor(LIST_CONCURRENCY, thread_name_prefix="oci-list") as pool:
+            for repository in repositories:
+                match = self._layout.fullmatch(repository)
+                if match is None:
+                    continue
+                if namespaces is not None and match.group(1) not in namespaces:
+                    continue
+                yield from self._list_repository(repository, pool)
+
+    def _list_repository(self, repository: str, pool: ThreadPoolExecutor) -> Iterator[Listed]:
+        tags = self._call(
+            "list tags", repository, lambda: list(self.client.tags(repository, self.page_size))
+        )
+        records = [t for t in tags if t.endswith(RECORD_SUFFIX)]
+        ours = {t for t in tags if CONTEXT_TAG.fullmatch(t)} | set(records)
+        foreign = sorted(set(tags) - ours)
+        pinned = set(
+            pool.map(
+                lambda t: self._call(
+                    "read tag", repository, lambda: self.client.head_manifest(repository, t)
+                ),
+                foreign,
+            )
+        )
+
+        def read(record_tag: str) -> Listed | None:
+            tag = record_tag.removesuffix(RECORD_SUFFIX)
+            if not CONTEXT_TAG.fullmatch(tag):
+                return None
+            try:
+                found = self._call(
+                    "read record", repository, lambda: self._read_record(repository, tag)
+                )
+            except StorageConflict:
+                return None
+            if found is None:
+                return None
+            record, digest, subject = found
+            handle = _Handle(repository, tag, digest, subject, tuple(foreign))
+            return Listed(replace(record, retain=subject in pinned), handle)
+
+        for listed in pool.map(read, records):
+            if listed is not None:
+                yield listed
+
+    def delete(self, item: Listed, still_expired: Callable[[ContextRecord], bool]) -> bool:
+        handle: _Handle = item.handle
+        repository, tag = handle.repository, handle.tag
+        found = self._call("read record", repository, lambda: self._read_record(repository, tag))
+        if found is None:
+            return False
+        record, record_digest, subject = found
+        if self._pinned(handle, subject) or not still_expired(record):
+            return False
+        current = self._call(
+            "read context", repository, lambda: self.client.get_manifest(repository, tag)
+        )
+        if current is not None:
+            digest = current[1]
+            if digest != subject:
+                return False  # our tag now names another image: not ours to delete
+            self._call(
+                "delete context",
+                repository,
+                lambda: self.client.delete_manifest(repository, digest),
+            )
+        after = self._call(
+            "read record",
+            repository,
+            lambda: self.client.head_manifest(repository, tag + RECORD_SUFFIX),
+        )
+        if after != record_digest:
+            # Reused while we deleted: put the context back (its blobs stay until registry GC,
+            # which runs with the registry read-only, so never during this).
+            if current is not None:
+                self._call(
+                    "restore context",
+                    repository,
+                    lambda: self.client.put_manifest(repository, tag, current[0], OCI_MANIFEST),
+                )
+            return False
+        self._call(
+            "delete record",
+            repository,
+            lambda: self.client.delete_manifest(repository, record_digest),
+        )
+        return True
+
+    def _pinned(self, handle: _Handle, subject: str) -> bool:
+        """A tag we did not make on the context, looked at again right before deleting."""
+        candidates = (*handle.foreign_tags, handle.tag + RETAIN_SUFFIX)
+        for other in dict.fromkeys(candidates):
+            digest = self._call(
+                "read tag",
+                handle.repository,
+                lambda other=other: self.client.head_manifest(handle.repository, other),  # type: ignore[misc]
+            )
+            if digest == subject:
+                return True
+        return False
+
+    # --- errors, once ----------------------------------------------------------------------
+
+    def _call(self, what: str, repository: str, operation: Callable[[], T]) -> T:
+        with self._tracer.start_as_current_span(f"oci {what}") as span:
+            span.set_attribute("build_context.repository", repository)
+            try:
+                return self.retry.call(
+                    operation,
+                    transient=lambda error: isinstance(error, Unavailable),
+                    on_retry=lambda attempt, error: self.telemetry.retried(
+                        self.backend, attempt, error
+                    ),
+                )
+            except Unavailable as error:
+                raise StorageUnavailable(
+                    f"OCI store: {what} at {self.registry}/{repository} failed after retries: "
+                    f"{error.message}; the request can be retried"
+                ) from None
+            except Denied as error:
+                raise StorageForbidden(
+                    f"OCI store: {self.registry} refused to {what} in {repository}: "
+                    f"{error.message}. Give the credentials in BUILD_CONTEXT_OCI_DOCKER_CONFIG "
+                    "pull, push and delete rights on it (docs/oci.md)"
+                ) from None
+            except Missing:
+                raise KeyError(repository) from None
+            except Refused as error:
+                if error.status == 413:
+                    raise ContextTooLarge(
+                        f"OCI store: {self.registry} refused the context as too large "
+                        f"({error.message}); raise the registry's limit or make the source smaller"
+                    ) from None
+                raise InternalError(
+                    f"OCI store: {self.registry} rejected {what} in {repository}: {error.message}"
+                ) from None
+
+
+def _credentials(settings: Settings) -> Credentials | None:
+    import os
+
+    path = settings.oci_docker_config
+    if not path:
+        folder = os.environ.get("DOCKER_CONFIG", "")
+        default = Path(folder) / "config.json" if folder else None
+        if default is None or not default.exists():
+            return None
+        path = str(default)
+    return credentials_from_docker_config(Path(path), settings.oci_registry)

@@ -1,0 +1,311 @@
+"""The OCI store against a real registry (CNCF Distribution), read back with crane."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from requests import PreparedRequest, Response
+from requests.adapters import HTTPAdapter
+
+from function import archive
+from function.archive import Archive
+from function.errors import StorageForbidden, StorageUnavailable
+from function.settings import load_settings
+from function.stores import open_store
+from function.stores.base import ContextRecord, Store
+from function.stores.oci import OCIStore
+from tests.support.contexts import ROOT
+from tests.support.registry import Credentials, Registry
+
+pytestmark = pytest.mark.oci
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+WEEK = timedelta(days=7)
+FAST_RETRIES = {"retry_attempts": 3, "retry_base_delay_seconds": 0.001}
+
+
+def oci_settings(registry: Registry, config: Path, prefix: str, **overrides: Any) -> Any:
+    return load_settings(
+        **{
+            "storage": "oci",
+            "oci_registry": registry.host,
+            "oci_repository": prefix,
+            "oci_docker_config": str(config),
+            "oci_ca_file": str(registry.ca_path or ""),
+            "oci_insecure_http": not registry.tls,
+            "namespace": "team-a",
+            **FAST_RETRIES,
+            **overrides,
+        }
+    )
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"ctx-{os.urandom(4).hex()}"
+
+
+@pytest.fixture
+def config(registry: Registry, tmp_path: Path) -> Path:
+    return registry.docker_config(tmp_path / "docker" / "config.json")
+
+
+@pytest.fixture
+def store(registry: Registry, config: Path, prefix: str) -> Iterator[Store]:
+    opened = open_store("oci", oci_settings(registry, config, prefix))
+    yield opened
+    opened.close()
+
+
+def record_for(
+    built: Archive, function: str = "fix-disk", created: datetime = NOW, **extra: Any
+) -> ContextRecord:
+    return ContextRecord.for_archive(
+        built,
+        namespace="team-a",
+        function=function,
+        runtime="python",
+        runtime_version="3.13",
+        created_at=created,
+        ttl=WEEK,
+        request_id="req-1",
+        metadata={"incident": "INC-1"},
+        **extra,
+    )
+
+
+def built(text: str = "print('hi')\n") -> Archive:
+    return archive.build({"remediation.py": text, "requirements.txt": ""})
+
+
+def test_a_context_is_a_single_layer_image_that_crane_reads_back_byte_for_byte(
+    registry: Registry, store: Store, prefix: str, tmp_path: Path
+) -> None:
+    context = built()
+    stored = store.put_if_absent(context, record_for(context))
+    repository = f"{prefix}/team-a/fix-disk"
+    digest = stored.storage["digest"]
+    assert stored.storage == {
+        "backend": "oci",
+        "registry": registry.host,
+        "repository": repository,
+        "tag": context.image_tag,
+        "digest": digest,
+    }
+    assert stored.context_uri == f"oci://{registry.host}/{repository}@{digest}"
+    assert not stored.reused
+
+    reference = f"{registry.host}/{repository}@{digest}"
+    assert registry.crane("digest", f"{registry.host}/{repository}:{context.image_tag}").stdout
+    assert registry.crane("digest", reference).stdout.decode().strip() == digest
+    manifest = json.loads(registry.crane("manifest", reference).stdout)
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    [layer] = manifest["layers"]
+    assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    assert layer["digest"] == f"sha256:{context.archive_sha256}"
+    notes = manifest["annotations"]
+    assert notes["dev.build-context.managed-by"] == "build-context"
+    assert notes["dev.build-context.content-hash"] == context.content_hash
+    config = json.loads(registry.crane("config", reference).stdout)
+    assert config["rootfs"]["diff_ids"] == [f"sha256:{context.content_hash}"]
+
+    # The layer blob, as an independent client fetches it, is our archive byte for byte ...
+    blob = registry.crane("blob", f"{registry.host}/{repository}@{layer['digest']}").stdout
+    assert blob == context.data
+    # ... and the image's filesystem (crane export flattens the layers) is the context.
+    exported = registry.crane("export", reference, "-").stdout
+    with tarfile.open(fileobj=io.BytesIO(exported)) as tar:
+        names = {m.name.lstrip("./") for m in tar.getmembers() if m.isfile()}
+        assert names == {"remediation.py", "requirements.txt"}
+        source = tar.extractfile("remediation.py")
+        assert source is not None and source.read() == b"print('hi')\n"
+    assert store.get("team-a", "fix-disk", context.content_hash) == context.data
+
+
+def test_the_same_request_gives_the_same_digest_in_another_process_and_registry(
+    registry: Registry, store: Store, prefix: str, tmp_path: Path, config: Path
+) -> None:
+    """The manifest digest depends on the content only: another process, another time zone,
+    another moment and another registry (here, the same one under another prefix) agree."""
+    context = built()
+    here = store.put_if_absent(context, record_for(context)).storage["digest"]
+    script = (
+        "import sys, datetime as d\n"
+        "from function import archive\n"
+        "from function.stores.base import ContextRecord\n"
+        "from function.stores.oci import ContextImage\n"
+        "a = archive.build({'remediation.py': \"print('hi')\\n\", 'requirements.txt': ''})\n"
+        "r = ContextRecord.for_archive(a, namespace='team-a', function='fix-disk',"
+        " runtime='python', runtime_version='3.13', created_at=d.datetime.now(d.UTC),"
+        " ttl=d.timedelta(days=1), request_id='other', metadata={'x': 'y'})\n"
+        "print(ContextImage.of(a, r).digest)\n"
+    )
+    env = {**os.environ, "TZ": "Pacific/Auckland", "PYTHONPATH": str(ROOT)}
+    there = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip()
+    assert there == here
+    other = open_store("oci", oci_settings(registry, config, prefix + "-b"))
+    later = NOW + timedelta(days=3)
+    assert (
+        other.put_if_absent(context, record_for(context, created=later)).storage["digest"] == here
+    )
+
+
+def test_reuse_keeps_the_digest_and_created_and_pushes_expiry(
+    registry: Registry, store: Store, prefix: str
+) -> None:
+    context = built()
+    first = store.put_if_absent(context, record_for(context))
+    again = store.put_if_absent(context, record_for(context, created=NOW + timedelta(days=2)))
+    assert again.reused and again.storage == first.storage
+    assert again.record.created_at == NOW
+    assert again.record.expires_at == NOW + timedelta(days=2) + WEEK
+    tags = registry.tags(f"{prefix}/team-a/fix-disk")
+    assert sorted(tags) == [context.image_tag, context.image_tag + ".record"]
+    # The expiry is what a second client reads (it lives in the registry, not in memory).
+    [listed] = list(store.list())
+    assert listed.record.expires_at == NOW + timedelta(days=2) + WEEK
+    assert listed.record.metadata == {"incident": "INC-1"}
+
+
+def test_concurrent_identical_requests_leave_one_context(
+    registry: Registry, store: Store, prefix: str, config: Path
+) -> None:
+    context = built("print('many')\n")
+    clients = [open_store("oci", oci_settings(registry, config, prefix)) for _ in range(4)]
+    with ThreadPoolExecutor(16) as pool:
+        results = list(
+            pool.map(
+                lambda i: clients[i % 4].put_if_absent(
+                    context, record_for(context, created=NOW + timedelta(seconds=i))
+                ),
+                range(16),
+            )
+        )
+    assert len({r.storage["digest"] for r in results}) == 1
+    assert sorted(registry.tags(f"{prefix}/team-a/fix-disk")) == [
+        context.image_tag,
+        context.image_tag + ".record",
+    ]
+    assert len(list(store.list())) == 1
+    assert store.get("team-a", "fix-disk", context.content_hash) == context.data
+
+
+def test_wrong_credentials_are_storage_forbidden_not_retryable(
+    registry: Registry, prefix: str, tmp_path: Path
+) -> None:
+    config = registry.docker_config(
+        tmp_path / "bad" / "config.json", Credentials("builder", "not-the-password")
+    )
+    store = open_store("oci", oci_settings(registry, config, prefix))
+    context = built()
+    with pytest.raises(StorageForbidden) as raised:
+        store.put_if_absent(context, record_for(context))
+    assert not raised.value.retryable
+    assert "BUILD_CONTEXT_OCI_DOCKER_CONFIG" in raised.value.message
+
+
+def test_tls_needs_the_registry_ca(registry: Registry, prefix: str, config: Path) -> None:
+    settings = oci_settings(registry, config, prefix).model_copy(update={"oci_ca_file": ""})
+    store = OCIStore.from_settings(settings)
+    context = built()
+    with pytest.raises(StorageForbidden, match="BUILD_CONTEXT_OCI_CA_FILE"):
+        store.put_if_absent(context, record_for(context))
+
+
+def test_plain_http_only_when_asked(tmp_path: Path, prefix: str) -> None:
+    """A plain-HTTP registry: refused by default (we speak TLS), served when asked."""
+    plain = Registry(tmp_path / "plain", tls=False).start()
+    try:
+        config = plain.docker_config(tmp_path / "plain-docker" / "config.json")
+        context = built()
+        settings = oci_settings(plain, config, prefix, oci_insecure_http=False)
+        with pytest.raises(StorageForbidden, match="BUILD_CONTEXT_OCI_INSECURE_HTTP"):
+            OCIStore.from_settings(settings).put_if_absent(context, record_for(context))
+        store = OCIStore.from_settings(oci_settings(plain, config, prefix))
+        stored = store.put_if_absent(context, record_for(context))
+        reference = f"{plain.host}/{prefix}/team-a/fix-disk@{stored.storage['digest']}"
+        assert plain.crane("digest", reference).stdout.decode().strip() == stored.storage["digest"]
+    finally:
+        plain.stop()
+
+
+class KillsRegistryOnPut(HTTPAdapter):
+    """The real registry is crashed the moment a request matching `when` is about to go out:
+    an outage in the middle of a push (the adapter only watches, it answers nothing itself)."""
+
+    def __init__(self, registry: Registry, when: Callable[[PreparedRequest], bool]) -> None:
+        super().__init__(max_retries=0)
+        self.registry = registry
+        self.when = when
+        self.fired = False
+
+    def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> Response:
+        if not self.fired and self.when(request):
+            self.fired = True
+            self.registry.kill()
+        return super().send(request, *args, **kwargs)
+
+
+@pytest.mark.parametrize("step", ["record", "context tag"])
+def test_an_outage_mid_push_is_retryable_and_leaves_nothing_visible(
+    tmp_path: Path, prefix: str, step: str
+) -> None:
+    own = Registry(tmp_path / "own").start()
+    try:
+        config = own.docker_config(tmp_path / "docker" / "config.json")
+        store = OCIStore.from_settings(oci_settings(own, config, prefix))
+        context = built("print('outage')\n")
+        repository = f"{prefix}/team-a/fix-disk"
+
+        def when(request: PreparedRequest) -> bool:
+            if request.method != "PUT" or "/manifests/" not in (request.url or ""):
+                return False
+            reference = (request.url or "").rsplit("/", 1)[1]
+            wanted = context.image_tag + (".record" if step == "record" else "")
+            return reference == wanted
+
+        killer = KillsRegistryOnPut(own, when)
+        store.client.session.mount("https://", killer)
+        with pytest.raises(StorageUnavailable) as raised:
+            store.put_if_absent(context, record_for(context))
+        assert killer.fired and raised.value.retryable
+        assert "can be retried" in raised.value.message
+
+        own.start()  # the registry comes back with what it had stored
+        tags = own.tags(repository)
+        assert context.image_tag not in tags, "a builder must never see a half-pushed context"
+        with pytest.raises(KeyError):
+            store.get("team-a", "fix-disk", context.content_hash)
+        # The retry Knative makes then completes it.
+        stored = store.put_if_absent(context, record_for(context))
+        assert store.get("team-a", "fix-disk", context.content_hash) == context.data
+        reference = f"{own.host}/{repository}@{stored.storage['digest']}"
+        blob = own.crane("blob", f"{own.host}/{repository}@sha256:{context.archive_sha256}")
+        assert blob.stdout == context.data
+        assert own.crane("digest", reference).stdout.decode().strip() == stored.storage["digest"]
+    finally:
+        own.stop()
+
+
+def test_a_registry_that_is_down_is_a_retryable_failure(tmp_path: Path, prefix: str) -> None:
+    own = Registry(tmp_path / "own")  # never started: nothing listens on its port
+    config = own.docker_config(tmp_path / "docker" / "config.json")
+    store = OCIStore.from_settings(oci_settings(own, config, prefix))
+    store.check()  # warns only: the registry may come up after the function
+    context = built()
+    with pytest.raises(StorageUnavailable) as raised:
+        store.put_if_absent(context, record_for(context))
+    assert raised.value.retryable and own.host in raised.value.message
