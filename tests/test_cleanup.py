@@ -53,6 +53,7 @@ GRACE = timedelta(seconds=300)
         pytest.param("filesystem"),
         pytest.param("configmap", marks=pytest.mark.kube),
         pytest.param("s3", marks=pytest.mark.s3),
+        pytest.param("oci", marks=pytest.mark.oci),
     ]
 )
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
@@ -236,6 +237,12 @@ def test_two_runs_at_once_delete_each_context_once_and_keep_the_rest(
     survivors = {context_key(c) for c in contexts if store.exists(c)}
     assert survivors == newest | {context_key(c) for c in pinned}
     deletable = len(contexts) - len(survivors)
+    if store.backend == "oci":
+        # A registry has no conditional write or delete: two DELETEs of one manifest can both
+        # answer 202, so the two runs' counts may overlap (docs/oci.md, Races); what is kept
+        # and what is gone is exact all the same.
+        assert sum(s.deleted for s in summaries) >= deletable
+        return
     assert sum(s.deleted for s in summaries) == deletable, "each context deleted exactly once"
 
 

@@ -486,6 +486,8 @@ class OCIStore(Store):
             repository,
             lambda: self.client.head_manifest(repository, tag + RECORD_SUFFIX),
         )
+        if after is None:
+            return False  # another cleanup run finished this delete
         if after != record_digest:
             # Reused while we deleted: put the context back (its blobs stay until registry GC,
             # which runs with the registry read-only, so never during this).
@@ -496,12 +498,13 @@ class OCIStore(Store):
                     lambda: self.client.put_manifest(repository, tag, current[0], OCI_MANIFEST),
                 )
             return False
-        self._call(
+        # Of two cleanup runs on the same context, only one DELETE of the record finds it.
+        deleted: bool = self._call(
             "delete record",
             repository,
             lambda: self.client.delete_manifest(repository, record_digest),
         )
-        return True
+        return deleted
 
     def _pinned(self, handle: _Handle, subject: str) -> bool:
         """A tag we did not make on the context, looked at again right before deleting."""
