@@ -25,8 +25,10 @@ from function.settings import load_settings
 from function.stores import open_store
 from function.stores.base import ContextRecord, Store
 from function.stores.oci import OCIStore
-from tests.support.contexts import ROOT
+from tests.conftest import StartServer
+from tests.support.contexts import ROOT, example, members
 from tests.support.registry import Credentials, Registry
+from tests.support.server import free_port
 
 pytestmark = pytest.mark.oci
 
@@ -309,3 +311,54 @@ def test_a_registry_that_is_down_is_a_retryable_failure(tmp_path: Path, prefix: 
     with pytest.raises(StorageUnavailable) as raised:
         store.put_if_absent(context, record_for(context))
     assert raised.value.retryable and own.host in raised.value.message
+
+
+def test_http_created_event_names_the_image_by_digest(
+    registry: Registry, config: Path, prefix: str, start_server: StartServer
+) -> None:
+    server = start_server(
+        BUILD_CONTEXT_STORAGE="oci",
+        BUILD_CONTEXT_OCI_REGISTRY=registry.host,
+        BUILD_CONTEXT_OCI_REPOSITORY=prefix,
+        BUILD_CONTEXT_OCI_DOCKER_CONFIG=str(config),
+        BUILD_CONTEXT_OCI_CA_FILE=str(registry.ca_path),
+        BUILD_CONTEXT_NAMESPACE="team-a",
+    )
+    request = example("python")
+
+    reply = server.send(request)
+    again = server.send(request)
+
+    assert reply.type == "buildcontext.created", reply
+    data = reply.data
+    repository = f"{prefix}/team-a/{request['lambdaFunction']}"
+    digest = data["storage"]["digest"]
+    assert data["storage"] == {
+        "backend": "oci",
+        "registry": registry.host,
+        "repository": repository,
+        "tag": data["imageTag"],
+        "digest": digest,
+    }
+    assert data["contextUri"] == f"oci://{registry.host}/{repository}@{digest}"
+    layer = registry.crane("blob", f"{registry.host}/{repository}@sha256:{data['archiveSha256']}")
+    assert set(members(layer.stdout)) == set(data["files"])
+    assert (again.data["reused"], again.data["contextUri"]) == (True, data["contextUri"])
+    assert again.data["createdAt"] == data["createdAt"]
+
+
+def test_http_an_unreachable_registry_is_retried_then_retryable(
+    config: Path, start_server: StartServer
+) -> None:
+    server = start_server(
+        BUILD_CONTEXT_STORAGE="oci",
+        BUILD_CONTEXT_OCI_REGISTRY=f"127.0.0.1:{free_port()}",
+        BUILD_CONTEXT_OCI_DOCKER_CONFIG=str(config),
+        BUILD_CONTEXT_RETRY_ATTEMPTS="3",
+        BUILD_CONTEXT_RETRY_BASE_DELAY_SECONDS="0.01",
+    )
+
+    reply = server.send(example("python"))
+
+    assert reply.type == "buildcontext.failed", reply
+    assert (reply.data["reason"], reply.data["retryable"]) == ("StorageUnavailable", True)
