@@ -362,3 +362,30 @@ def test_http_an_unreachable_registry_is_retried_then_retryable(
 
     assert reply.type == "buildcontext.failed", reply
     assert (reply.data["reason"], reply.data["retryable"]) == ("StorageUnavailable", True)
+
+
+def test_token_auth_push_reuse_and_cleanup_listing(tmp_path: Path, prefix: str) -> None:
+    """A registry with token auth (the Bearer flow of Docker Hub, Harbor, GHCR, Quay): the store
+    gets tokens from the realm with the docker config's credentials, per repository scope."""
+    own = Registry(tmp_path / "token", auth="token").start()
+    try:
+        assert own.tokens is not None
+        config = own.docker_config(tmp_path / "docker" / "config.json")
+        store = OCIStore.from_settings(oci_settings(own, config, prefix))
+        context = built("print('token')\n")
+        stored = store.put_if_absent(context, record_for(context))
+        assert store.put_if_absent(context, record_for(context)).reused
+        assert [item.record.content_hash for item in store.list()] == [context.content_hash]
+        issued = len(own.tokens.issued)
+        assert issued >= 2  # one per scope: the repository, and the catalog for listing
+        reference = f"{own.host}/{prefix}/team-a/fix-disk@{stored.storage['digest']}"
+        layer = own.crane("blob", f"{reference.split('@')[0]}@sha256:{context.archive_sha256}")
+        assert layer.stdout == context.data
+        # Without credentials the token service refuses: a clear, non-retryable failure.
+        anonymous = OCIStore.from_settings(
+            oci_settings(own, tmp_path / "none.json", prefix, oci_docker_config="")
+        )
+        with pytest.raises(StorageForbidden):
+            anonymous.put_if_absent(context, record_for(context))
+    finally:
+        own.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import datetime
+import http.server
 import ipaddress
 import json
 import os
@@ -19,8 +20,10 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,7 @@ from typing import Any
 import bcrypt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -139,7 +142,108 @@ def make_ca_and_server_cert(folder: Path) -> tuple[Path, Path, Path]:
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     paths[2].write_bytes(_pem_key(key))
+    # A token-signing certificate from the same CA, for token auth (see TokenServer).
+    signer = ec.generate_private_key(ec.SECP256R1())
+    signing = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token signer")]))
+        .issuer_name(ca_name)
+        .public_key(signer.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+    (folder / "signer.pem").write_bytes(_pem_key(signer))
+    (folder / "signer.crt").write_bytes(signing.public_bytes(serialization.Encoding.PEM))
     return paths
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """A docker token service (the `Bearer realm=…` flow) on loopback over TLS: checks the
+    basic credentials and issues an ES256 JWT for the requested scope, signed with a
+    certificate of the test CA (sent in `x5c`), which the registry trusts."""
+
+    SERVICE = "build-context-test-registry"
+    ISSUER = "build-context-test-tokens"
+
+    def __init__(self, workdir: Path, credentials: Credentials) -> None:
+        self.workdir = workdir
+        self.credentials = credentials
+        self.key = serialization.load_pem_private_key(
+            (workdir / "signer.pem").read_bytes(), password=None
+        )
+        signing = x509.load_pem_x509_certificate((workdir / "signer.crt").read_bytes())
+        self.x5c = [base64.b64encode(signing.public_bytes(serialization.Encoding.DER)).decode()]
+        self.issued: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                expected = (
+                    "Basic "
+                    + base64.b64encode(
+                        f"{server.credentials.username}:{server.credentials.password}".encode()
+                    ).decode()
+                )
+                if self.headers.get("Authorization") != expected:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                scopes = query.get("scope", [])
+                body = json.dumps({"token": server.token(scopes), "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(workdir / "cert.pem", workdir / "key.pem")
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = int(self.httpd.server_address[1])
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def realm(self) -> str:
+        # By name: crane (go-containerregistry) refuses a realm given as a private IP literal.
+        return f"https://localhost:{self.port}/token"
+
+    def token(self, scopes: list[str]) -> str:
+        access = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "ES256", "x5c": self.x5c}
+        claims = {
+            "iss": self.ISSUER, "sub": self.credentials.username, "aud": self.SERVICE,
+            "exp": now + 300, "nbf": now - 10, "iat": now, "jti": secrets.token_hex(8),
+            "access": access,
+        }  # fmt: skip
+        signing_input = (
+            f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        )
+        der = self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))  # type: ignore[union-attr, call-arg]
+        r, s_ = utils.decode_dss_signature(der)
+        token = f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s_.to_bytes(32, 'big'))}"
+        self.issued.append(token)
+        return token
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 @dataclass(frozen=True)
@@ -156,10 +260,13 @@ class Registry:
         workdir: Path,
         *,
         tls: bool = True,
+        auth: str = "htpasswd",
         start_timeout: float = 30.0,
     ) -> None:
         self.workdir = workdir
         self.tls = tls
+        self.auth = auth
+        self.tokens: TokenServer | None = None
         self.start_timeout = start_timeout
         self.bin_dir = registry_bin_dir()
         self.admin = Credentials("builder", secrets.token_hex(12))
@@ -206,6 +313,17 @@ class Registry:
             "http": http,
             "auth": {"htpasswd": {"realm": "build-context-tests", "path": str(htpasswd)}},
         }
+        if self.auth == "token":
+            assert self.tls, "token auth needs the test CA"
+            self.tokens = TokenServer(self.workdir, self.admin)
+            config["auth"] = {
+                "token": {
+                    "realm": self.tokens.realm,
+                    "service": TokenServer.SERVICE,
+                    "issuer": TokenServer.ISSUER,
+                    "rootcertbundle": str(self.ca_path),
+                }
+            }
         # JSON is YAML: the registry reads it as its config file.
         (self.workdir / "config.yml").write_text(json.dumps(config, indent=2))
 
@@ -244,6 +362,9 @@ class Registry:
             return False
 
     def stop(self) -> None:
+        if self.tokens is not None:
+            self.tokens.stop()
+            self.tokens = None
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
