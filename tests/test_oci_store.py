@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -20,10 +21,12 @@ from requests.adapters import HTTPAdapter
 
 from function import archive
 from function.archive import Archive
-from function.errors import StorageForbidden, StorageUnavailable
+from function.errors import ConfigurationError, StorageForbidden, StorageUnavailable
 from function.settings import load_settings
 from function.stores import open_store
 from function.stores.base import ContextRecord, Store
+from function.stores.distribution import Credentials as DockerCredentials
+from function.stores.distribution import credentials_from_docker_config
 from function.stores.oci import OCIStore
 from tests.conftest import StartServer
 from tests.support.contexts import ROOT, example, members
@@ -389,3 +392,68 @@ def test_token_auth_push_reuse_and_cleanup_listing(tmp_path: Path, prefix: str) 
             anonymous.put_if_absent(context, record_for(context))
     finally:
         own.stop()
+
+
+# --- settings and credentials (no registry needed) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://registry.example.com",
+        "registry.example.com/path",
+        "registry.example.com\n",
+        "Registry.Example.com",
+        "registry.example.com:5000:1",
+        "r" * 300,
+    ],
+)
+def test_a_registry_setting_that_is_not_a_bare_host_stops_start_up(value: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(storage="oci", oci_registry=value)
+    assert raised.value.variable == "BUILD_CONTEXT_OCI_REGISTRY"
+
+
+@pytest.mark.parametrize("value", ["Build", "a//b", "a/", "-a", "a\n", "a" * 101])
+def test_a_repository_prefix_outside_the_distribution_grammar_stops_start_up(value: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(storage="oci", oci_registry="r.example.com", oci_repository=value)
+    assert raised.value.variable == "BUILD_CONTEXT_OCI_REPOSITORY"
+
+
+def test_the_oci_store_needs_a_registry() -> None:
+    with pytest.raises(ConfigurationError, match="BUILD_CONTEXT_OCI_REGISTRY"):
+        load_settings(storage="configmap", overflow_storage="oci")
+
+
+def test_credentials_come_from_the_docker_config_entry_of_the_registry(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    auth = base64.b64encode(b"robot$ci:s3cr:et").decode()
+    config.write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "other.example.com": {"auth": base64.b64encode(b"no:no").decode()},
+                    "https://registry.example.com:5000/v1/": {"auth": auth},
+                    "tokens.example.com": {"identitytoken": "refresh-me"},
+                }
+            }
+        )
+    )
+    found = credentials_from_docker_config(config, "registry.example.com:5000")
+    assert found == DockerCredentials(username="robot$ci", password="s3cr:et")
+    tokens = credentials_from_docker_config(config, "tokens.example.com")
+    assert tokens is not None and tokens.identity_token == "refresh-me"
+    assert credentials_from_docker_config(config, "unknown.example.com") is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["not json", '{"credsStore": "desktop"}', '{"auths": {"r.example.com": {"auth": "%%"}}}'],
+)
+def test_an_unusable_docker_config_names_the_setting(tmp_path: Path, content: str) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(content)
+    with pytest.raises(ConfigurationError) as raised:
+        credentials_from_docker_config(config, "r.example.com")
+    assert raised.value.variable == "BUILD_CONTEXT_OCI_DOCKER_CONFIG"
