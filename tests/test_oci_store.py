@@ -457,3 +457,45 @@ def test_an_unusable_docker_config_names_the_setting(tmp_path: Path, content: st
     with pytest.raises(ConfigurationError) as raised:
         credentials_from_docker_config(config, "r.example.com")
     assert raised.value.variable == "BUILD_CONTEXT_OCI_DOCKER_CONFIG"
+
+
+# --- the documentation ------------------------------------------------------------------------
+
+
+def test_the_documented_shipwright_build_and_buildkit_pipe_fit_a_real_reply(
+    registry: Registry, store: Store, prefix: str, tmp_path: Path
+) -> None:
+    """docs/oci.md: the Build's image is the contextUri without its scheme, and the documented
+    `crane blob` command (run as written) yields the context tarball BuildKit is given."""
+    import yaml
+
+    docs = (ROOT / "docs" / "oci.md").read_text()
+    context = built("print('docs')\n")
+    stored = store.put_if_absent(context, record_for(context))
+    reference = stored.context_uri.removeprefix("oci://") if stored.context_uri else ""
+
+    shipwright = docs.split("### Shipwright", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    build, build_run = yaml.safe_load_all(shipwright)
+    source = build["spec"]["source"]
+    assert source["type"] == "OCI" and source["ociArtifact"]["prune"] == "Never"
+    documented = source["ociArtifact"]["image"]
+    shape = documented.replace("registry.example.com/build-contexts/remediation/fix-disk", "R")
+    assert shape == "R@sha256:0123…"
+    assert reference == f"{registry.host}/{prefix}/team-a/fix-disk@{stored.storage['digest']}"
+    assert build_run["spec"]["build"]["name"] == build["metadata"]["name"]
+
+    buildkit = docs.split("### BuildKit", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    pipe = next(line for line in buildkit.splitlines() if line.startswith("crane blob"))
+    command = pipe.split(" | ", 1)[0]
+    config = tmp_path / "crane"
+    registry.docker_config(config / "config.json")
+    env = {
+        **os.environ,
+        "REF": reference,
+        "ARCHIVE": f"sha256:{context.archive_sha256}",
+        "PATH": f"{registry.bin_dir}:{os.environ['PATH']}",
+        "DOCKER_CONFIG": str(config),
+        "SSL_CERT_FILE": str(registry.ca_path),
+    }
+    piped = subprocess.run(["bash", "-c", command], capture_output=True, env=env, check=True)
+    assert piped.stdout == context.data
