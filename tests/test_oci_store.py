@@ -208,6 +208,30 @@ def test_concurrent_identical_requests_leave_one_context(
     assert store.get("team-a", "fix-disk", context.content_hash) == context.data
 
 
+def test_concurrent_reuses_leave_the_latest_expiry_any_of_them_was_promised(
+    registry: Registry, store: Store, prefix: str, config: Path
+) -> None:
+    """No conditional writes in a registry: a refresh re-reads and writes again when a
+    concurrent one with an earlier expiry landed last."""
+    context = built("print('refresh')\n")
+    store.put_if_absent(context, record_for(context))
+    clients = [open_store("oci", oci_settings(registry, config, prefix)) for _ in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(
+            pool.map(
+                lambda i: clients[i].put_if_absent(
+                    context, record_for(context, created=NOW + timedelta(hours=i + 1))
+                ),
+                range(8),
+            )
+        )
+    promised = max(reply.record.expires_at for reply in replies)
+    assert promised == NOW + timedelta(hours=8) + WEEK
+    [listed] = list(store.list())
+    assert listed.record.expires_at == promised
+    assert listed.record.created_at == NOW
+
+
 def test_wrong_credentials_are_storage_forbidden_not_retryable(
     registry: Registry, prefix: str, tmp_path: Path
 ) -> None:

@@ -284,10 +284,7 @@ class OCIStore(Store):
                 f"OCI store: {self.registry}/{repository}:{tag}{RECORD_SUFFIX} describes another "
                 "context; it is left as it is. Remove it or change BUILD_CONTEXT_OCI_REPOSITORY."
             )
-        wanted = existing.refreshed(record.expires_at)
-        if wanted != existing:
-            self._put_record(repository, tag, wanted, context)
-            self._forget(repository, record_digest)
+        wanted = self._refresh(repository, tag, context, existing, record_digest, record)
         current = self._call(
             "read context", repository, lambda: self.client.head_manifest(repository, tag)
         )
@@ -301,6 +298,35 @@ class OCIStore(Store):
             self._push_blobs(repository, archive, context)
             self._tag_context(repository, tag, context)
         return self._stored(repository, tag, context, wanted, reused=True)
+
+    def _refresh(
+        self,
+        repository: str,
+        tag: str,
+        context: ContextImage,
+        existing: ContextRecord,
+        digest: str,
+        record: ContextRecord,
+    ) -> ContextRecord:
+        """Push the expiry forward; re-read, since a concurrent refresh may have written an
+        earlier expiry last (the registry has no conditional write)."""
+        wanted = existing.refreshed(record.expires_at)
+        for _ in range(3):
+            if wanted == existing:
+                return wanted
+            self._put_record(repository, tag, wanted, context)
+            self._forget(repository, digest)
+            found = self._call(
+                "read record", repository, lambda: self._read_record(repository, tag)
+            )
+            if found is None:  # gone meanwhile: write it again; the caller re-tags the context
+                self._put_record(repository, tag, wanted, context)
+                return wanted
+            existing, digest, _ = found
+            if existing.expires_at >= wanted.expires_at:
+                return existing
+            wanted = existing.refreshed(record.expires_at)
+        return wanted
 
     def _push_blobs(self, repository: str, archive: Archive, context: ContextImage) -> None:
         blobs = (
@@ -410,11 +436,18 @@ class OCIStore(Store):
     def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed]:
         """Our repositories from the catalog, their tags page by page, records a few at a time."""
         after = f"{self.prefix}/"
-        repositories = self._call(
-            "list repositories",
-            self.prefix,
-            lambda: list(self.client.repositories(self.page_size, after)),
-        )
+        try:
+            repositories = self._call(
+                "list repositories",
+                self.prefix,
+                lambda: list(self.client.repositories(self.page_size, after)),
+            )
+        except KeyError:
+            raise StorageForbidden(
+                f"OCI store: {self.registry} does not serve the catalog (GET /v2/_catalog), "
+                "which cleanup needs to find our repositories; enable it, or leave expiry to "
+                "the registry's own retention rules (docs/oci.md)"
+            ) from None
         with ThreadPoolExecutor(LIST_CONCURRENCY, thread_name_prefix="oci-list") as pool:
             for repository in repositories:
                 match = self._layout.fullmatch(repository)
