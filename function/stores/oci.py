@@ -11,8 +11,8 @@ manifest, the **record**: an OCI artifact (`artifactType` below, empty config an
 `subject` is the context image and whose annotations hold the record. It is tagged
 `<tag>.record`; a refresh pushes a new record to that tag and deletes the old one by digest.
 
-Order of a first push: blobs, the context manifest by digest (untagged, so invisible), the record
-tag, and the context tag last: a crash or outage before the end leaves no tag a builder sees.
+Order of a first push: blobs, the record tag, and the context manifest with its tag last: a
+crash or outage before the end leaves no tag a builder sees.
 A user pins a context by tagging it (`<tag>.retain`, or any other tag of theirs): deleting a
 manifest by digest would take every tag on it, so cleanup never deletes a context that carries
 a tag it did not make. docs/oci.md has the layout, races and what registry GC must do.
@@ -99,12 +99,21 @@ class ContextImage:
 
     @classmethod
     def of(cls, archive: Archive, record: ContextRecord) -> ContextImage:
+        assert (archive.content_hash, archive.archive_sha256) == (
+            record.content_hash,
+            record.archive_sha256,
+        )
+        return cls.from_record(record)
+
+    @classmethod
+    def from_record(cls, record: ContextRecord) -> ContextImage:
+        """Everything in the image is in the record: cleanup can rebuild it to put it back."""
         config = _canonical(
             {
                 "architecture": "amd64",
                 "os": "linux",
                 "config": {},
-                "rootfs": {"type": "layers", "diff_ids": [f"sha256:{archive.content_hash}"]},
+                "rootfs": {"type": "layers", "diff_ids": [f"sha256:{record.content_hash}"]},
             }
         )
         annotations = {
@@ -113,22 +122,22 @@ class ContextImage:
             ANNOTATION + "function": record.function,
             ANNOTATION + "runtime": record.runtime,
             ANNOTATION + "runtime-version": record.runtime_version,
-            ANNOTATION + "content-hash": archive.content_hash,
-            ANNOTATION + "archive-sha256": archive.archive_sha256,
+            ANNOTATION + "content-hash": record.content_hash,
+            ANNOTATION + "archive-sha256": record.archive_sha256,
             "org.opencontainers.image.title": f"{record.function} build context",
+        }
+        layer = {
+            "mediaType": LAYER_TYPE,
+            "digest": f"sha256:{record.archive_sha256}",
+            "size": record.size_bytes,
+            "annotations": {"org.opencontainers.image.title": "context.tar.gz"},
         }
         manifest = _canonical(
             {
                 "schemaVersion": 2,
                 "mediaType": OCI_MANIFEST,
                 "config": _descriptor(CONFIG_TYPE, config),
-                "layers": [
-                    _descriptor(
-                        LAYER_TYPE,
-                        archive.data,
-                        annotations={"org.opencontainers.image.title": "context.tar.gz"},
-                    )
-                ],
+                "layers": [layer],
                 "annotations": annotations,
             }
         )
@@ -223,6 +232,9 @@ class OCIStore(Store):
         self.telemetry = telemetry
         self._layout = re.compile(re.escape(repository_prefix) + r"/([a-z0-9-]+)/([a-z0-9-]+)")
         self._tracer = trace.get_tracer("build_context.oci")
+        self._known_blobs: set[tuple[str, str]] = set()
+        """(repository, digest) of the shared empty blob once pushed; blobs outlive manifests
+        until registry GC, which runs with the registry read-only (docs/oci.md)."""
 
     @classmethod
     def from_settings(cls, settings: Settings, telemetry: Telemetry = NOOP) -> OCIStore:
@@ -267,14 +279,7 @@ class OCIStore(Store):
         context = ContextImage.of(archive, record)
         found = self._call("read record", repository, lambda: self._read_record(repository, tag))
         if found is None:
-            self._push_blobs(repository, archive, context)
-            self._call(
-                "push context",
-                repository,
-                lambda: self.client.put_manifest(
-                    repository, context.digest, context.manifest, OCI_MANIFEST
-                ),
-            )
+            self._push_blobs(repository, archive, context, new=True)
             self._put_record(repository, tag, record, context)
             self._tag_context(repository, tag, context)
             return self._stored(repository, tag, context, record, reused=False)
@@ -328,19 +333,27 @@ class OCIStore(Store):
             wanted = existing.refreshed(record.expires_at)
         return wanted
 
-    def _push_blobs(self, repository: str, archive: Archive, context: ContextImage) -> None:
+    def _push_blobs(
+        self, repository: str, archive: Archive, context: ContextImage, *, new: bool = False
+    ) -> None:
+        """A new context's blobs are uploaded at once (a HEAD would almost always miss);
+        otherwise, and for the empty blob each repository shares, only what is missing."""
         blobs = (
-            (f"sha256:{archive.archive_sha256}", archive.data),
-            ("sha256:" + hashlib.sha256(context.config).hexdigest(), context.config),
-            (EMPTY_DIGEST, EMPTY),
+            (f"sha256:{archive.archive_sha256}", archive.data, new),
+            ("sha256:" + hashlib.sha256(context.config).hexdigest(), context.config, new),
+            (EMPTY_DIGEST, EMPTY, False),
         )
-        for digest, data in blobs:
+        for digest, data, upload in blobs:
+            if (repository, digest) in self._known_blobs:
+                continue
 
-            def push(digest: str = digest, data: bytes = data) -> None:
-                if not self.client.has_blob(repository, digest):
+            def push(digest: str = digest, data: bytes = data, upload: bool = upload) -> None:
+                if upload or not self.client.has_blob(repository, digest):
                     self.client.upload_blob(repository, digest, data)
 
             self._call("push blob", repository, push)
+            if digest == EMPTY_DIGEST:
+                self._known_blobs.add((repository, digest))
 
     def _put_record(
         self, repository: str, tag: str, record: ContextRecord, context: ContextImage
@@ -502,18 +515,12 @@ class OCIStore(Store):
         record, record_digest, subject = found
         if self._pinned(handle, subject) or not still_expired(record):
             return False
-        current = self._call(
-            "read context", repository, lambda: self.client.get_manifest(repository, tag)
+        context = ContextImage.from_record(record)
+        if context.digest != subject:
+            return False  # not a record this version of the store wrote: leave it
+        self._call(
+            "delete context", repository, lambda: self.client.delete_manifest(repository, subject)
         )
-        if current is not None:
-            digest = current[1]
-            if digest != subject:
-                return False  # our tag now names another image: not ours to delete
-            self._call(
-                "delete context",
-                repository,
-                lambda: self.client.delete_manifest(repository, digest),
-            )
         after = self._call(
             "read record",
             repository,
@@ -522,14 +529,9 @@ class OCIStore(Store):
         if after is None:
             return False  # another cleanup run finished this delete
         if after != record_digest:
-            # Reused while we deleted: put the context back (its blobs stay until registry GC,
-            # which runs with the registry read-only, so never during this).
-            if current is not None:
-                self._call(
-                    "restore context",
-                    repository,
-                    lambda: self.client.put_manifest(repository, tag, current[0], OCI_MANIFEST),
-                )
+            # Reused while we deleted: put the context back, rebuilt from its record (its blobs
+            # stay until registry GC, which runs with the registry read-only, so not now).
+            self._tag_context(repository, tag, context)
             return False
         # Of two cleanup runs on the same context, only one DELETE of the record finds it.
         deleted: bool = self._call(
