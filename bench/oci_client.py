@@ -3,7 +3,7 @@
 Starts the test registry (CNCF Distribution, TLS from a test CA, basic auth) and pushes the
 same set of distinct small contexts as single-layer images twice per round, interleaved:
 
-- `requests`: our store (function/stores/distribution.py), one pooled session, HEAD before
+- `requests`: our store (function/stores/oci/client.py), one pooled session, HEAD before
   each blob, monolithic uploads, and the record manifest as well (it does more than oras);
 - `requests` alone: the same client doing only what oras does (layer, config, manifest);
 - `oras`: oras-py's `OrasClient.push` with the same layer media type, config and annotations
@@ -74,7 +74,7 @@ def with_requests_same_steps(
     """Our client doing only what oras does: two blob uploads and the tagged manifest."""
     import hashlib
 
-    from function.stores.distribution import OCI_MANIFEST
+    from function.stores.oci.client import OCI_MANIFEST
 
     store = OCIStore.from_settings(
         load_settings(

@@ -25,9 +25,9 @@ from function.errors import ConfigurationError, StorageForbidden, StorageUnavail
 from function.settings import load_settings
 from function.stores import open_store
 from function.stores.base import ContextRecord, Store
-from function.stores.distribution import Credentials as DockerCredentials
-from function.stores.distribution import credentials_from_docker_config
 from function.stores.oci import OCIStore
+from function.stores.oci.client import Credentials as DockerCredentials
+from function.stores.oci.client import credentials_from_docker_config
 from tests.conftest import StartServer
 from tests.support.contexts import ROOT, example, members
 from tests.support.registry import Credentials, Registry

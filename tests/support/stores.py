@@ -378,8 +378,8 @@ class OCIUnderTest(StoreUnderTest):
         self.registry.crane("tag", reference, reference.rsplit(":", 1)[1] + ".retain")
 
     def plant_foreign(self) -> Callable[[], bool]:
-        from function.stores.distribution import OCI_MANIFEST
         from function.stores.oci import EMPTY_DIGEST, ContextImage, OCIStore, record_manifest
+        from function.stores.oci.client import OCI_MANIFEST
 
         built = self.built("payments")
         layer = self.workdir / "layer.tar.gz"

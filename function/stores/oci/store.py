@@ -1,52 +1,34 @@
-"""An OCI registry: each context is a single-layer image `<registry>/<prefix>/<ns>/<fn>:<tag>`.
-
-The **context image** depends on the content only: its layer is our reproducible tar.gz
-(`application/vnd.oci.image.layer.v1.tar+gzip`), its config a minimal image config whose one
-diff_id is the content hash (the sha256 of the uncompressed tar, which is what a diff_id is), and
-its annotations name the namespace, function, runtime, hashes and `managed-by`. So the same
-request gives the same manifest digest on any machine, at any time, and builders pin it.
-
-What changes — created and expiry times, request id, metadata — lives in a second, tiny
-manifest, the **record**: an OCI artifact (`artifactType` below, empty config and layer) whose
-`subject` is the context image and whose annotations hold the record. It is tagged
-`<tag>.record`; a refresh pushes a new record to that tag and deletes the old one by digest.
-
-Order of a first push: blobs, the record tag, and the context manifest with its tag last: a
-crash or outage before the end leaves no tag a builder sees.
-A user pins a context by tagging it (`<tag>.retain`, or any other tag of theirs): deleting a
-manifest by digest would take every tag on it, so cleanup never deletes a context that carries
-a tag it did not make. docs/oci.md has the layout, races and what registry GC must do.
-"""
+"""The OCI store: push, reuse, read, list and delete contexts (the layout is in __init__)."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from opentelemetry import trace
 
-from ..archive import Archive, image_tag
-from ..contract import OwnerReference, utc_text
-from ..errors import (
+from ...archive import Archive, image_tag
+from ...contract import OwnerReference
+from ...errors import (
     ContextTooLarge,
     InternalError,
     StorageConflict,
     StorageForbidden,
     StorageUnavailable,
 )
-from ..retry import RetryPolicy
-from ..settings import Settings
-from ..telemetry import NOOP, Telemetry
-from .base import MANAGED_BY, ContextRecord, Listed, Store, Stored, parse_time
-from .distribution import (
+from ...retry import RetryPolicy
+from ...settings import Settings
+from ...telemetry import NOOP, Telemetry
+from ..base import MANAGED_BY, ContextRecord, Listed, Store, Stored
+from .client import (
     OCI_MANIFEST,
     Credentials,
     Denied,
@@ -57,150 +39,16 @@ from .distribution import (
     Unavailable,
     credentials_from_docker_config,
 )
+from .image import EMPTY, EMPTY_DIGEST, MANAGED, ContextImage, record_from_manifest, record_manifest
 
 T = TypeVar("T")
 log = logging.getLogger("build_context.oci")
 
-LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
-CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
-RECORD_TYPE = "application/vnd.build-context.record.v1+json"
-EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
-EMPTY = b"{}"
-EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY).hexdigest()
 RECORD_SUFFIX = ".record"
 RETAIN_SUFFIX = ".retain"
-ANNOTATION = "dev.build-context."
-MANAGED = ANNOTATION + "managed-by"
 CONTEXT_TAG = re.compile(r"sha256-[0-9a-f]{24}")
 MAX_LAYER_BYTES = 512 * 1024 * 1024
 LIST_CONCURRENCY = 8
-REQUEST_ID_LIMIT = 256
-
-
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def _descriptor(media_type: str, blob: bytes, **extra: Any) -> dict[str, Any]:
-    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-    return {"mediaType": media_type, "digest": digest, "size": len(blob), **extra}
-
-
-@dataclass(frozen=True)
-class ContextImage:
-    """The reproducible part: config and manifest bytes of one context."""
-
-    config: bytes
-    manifest: bytes
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + hashlib.sha256(self.manifest).hexdigest()
-
-    @classmethod
-    def of(cls, archive: Archive, record: ContextRecord) -> ContextImage:
-        assert (archive.content_hash, archive.archive_sha256) == (
-            record.content_hash,
-            record.archive_sha256,
-        )
-        return cls.from_record(record)
-
-    @classmethod
-    def from_record(cls, record: ContextRecord) -> ContextImage:
-        """Everything in the image is in the record: cleanup can rebuild it to put it back."""
-        config = _canonical(
-            {
-                "architecture": "amd64",
-                "os": "linux",
-                "config": {},
-                "rootfs": {"type": "layers", "diff_ids": [f"sha256:{record.content_hash}"]},
-            }
-        )
-        annotations = {
-            MANAGED: MANAGED_BY,
-            ANNOTATION + "namespace": record.namespace,
-            ANNOTATION + "function": record.function,
-            ANNOTATION + "runtime": record.runtime,
-            ANNOTATION + "runtime-version": record.runtime_version,
-            ANNOTATION + "content-hash": record.content_hash,
-            ANNOTATION + "archive-sha256": record.archive_sha256,
-            "org.opencontainers.image.title": f"{record.function} build context",
-        }
-        layer = {
-            "mediaType": LAYER_TYPE,
-            "digest": f"sha256:{record.archive_sha256}",
-            "size": record.size_bytes,
-            "annotations": {"org.opencontainers.image.title": "context.tar.gz"},
-        }
-        manifest = _canonical(
-            {
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": _descriptor(CONFIG_TYPE, config),
-                "layers": [layer],
-                "annotations": annotations,
-            }
-        )
-        return cls(config, manifest)
-
-
-def record_manifest(record: ContextRecord, context: ContextImage) -> bytes:
-    empty = _descriptor(EMPTY_TYPE, EMPTY, data=base64.b64encode(EMPTY).decode())
-    annotations = {
-        MANAGED: MANAGED_BY,
-        ANNOTATION + "namespace": record.namespace,
-        ANNOTATION + "function": record.function,
-        ANNOTATION + "runtime": record.runtime,
-        ANNOTATION + "runtime-version": record.runtime_version,
-        ANNOTATION + "content-hash": record.content_hash,
-        ANNOTATION + "archive-sha256": record.archive_sha256,
-        ANNOTATION + "size-bytes": str(record.size_bytes),
-        ANNOTATION + "created-at": utc_text(record.created_at),
-        ANNOTATION + "expires-at": utc_text(record.expires_at),
-        ANNOTATION + "request-id": record.request_id[:REQUEST_ID_LIMIT],
-        ANNOTATION + "metadata": json.dumps(dict(record.metadata), sort_keys=True),
-    }
-    return _canonical(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": RECORD_TYPE,
-            "config": empty,
-            "layers": [empty],
-            "subject": {
-                "mediaType": OCI_MANIFEST,
-                "digest": context.digest,
-                "size": len(context.manifest),
-            },
-            "annotations": annotations,
-        }
-    )
-
-
-def record_from_manifest(data: bytes) -> tuple[ContextRecord, str]:
-    """The record and the digest of its subject (the context image); ValueError if not ours."""
-    try:
-        manifest = json.loads(data)
-        notes = manifest["annotations"]
-        if manifest.get("artifactType") != RECORD_TYPE or notes.get(MANAGED) != MANAGED_BY:
-            raise ValueError("not a build-context record")
-        metadata = json.loads(notes[ANNOTATION + "metadata"])
-        record = ContextRecord(
-            namespace=str(notes[ANNOTATION + "namespace"]),
-            function=str(notes[ANNOTATION + "function"]),
-            runtime=str(notes[ANNOTATION + "runtime"]),
-            runtime_version=str(notes[ANNOTATION + "runtime-version"]),
-            content_hash=str(notes[ANNOTATION + "content-hash"]),
-            archive_sha256=str(notes[ANNOTATION + "archive-sha256"]),
-            size_bytes=int(notes[ANNOTATION + "size-bytes"]),
-            created_at=parse_time(str(notes[ANNOTATION + "created-at"])),
-            expires_at=parse_time(str(notes[ANNOTATION + "expires-at"])),
-            request_id=str(notes.get(ANNOTATION + "request-id", "")),
-            metadata={str(k): str(v) for k, v in dict(metadata).items()},
-        )
-        return record, str(manifest["subject"]["digest"])
-    except (KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"unreadable record: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -592,8 +440,6 @@ class OCIStore(Store):
 
 
 def _credentials(settings: Settings) -> Credentials | None:
-    import os
-
     path = settings.oci_docker_config
     if not path:
         folder = os.environ.get("DOCKER_CONFIG", "")

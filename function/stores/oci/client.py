@@ -30,7 +30,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from ..errors import ConfigurationError
+from ...errors import ConfigurationError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 ACCEPT_MANIFESTS = ", ".join(
