@@ -19,8 +19,8 @@ from .validation import ValidRequest, parse, validate
 @dataclass
 class BuildContextService:
     settings: Settings
-    store: Store
-    overflow: Store | None = None
+    store: Store[Any]
+    overflow: Store[Any] | None = None
     telemetry: Telemetry = NOOP
     clock: Callable[[], datetime] = utcnow
 

@@ -47,7 +47,7 @@ from function.errors import (
     StorageUnavailable,
 )
 from function.settings import load_settings
-from function.stores.base import RETAIN, ContextRecord
+from function.stores.base import RETAIN, ContextRecord, Deletion
 from function.stores.configmap import (
     APISERVER_LIMIT,
     KEY,
@@ -121,10 +121,10 @@ def open_configmaps(
 ) -> ConfigMapStore:
     with kube.client_for_token(token or kube.token) as client:
         configuration = client.configuration
-    return ConfigMapStore(
+    return ConfigMapStore.from_settings(
         load_settings(storage="configmap", namespace=namespace, **{**FAST_RETRIES, **settings}),
-        configuration,
         telemetry or Telemetry(meter_provider=MeterProvider(), tracer_provider=TracerProvider()),
+        configuration=configuration,
         meter_provider=meter_provider or MeterProvider(),
         sleep=sleep or Recorder(),
         monotonic=monotonic or SimulatedMonotonic(),
@@ -452,7 +452,7 @@ def test_the_namespace_cap_routes_new_contexts_away_but_still_reuses_stored_ones
     assert gauge(reader, "build_context.configmap.objects") == {namespace: 2}
 
     (listed,) = [item for item in store.list() if item.record.content_hash == second.content_hash]
-    assert store.delete(listed, lambda current: True)
+    assert store.delete(listed, lambda current: True) is Deletion.DELETED
     store.put_if_absent(third, record(namespace, third))
     assert gauge(reader, "build_context.configmap.usage") == {namespace: 2 * size}
 
@@ -544,7 +544,12 @@ def test_delete_rechecks_the_fresh_record_and_loses_to_a_refresh(
     deleted = store.delete(item, lambda current: True)
     again = store.delete(item, lambda current: True)
 
-    assert (kept, still_kept, deleted, again) == (False, False, True, False)
+    assert (kept, still_kept, deleted, again) == (
+        Deletion.KEPT,
+        Deletion.KEPT,
+        Deletion.DELETED,
+        Deletion.GONE,
+    )
     assert seen[0].expires_at == T0 + 2 * WEEK
     assert names(admin, namespace) == []
 
@@ -585,7 +590,7 @@ def test_the_roles_grant_what_the_store_calls_and_nothing_more(
     deleted = cleanup.delete(item, lambda current: current.expires_at == T0 + 2 * WEEK)
 
     assert reused.reused is True
-    assert deleted is True
+    assert deleted is Deletion.DELETED
     for handlers, token in tokens.items():
         with kube.client_for_token(token) as client:
             rules = kubernetes.client.AuthorizationV1Api(client).create_self_subject_rules_review(
@@ -665,10 +670,10 @@ def store_at(url: str, reader: InMemoryMetricReader, sleep: Recorder, **settings
     telemetry = Telemetry(
         meter_provider=MeterProvider(metric_readers=[reader]), tracer_provider=TracerProvider()
     )
-    return ConfigMapStore(
+    return ConfigMapStore.from_settings(
         load_settings(storage="configmap", namespace="team-a", **{**FAST_RETRIES, **settings}),
-        configuration,
         telemetry,
+        configuration=configuration,
         meter_provider=MeterProvider(),
         sleep=sleep,
     )
