@@ -56,6 +56,7 @@ from function.stores.configmap import (
     configmap_body,
     configmap_name,
 )
+from function.stores.failures import Rejected
 from function.telemetry import Telemetry
 from tests.conftest import StartServer
 from tests.support.contexts import example, members
@@ -416,7 +417,8 @@ def test_an_owner_the_apiserver_rejects_is_an_internal_error_with_its_message(
     with pytest.raises(InternalError) as failed:
         store.put_if_absent(context, record(namespace, context), owner)
 
-    assert type(failed.value) is InternalError
+    assert type(failed.value) is Rejected, "not a StorageConflict: the apiserver said why"
+    assert failed.value.reason == "InternalError"
     assert "(422)" in failed.value.message and "ownerReferences" in failed.value.message
     assert names(admin, namespace) == []
 
