@@ -109,7 +109,7 @@ class CleanupService:
         self.settings = settings
         self.clock = clock
         self.telemetry = telemetry
-        self.namespaces = frozenset({settings.home_namespace, *settings.extra_namespaces})
+        self.namespaces = settings.namespaces
 
     def run(
         self, request: CleanupRequest | None = None, dry_run: bool = False, request_id: str = ""

@@ -363,20 +363,21 @@ def test_the_longest_function_name_gives_valid_names_and_labels(
 # --- namespaces and owners --------------------------------------------------------------------
 
 
-def test_only_the_home_and_allowed_namespaces_are_written(
+def test_a_context_is_written_in_its_record_s_namespace_and_listed_from_the_allowed_ones(
     kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
 ) -> None:
+    """Which namespaces a request may name is checked once, by the service (see
+    test_http_namespace_allow_list); the store writes where the record says."""
     other, elsewhere = new_namespace(admin), new_namespace(admin)
     store = open_configmaps(kube, namespace, allowed_namespaces=other)
     context = built()
 
     stored = store.put_if_absent(context, record(other, context))
-    with pytest.raises(StorageForbidden, match="BUILD_CONTEXT_ALLOWED_NAMESPACES"):
-        store.put_if_absent(context, record(elsewhere, context))
+    store.put_if_absent(context, record(elsewhere, context))
 
     assert stored.storage["namespace"] == other
     assert names(admin, other) == [stored.storage["configMap"]]
-    assert names(admin, elsewhere) == []
+    assert [item.record.namespace for item in store.list()] == [other]
 
 
 def test_a_missing_namespace_is_a_forbidden_store_with_the_fix(

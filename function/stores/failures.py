@@ -21,8 +21,6 @@ from ..errors import (
 class StoreError(BuildContextError):
     """A storage call failed. `code` is what the server said (an S3 code, an HTTP status)."""
 
-    reason = "StorageUnavailable"
-
     def __init__(self, message: str, code: str = "") -> None:
         super().__init__(message)
         self.code = code
@@ -31,9 +29,13 @@ class StoreError(BuildContextError):
 class NotFound(StoreError):
     """The object (or the upload) is not there; a misconfiguration when nobody expected it."""
 
+    reason = "StorageUnavailable"
+
 
 class PreconditionFailed(StoreError):
     """A conditional call lost: the object exists (If-None-Match) or changed (If-Match)."""
+
+    reason = "StorageUnavailable"
 
 
 class Conflict(StorageConflict, StoreError):
@@ -42,6 +44,8 @@ class Conflict(StorageConflict, StoreError):
 
 class Unsupported(StoreError):
     """The server does not implement what we asked (S3 NotImplemented on a condition)."""
+
+    reason = "StorageUnavailable"
 
 
 class Forbidden(StorageForbidden, StoreError):

@@ -21,6 +21,7 @@ from ..archive import Archive
 from ..contract import OwnerReference
 from ..errors import ConfigurationError, StorageUnavailable
 from ..settings import Settings
+from ..telemetry import NOOP, Telemetry
 from .base import (
     ContextRecord,
     Deletion,
@@ -47,7 +48,7 @@ class FilesystemStore(Store[Path]):
         self.root = root.resolve()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FilesystemStore:
+    def from_settings(cls, settings: Settings, telemetry: Telemetry = NOOP) -> FilesystemStore:
         return cls(settings.fs_root)
 
     def check(self) -> None:

@@ -64,7 +64,7 @@ class ConfigMapStore(Store[ConfigMapHandle]):
         home_namespace: str,
         caps: Caps,
         *,
-        extra_namespaces: frozenset[str] = frozenset(),
+        namespaces: frozenset[str] = frozenset(),
         retry: RetryPolicy | None = None,
         threads: int = 8,
         page_size: int = 500,
@@ -74,7 +74,9 @@ class ConfigMapStore(Store[ConfigMapHandle]):
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.home_namespace = home_namespace
-        self.namespaces = frozenset({home_namespace, *extra_namespaces})
+        self.namespaces = frozenset({home_namespace, *namespaces})
+        """What `list` reads by default; which namespaces a request may use is the service's
+        to check (BUILD_CONTEXT_ALLOWED_NAMESPACES), once."""
         self.telemetry = telemetry
         calls = StorageCalls(
             self.backend, errors.BOUNDARY, telemetry, retry or RetryPolicy(), sleep
@@ -103,7 +105,7 @@ class ConfigMapStore(Store[ConfigMapHandle]):
                 settings.configmap_namespace_max_count,
                 settings.configmap_usage_refresh_seconds,
             ),
-            extra_namespaces=frozenset(settings.extra_namespaces),
+            namespaces=settings.namespaces,
             retry=RetryPolicy.from_settings(settings),
             threads=settings.threads,
             page_size=settings.cleanup_page_size,
@@ -131,7 +133,7 @@ class ConfigMapStore(Store[ConfigMapHandle]):
     def put_if_absent(
         self, archive: Archive, record: ContextRecord, owner: OwnerReference | None = None
     ) -> Stored:
-        namespace = self._allowed(record.namespace)
+        namespace = record.namespace
         self.capacity.check_size(archive.size_bytes)
         name = configmap_name(record.function, record.content_hash)
         body = configmap_body(archive, record, owner)
@@ -220,15 +222,6 @@ class ConfigMapStore(Store[ConfigMapHandle]):
         self.api.close()
 
     # --- the steps of a put ------------------------------------------------------------------
-
-    def _allowed(self, namespace: str) -> str:
-        if namespace not in self.namespaces:
-            raise StorageForbidden(
-                f"namespace {namespace!r} is not one this function writes to "
-                f"({', '.join(sorted(self.namespaces))}): add it to "
-                "BUILD_CONTEXT_ALLOWED_NAMESPACES and grant the Role there"
-            )
-        return namespace
 
     def _reuse(
         self,

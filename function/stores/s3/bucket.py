@@ -17,7 +17,7 @@ from ...retry import RetryPolicy
 from ...settings import Settings
 from ..base import RETAIN
 from ..calls import StorageCalls
-from ..failures import NotFound
+from ..failures import NotFound, PreconditionFailed
 from . import errors
 from .codec import managed
 
@@ -78,18 +78,18 @@ class Head:
     retain: bool = False
 
 
+@dataclass
 class Bucket:
     """Our bucket and prefix on one client; the parts of the store share it."""
 
-    def __init__(
-        self, client: Any, name: str, prefix: str, calls: StorageCalls, encryption: dict[str, str]
-    ) -> None:
-        self.client = client
-        self.name = name
-        self.prefix = prefix
-        self.calls = calls
-        self.encryption = encryption
-        client.meta.events.register(
+    client: Any
+    name: str
+    prefix: str
+    calls: StorageCalls
+    encryption: dict[str, str]
+
+    def __post_init__(self) -> None:
+        self.client.meta.events.register(
             "before-sign.s3.DeleteObjects", _content_md5, unique_id="build-context.content-md5"
         )
 
@@ -113,6 +113,41 @@ class Bucket:
             fields={"bucket": self.name, "key": key, "endpoint": self.endpoint},
             policy=ONCE if once else None,
         )
+
+    def put_new(self, key: str, body: bytes, **attributes: Any) -> bool:
+        """One conditional PUT (`If-None-Match: *`); False when the key is already taken."""
+        try:
+            self.call(
+                "put_object",
+                key,
+                lambda: self.client.put_object(
+                    Bucket=self.name,
+                    Key=key,
+                    Body=body,
+                    ContentMD5=md5(body),
+                    IfNoneMatch="*",
+                    **attributes,
+                    **self.encryption,
+                ),
+            )
+        except PreconditionFailed:
+            return False
+        return True
+
+    def delete_objects(
+        self, objects: list[dict[str, str]], quiet: bool, once: bool = False
+    ) -> dict[str, Any]:
+        """One DeleteObjects call; its answer lists what was deleted (unless `quiet`) and
+        the keys it could not delete."""
+        answer: dict[str, Any] = self.call(
+            "delete_objects",
+            self.prefix,
+            lambda: self.client.delete_objects(
+                Bucket=self.name, Delete={"Objects": objects, "Quiet": quiet}
+            ),
+            once=once,
+        )
+        return answer
 
     def log_fields(self, operation: str, key: str, error: BaseException) -> dict[str, Any]:
         return {

@@ -37,18 +37,12 @@ class ClaimTimes:
 CLAIM_TIMES = ClaimTimes()
 
 
+@dataclass(frozen=True)
 class Claims:
-    def __init__(
-        self,
-        bucket: Bucket,
-        times: ClaimTimes = CLAIM_TIMES,
-        sleep: Callable[[float], None] = time.sleep,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.bucket = bucket
-        self.times = times
-        self.sleep = sleep
-        self.monotonic = monotonic
+    bucket: Bucket
+    times: ClaimTimes = CLAIM_TIMES
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
 
     @property
     def stale(self) -> timedelta:
@@ -60,35 +54,22 @@ class Claims:
         """True when this caller now holds the claim on `key` (a stale one is taken over)."""
         bucket, claim = self.bucket, key + SUFFIX
         for _ in range(2):
-            try:
+            if bucket.put_new(claim, b"", Metadata={MARKER: MANAGED_BY}):
+                return True
+            held = self.held(key)
+            if held is None:
+                continue
+            etag, age = held
+            if age < self.stale:
+                return False
+            with contextlib.suppress(PreconditionFailed, NotFound):
                 bucket.call(
-                    "put_object",
+                    "delete_object",
                     claim,
-                    lambda: bucket.client.put_object(
-                        Bucket=bucket.name,
-                        Key=claim,
-                        Body=b"",
-                        IfNoneMatch="*",
-                        Metadata={MARKER: MANAGED_BY},
-                        **bucket.encryption,
+                    functools.partial(
+                        bucket.client.delete_object, Bucket=bucket.name, Key=claim, IfMatch=etag
                     ),
                 )
-                return True
-            except PreconditionFailed:
-                held = self.held(key)
-                if held is None:
-                    continue
-                etag, age = held
-                if age < self.stale:
-                    return False
-                with contextlib.suppress(PreconditionFailed, NotFound):
-                    bucket.call(
-                        "delete_object",
-                        claim,
-                        functools.partial(
-                            bucket.client.delete_object, Bucket=bucket.name, Key=claim, IfMatch=etag
-                        ),
-                    )
         return False
 
     def release(self, key: str) -> None:
@@ -113,15 +94,7 @@ class Claims:
         for start in range(0, len(keys), BATCH_LIMIT):
             claims = [key + SUFFIX for key in keys[start : start + BATCH_LIMIT]]
             try:
-                answer = bucket.call(
-                    "delete_objects",
-                    bucket.prefix,
-                    functools.partial(
-                        bucket.client.delete_objects,
-                        Bucket=bucket.name,
-                        Delete={"Objects": [{"Key": claim} for claim in claims], "Quiet": True},
-                    ),
-                )
+                answer = bucket.delete_objects([{"Key": claim} for claim in claims], quiet=True)
             except BuildContextError as error:
                 failed = [{"Key": claim, "Message": error.message} for claim in claims]
             else:

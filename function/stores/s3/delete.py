@@ -37,20 +37,14 @@ class _Due:
     claimed_at: float
 
 
+@dataclass
 class Deleter:
-    def __init__(
-        self,
-        bucket: Bucket,
-        claims: Claims,
-        layout: Layout,
-        batch_limit: int = BATCH_LIMIT,
-    ) -> None:
-        self.bucket = bucket
-        self.claims = claims
-        self.layout = layout
-        self.batch_limit = batch_limit
-        self.conditional = True
-        """Whether the server honours ETag conditions on deletes (learnt on first refusal)."""
+    bucket: Bucket
+    claims: Claims
+    layout: Layout
+    batch_limit: int = BATCH_LIMIT
+    conditional: bool = True
+    """Whether the server honours ETag conditions on deletes (learnt on the first refusal)."""
 
     @property
     def _hold(self) -> float:
@@ -181,18 +175,8 @@ class Deleter:
             return
         conditional = self.conditional
         objects = [{"Key": d.key, **({"ETag": d.etag} if conditional else {})} for d in timely]
-        bucket = self.bucket
         try:
-            answer = bucket.call(
-                "delete_objects",
-                bucket.prefix,
-                functools.partial(
-                    bucket.client.delete_objects,
-                    Bucket=bucket.name,
-                    Delete={"Objects": objects, "Quiet": False},
-                ),
-                once=True,
-            )
+            answer = self.bucket.delete_objects(objects, quiet=False, once=True)
         except Unsupported as refused:
             if not conditional:
                 self._fail(timely, refused, outcomes)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from ...archive import Archive
@@ -53,38 +54,22 @@ class PartReader(io.RawIOBase):
         return len(self._view)
 
 
+@dataclass(frozen=True)
 class Uploader:
-    def __init__(self, bucket: Bucket, multipart_threshold: int) -> None:
-        self.bucket = bucket
-        self.multipart_threshold = multipart_threshold
-        self.part_bytes = max(MIN_PART_BYTES, multipart_threshold)
+    bucket: Bucket
+    multipart_threshold: int
+
+    @property
+    def part_bytes(self) -> int:
+        return max(MIN_PART_BYTES, self.multipart_threshold)
 
     def upload(self, key: str, archive: Archive, record: ContextRecord) -> bool:
         """False when another writer's object already holds the key (our condition lost)."""
-        bucket = self.bucket
-        attributes = {
-            "ContentType": ARCHIVE_TYPE,
-            "Metadata": object_metadata(record),
-            **bucket.encryption,
-        }
-        if archive.size_bytes > self.multipart_threshold:
-            return self._upload_parts(key, memoryview(archive.data), attributes)
-        try:
-            bucket.call(
-                "put_object",
-                key,
-                lambda: bucket.client.put_object(
-                    Bucket=bucket.name,
-                    Key=key,
-                    Body=archive.data,
-                    ContentMD5=md5(archive.data),
-                    IfNoneMatch="*",
-                    **attributes,
-                ),
-            )
-        except PreconditionFailed:
-            return False
-        return True
+        attributes = {"ContentType": ARCHIVE_TYPE, "Metadata": object_metadata(record)}
+        if archive.size_bytes <= self.multipart_threshold:
+            return self.bucket.put_new(key, archive.data, **attributes)
+        attributes.update(self.bucket.encryption)
+        return self._upload_parts(key, memoryview(archive.data), attributes)
 
     def _upload_parts(self, key: str, data: memoryview, attributes: dict[str, Any]) -> bool:
         bucket = self.bucket
