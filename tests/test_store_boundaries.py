@@ -311,3 +311,16 @@ def test_delete_many_defaults_to_one_delete_at_a_time_with_an_outcome_each() -> 
     assert isinstance(outcomes[2], Unavailable)
     assert outcomes[3] is Deletion.KEPT
     assert store.sweep_leftovers(T0, dry_run=False).removed == 0
+
+
+def test_only_a_missing_bucket_or_no_credentials_stop_start_up() -> None:
+    def problem(error: BaseException) -> str | None:
+        failure = s3_errors.translate(error, 1, S3_CALL)
+        assert failure is not None
+        found = s3_errors.startup_problem(failure, "ctx", "http://s3")
+        return None if found is None else found.variable
+
+    assert problem(client_error("NoSuchBucket", 404)) == "BUILD_CONTEXT_S3_BUCKET"
+    assert problem(NoCredentialsError()) == "AWS_ACCESS_KEY_ID"
+    assert problem(client_error("AccessDenied", 403)) is None
+    assert problem(EndpointConnectionError(endpoint_url="http://127.0.0.1:1")) is None

@@ -15,6 +15,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from ...errors import ConfigurationError
 from ..failures import (
     Forbidden,
     NotFound,
@@ -115,6 +116,25 @@ class S3Boundary:
 
 
 BOUNDARY = S3Boundary()
+
+
+def startup_problem(failure: StoreError, bucket: str, endpoint: str) -> ConfigurationError | None:
+    """What stops start-up for good: a missing bucket, no credentials at all. Anything else can
+    be fixed while the function runs (access granted, the endpoint back)."""
+    if failure.code in ("NoCredentialsError", "PartialCredentialsError"):
+        return ConfigurationError(
+            "AWS_ACCESS_KEY_ID",
+            "no AWS credentials found for the S3 store",
+            "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give the pod a role "
+            "(IRSA, EKS Pod Identity); see docs/s3.md.",
+        )
+    if failure.code in ("NoSuchBucket", "404"):
+        return ConfigurationError(
+            "BUILD_CONTEXT_S3_BUCKET",
+            f"bucket {bucket!r} does not exist at {endpoint}",
+            "Create it or fix the name (and BUILD_CONTEXT_S3_ENDPOINT_URL).",
+        )
+    return None
 
 
 def translate(error: BaseException, attempts: int, call: Call) -> StoreError | None:

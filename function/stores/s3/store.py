@@ -11,22 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
 
 from ...archive import Archive
 from ...contract import OwnerReference
-from ...errors import ConfigurationError, StorageConflict, StorageUnavailable
+from ...errors import StorageConflict, StorageUnavailable
 from ...retry import RetryPolicy
 from ...settings import Settings
 from ...telemetry import NOOP, Telemetry
 from ..base import ContextRecord, Deletion, Listed, Outcomes, StillExpired, Store, Stored
 from ..calls import StorageCalls
-from ..failures import NotFound, PreconditionFailed
+from ..failures import NotFound, PreconditionFailed, StoreError, Unavailable
 from . import errors
 from .bucket import LIST_CONCURRENCY, Bucket, Head, s3_client
 from .claims import BATCH_LIMIT, CLAIM_TIMES, Claims, ClaimTimes
@@ -121,32 +115,23 @@ class S3Store(Store[Head]):
         request then answers StorageForbidden or a retryable StorageUnavailable.
         """
         try:
-            with self.telemetry.span(
-                "s3.list_objects_v2", {"aws.s3.bucket": self.bucket, "aws.s3.key": self.prefix}
-            ):
-                self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
-        except ClientError as error:
-            if errors.code(error) in ("NoSuchBucket", "404"):
-                raise ConfigurationError(
-                    "BUILD_CONTEXT_S3_BUCKET",
-                    f"bucket {self.bucket!r} does not exist at {self.endpoint}",
-                    "Create it or fix the name (and BUILD_CONTEXT_S3_ENDPOINT_URL).",
-                ) from None
-            log.warning(
-                "S3 store: start-up probe refused; requests will fail until it is fixed",
-                extra=self.objects.log_fields("list_objects_v2", self.prefix, error),
+            self.objects.call(
+                "list_objects_v2",
+                self.prefix,
+                lambda: self.client.list_objects_v2(
+                    Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1
+                ),
+                once=True,
             )
-        except (NoCredentialsError, PartialCredentialsError):
-            raise ConfigurationError(
-                "AWS_ACCESS_KEY_ID",
-                "no AWS credentials found for the S3 store",
-                "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give the pod a role "
-                "(IRSA, EKS Pod Identity); see docs/s3.md.",
-            ) from None
-        except BotoCoreError as error:
+        except StoreError as failure:
+            problem = errors.startup_problem(failure, self.bucket, self.endpoint)
+            if problem is not None:
+                raise problem from None
             log.warning(
-                "S3 store: endpoint not reachable at start-up; requests will retry",
-                extra=self.objects.log_fields("list_objects_v2", self.prefix, error),
+                "S3 store: endpoint not reachable at start-up; requests will retry"
+                if isinstance(failure, Unavailable) and failure.retryable
+                else "S3 store: start-up probe refused; requests will fail until it is fixed",
+                extra=self.objects.log_fields("list_objects_v2", self.prefix, failure),
             )
 
     def put_if_absent(
