@@ -86,7 +86,8 @@ class Bucket:
     name: str
     prefix: str
     calls: StorageCalls
-    encryption: dict[str, str]
+    encryption: dict[str, Any]
+    """ServerSideEncryption (and SSEKMSKeyId) for every object we write."""
 
     def __post_init__(self) -> None:
         self.client.meta.events.register(
@@ -114,21 +115,24 @@ class Bucket:
             policy=ONCE if once else None,
         )
 
+    def send(self, operation: str, key: str, once: bool = False, **params: Any) -> Any:
+        """`operation` (a client method taking Bucket and Key) on `key`, through `call`."""
+        method = getattr(self.client, operation)
+        return self.call(
+            operation, key, lambda: method(Bucket=self.name, Key=key, **params), once=once
+        )
+
     def put_new(self, key: str, body: bytes, **attributes: Any) -> bool:
         """One conditional PUT (`If-None-Match: *`); False when the key is already taken."""
         try:
-            self.call(
+            self.send(
                 "put_object",
                 key,
-                lambda: self.client.put_object(
-                    Bucket=self.name,
-                    Key=key,
-                    Body=body,
-                    ContentMD5=md5(body),
-                    IfNoneMatch="*",
-                    **attributes,
-                    **self.encryption,
-                ),
+                Body=body,
+                ContentMD5=md5(body),
+                IfNoneMatch="*",
+                **attributes,
+                **self.encryption,
             )
         except PreconditionFailed:
             return False
@@ -162,9 +166,7 @@ class Bucket:
     def head_object(self, key: str) -> dict[str, Any] | None:
         """HEAD of one key, or None when it does not exist."""
         try:
-            found: dict[str, Any] = self.call(
-                "head_object", key, lambda: self.client.head_object(Bucket=self.name, Key=key)
-            )
+            found: dict[str, Any] = self.send("head_object", key)
         except NotFound:
             return None
         return found
@@ -183,11 +185,7 @@ class Bucket:
         tagged = not tag_count_hint or int(found.get("TagCount") or 0) > 0
         if with_tags and tagged and managed(found["Metadata"]):
             try:
-                tags = self.call(
-                    "get_object_tagging",
-                    key,
-                    lambda: self.client.get_object_tagging(Bucket=self.name, Key=key)["TagSet"],
-                )
+                tags = self.send("get_object_tagging", key)["TagSet"]
             except NotFound:
                 return None
             retain = any(t["Key"] == RETAIN and t["Value"].strip().lower() == "true" for t in tags)

@@ -4,7 +4,6 @@ deletes a context, and that a request reusing the context waits out (docs/s3.md,
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -63,23 +62,13 @@ class Claims:
             if age < self.stale:
                 return False
             with contextlib.suppress(PreconditionFailed, NotFound):
-                bucket.call(
-                    "delete_object",
-                    claim,
-                    functools.partial(
-                        bucket.client.delete_object, Bucket=bucket.name, Key=claim, IfMatch=etag
-                    ),
-                )
+                bucket.send("delete_object", claim, IfMatch=etag)
         return False
 
     def release(self, key: str) -> None:
         bucket, claim = self.bucket, key + SUFFIX
         try:
-            bucket.call(
-                "delete_object",
-                claim,
-                lambda: bucket.client.delete_object(Bucket=bucket.name, Key=claim),
-            )
+            bucket.send("delete_object", claim)
         except NotFound:
             pass
         except BuildContextError as error:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import logging
 import math
-from collections.abc import Callable, MutableSequence, Sequence
+from collections.abc import MutableSequence, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -228,13 +227,9 @@ class Deleter:
 
     def _delete(self, current: Head) -> Deletion:
         """One attempt only: a retry could land after the claim went stale."""
-        bucket = self.bucket
         condition = {"IfMatch": current.etag} if self.conditional else {}
-        delete: Callable[[], Any] = functools.partial(
-            bucket.client.delete_object, Bucket=bucket.name, Key=current.key, **condition
-        )
         try:
-            bucket.call("delete_object", current.key, delete, once=True)
+            self.bucket.send("delete_object", current.key, once=True, **condition)
         except Unsupported:
             if not condition:
                 return Deletion.KEPT

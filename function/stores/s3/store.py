@@ -61,7 +61,7 @@ class S3Store(Store[Head]):
         self.prefix = prefix
         self.page_size = page_size
         self.telemetry = telemetry
-        encryption: dict[str, str] = {}
+        encryption: dict[str, Any] = {}
         if sse:
             encryption["ServerSideEncryption"] = sse
         if sse == "aws:kms" and sse_kms_key_id:
@@ -245,19 +245,15 @@ class S3Store(Store[Head]):
         object that cleanup deleted meanwhile (which is then uploaded again).
         """
         with contextlib.suppress(PreconditionFailed, NotFound):
-            self.objects.call(
+            self.objects.send(
                 "copy_object",
                 current.key,
-                lambda: self.client.copy_object(
-                    Bucket=self.bucket,
-                    Key=current.key,
-                    CopySource={"Bucket": self.bucket, "Key": current.key},
-                    CopySourceIfUnmodifiedSince=current.last_modified,
-                    MetadataDirective="REPLACE",
-                    ContentType=ARCHIVE_TYPE,
-                    Metadata=object_metadata(wanted),
-                    **self.objects.encryption,
-                ),
+                CopySource={"Bucket": self.bucket, "Key": current.key},
+                CopySourceIfUnmodifiedSince=current.last_modified,
+                MetadataDirective="REPLACE",
+                ContentType=ARCHIVE_TYPE,
+                Metadata=object_metadata(wanted),
+                **self.objects.encryption,
             )
 
     def _managed_record(self, head: Head) -> ContextRecord:

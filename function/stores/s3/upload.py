@@ -73,13 +73,7 @@ class Uploader:
 
     def _upload_parts(self, key: str, data: memoryview, attributes: dict[str, Any]) -> bool:
         bucket = self.bucket
-        upload_id: str = bucket.call(
-            "create_multipart_upload",
-            key,
-            lambda: bucket.client.create_multipart_upload(
-                Bucket=bucket.name, Key=key, **attributes
-            )["UploadId"],
-        )
+        upload_id: str = bucket.send("create_multipart_upload", key, **attributes)["UploadId"]
         with contextlib.ExitStack() as on_failure:
             on_failure.callback(self._abort, key, upload_id)
             parts = [
@@ -92,16 +86,12 @@ class Uploader:
                 for number, start in enumerate(range(0, len(data), self.part_bytes), start=1)
             ]
             try:
-                bucket.call(
+                bucket.send(
                     "complete_multipart_upload",
                     key,
-                    lambda: bucket.client.complete_multipart_upload(
-                        Bucket=bucket.name,
-                        Key=key,
-                        UploadId=upload_id,
-                        MultipartUpload={"Parts": parts},
-                        IfNoneMatch="*",
-                    ),
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                    IfNoneMatch="*",
                 )
             except (PreconditionFailed, NotFound):
                 # Taken; or NoSuchUpload: a retried completion had already succeeded. The
@@ -112,9 +102,10 @@ class Uploader:
 
     def _upload_part(self, key: str, upload_id: str, number: int, part: memoryview) -> str:
         bucket = self.bucket
-        etag: str = bucket.call(
+        answer = bucket.call(
             "upload_part",
             key,
+            # A fresh reader for each attempt: a retry sends the part again from its start.
             lambda: bucket.client.upload_part(
                 Bucket=bucket.name,
                 Key=key,
@@ -122,20 +113,14 @@ class Uploader:
                 PartNumber=number,
                 Body=PartReader(part),
                 ContentMD5=md5(part),
-            )["ETag"],
+            ),
         )
-        return etag
+        return str(answer["ETag"])
 
     def _abort(self, key: str, upload_id: str) -> None:
         bucket = self.bucket
         try:
-            bucket.call(
-                "abort_multipart_upload",
-                key,
-                lambda: bucket.client.abort_multipart_upload(
-                    Bucket=bucket.name, Key=key, UploadId=upload_id
-                ),
-            )
+            bucket.send("abort_multipart_upload", key, UploadId=upload_id)
         except NotFound:
             pass
         except BuildContextError as error:
