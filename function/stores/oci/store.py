@@ -13,32 +13,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from opentelemetry import trace
-
 from ...archive import Archive, image_tag
 from ...contract import OwnerReference
-from ...errors import (
-    ContextTooLarge,
-    InternalError,
-    StorageConflict,
-    StorageForbidden,
-    StorageUnavailable,
-)
+from ...errors import StorageConflict
 from ...retry import RetryPolicy
 from ...settings import Settings
 from ...telemetry import NOOP, Telemetry
-from ..base import MANAGED_BY, ContextRecord, Listed, Store, Stored
+from ..base import MANAGED_BY, ContextRecord, Deletion, Listed, StillExpired, Store, Stored
+from ..calls import StorageCalls
+from ..failures import NotFound, StoreError, Unsupported
 from .client import (
     OCI_MANIFEST,
     Credentials,
-    Denied,
-    Missing,
-    Refused,
     RegistryClient,
     RegistryError,
-    Unavailable,
     credentials_from_docker_config,
 )
+from .errors import Call, RegistryBoundary
 from .image import EMPTY, EMPTY_DIGEST, MANAGED, ContextImage, record_from_manifest, record_manifest
 
 T = TypeVar("T")
@@ -60,7 +51,7 @@ class _Handle:
     foreign_tags: tuple[str, ...]
 
 
-class OCIStore(Store):
+class OCIStore(Store[_Handle]):
     backend = "oci"
 
     def __init__(
@@ -79,7 +70,7 @@ class OCIStore(Store):
         self.retry = retry or RetryPolicy()
         self.telemetry = telemetry
         self._layout = re.compile(re.escape(repository_prefix) + r"/([a-z0-9-]+)/([a-z0-9-]+)")
-        self._tracer = trace.get_tracer("build_context.oci")
+        self.calls = StorageCalls(self.backend, RegistryBoundary(), telemetry, self.retry)
         self._known_blobs: set[tuple[str, str]] = set()
         """(repository, digest) of the shared empty blob once pushed; blobs outlive manifests
         until registry GC, which runs with the registry read-only (docs/oci.md)."""
@@ -226,7 +217,7 @@ class OCIStore(Store):
             self._call("delete record", repository, lambda: self.client.delete_manifest(
                 repository, digest
             ))  # fmt: skip
-        except StorageUnavailable as error:
+        except StoreError as error:
             log.warning(
                 "OCI store: could not delete a superseded record",
                 extra={"repository": repository, "digest": digest, "error": error.message},
@@ -288,13 +279,13 @@ class OCIStore(Store):
                 repository,
                 lambda: self.client.get_blob(repository, layer, MAX_LAYER_BYTES),
             )
-        except KeyError:
+        except NotFound:
             raise KeyError((namespace, function, content_hash)) from None
         return data
 
     # --- cleanup ---------------------------------------------------------------------------
 
-    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed]:
+    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[_Handle]]:
         """Our repositories from the catalog, their tags page by page, records a few at a time."""
         after = f"{self.prefix}/"
         try:
@@ -303,8 +294,8 @@ class OCIStore(Store):
                 self.prefix,
                 lambda: list(self.client.repositories(self.page_size, after)),
             )
-        except KeyError:
-            raise StorageForbidden(
+        except NotFound:
+            raise Unsupported(
                 f"OCI store: {self.registry} does not serve the catalog (GET /v2/_catalog), "
                 "which cleanup needs to find our repositories; enable it, or leave expiry to "
                 "the registry's own retention rules (docs/oci.md)"
@@ -318,7 +309,9 @@ class OCIStore(Store):
                     continue
                 yield from self._list_repository(repository, pool)
 
-    def _list_repository(self, repository: str, pool: ThreadPoolExecutor) -> Iterator[Listed]:
+    def _list_repository(
+        self, repository: str, pool: ThreadPoolExecutor
+    ) -> Iterator[Listed[_Handle]]:
         tags = self._call(
             "list tags", repository, lambda: list(self.client.tags(repository, self.page_size))
         )
@@ -334,7 +327,7 @@ class OCIStore(Store):
             )
         )
 
-        def read(record_tag: str) -> Listed | None:
+        def read(record_tag: str) -> Listed[_Handle] | None:
             tag = record_tag.removesuffix(RECORD_SUFFIX)
             if not CONTEXT_TAG.fullmatch(tag):
                 return None
@@ -354,18 +347,18 @@ class OCIStore(Store):
             if listed is not None:
                 yield listed
 
-    def delete(self, item: Listed, still_expired: Callable[[ContextRecord], bool]) -> bool:
-        handle: _Handle = item.handle
+    def delete(self, item: Listed[_Handle], still_expired: StillExpired) -> Deletion:
+        handle = item.handle
         repository, tag = handle.repository, handle.tag
         found = self._call("read record", repository, lambda: self._read_record(repository, tag))
         if found is None:
-            return False
+            return Deletion.GONE
         record, record_digest, subject = found
         if self._pinned(handle, subject) or not still_expired(record):
-            return False
+            return Deletion.KEPT
         context = ContextImage.from_record(record)
         if context.digest != subject:
-            return False  # not a record this version of the store wrote: leave it
+            return Deletion.KEPT  # not a record this version of the store wrote: leave it
         self._call(
             "delete context", repository, lambda: self.client.delete_manifest(repository, subject)
         )
@@ -375,19 +368,20 @@ class OCIStore(Store):
             lambda: self.client.head_manifest(repository, tag + RECORD_SUFFIX),
         )
         if after is None:
-            return False  # another cleanup run finished this delete
+            return Deletion.GONE  # another cleanup run finished this delete
         if after != record_digest:
             # Reused while we deleted: put the context back, rebuilt from its record (its blobs
             # stay until registry GC, which runs with the registry read-only, so not now).
             self._tag_context(repository, tag, context)
-            return False
-        # Of two cleanup runs on the same context, only one DELETE of the record finds it.
+            return Deletion.KEPT
+        # Of two cleanup runs on the same context, the DELETE of the record usually finds it
+        # for one only; a registry may answer 202 to both (docs/oci.md, Races).
         deleted: bool = self._call(
             "delete record",
             repository,
             lambda: self.client.delete_manifest(repository, record_digest),
         )
-        return deleted
+        return Deletion.DELETED if deleted else Deletion.GONE
 
     def _pinned(self, handle: _Handle, subject: str) -> bool:
         """A tag we did not make on the context, looked at again right before deleting."""
@@ -405,38 +399,16 @@ class OCIStore(Store):
     # --- errors, once ----------------------------------------------------------------------
 
     def _call(self, what: str, repository: str, operation: Callable[[], T]) -> T:
-        with self._tracer.start_as_current_span(f"oci {what}") as span:
-            span.set_attribute("build_context.repository", repository)
-            try:
-                return self.retry.call(
-                    operation,
-                    transient=lambda error: isinstance(error, Unavailable),
-                    on_retry=lambda attempt, error: self.telemetry.retried(
-                        self.backend, attempt, error
-                    ),
-                )
-            except Unavailable as error:
-                raise StorageUnavailable(
-                    f"OCI store: {what} at {self.registry}/{repository} failed after retries: "
-                    f"{error.message}; the request can be retried"
-                ) from None
-            except Denied as error:
-                raise StorageForbidden(
-                    f"OCI store: {self.registry} refused to {what} in {repository}: "
-                    f"{error.message}. Give the credentials in BUILD_CONTEXT_OCI_DOCKER_CONFIG "
-                    "pull, push and delete rights on it (docs/oci.md)"
-                ) from None
-            except Missing:
-                raise KeyError(repository) from None
-            except Refused as error:
-                if error.status == 413:
-                    raise ContextTooLarge(
-                        f"OCI store: {self.registry} refused the context as too large "
-                        f"({error.message}); raise the registry's limit or make the source smaller"
-                    ) from None
-                raise InternalError(
-                    f"OCI store: {self.registry} rejected {what} in {repository}: {error.message}"
-                ) from None
+        """One registry call (or a few that belong together) through the shared wrapper: a
+        span, retries of transient failures, and the client's error typed once (errors.py)."""
+        return self.calls.run(
+            what,
+            operation,
+            Call(what, self.registry, repository).translate,
+            span=f"oci {what}",
+            attributes={"server.address": self.registry, "build_context.repository": repository},
+            fields={"registry": self.registry, "repository": repository},
+        )
 
 
 def _credentials(settings: Settings) -> Credentials | None:
