@@ -23,9 +23,10 @@ from function import archive
 from function.archive import Archive
 from function.errors import ConfigurationError, StorageForbidden, StorageUnavailable
 from function.settings import load_settings
-from function.stores import open_store
+from function.stores import failures, open_store
 from function.stores.base import ContextRecord, Store
-from function.stores.oci import OCIStore
+from function.stores.oci import OCIStore, client
+from function.stores.oci import errors as oci_errors
 from function.stores.oci.client import Credentials as DockerCredentials
 from function.stores.oci.client import credentials_from_docker_config
 from tests.conftest import StartServer
@@ -527,3 +528,30 @@ def test_the_documented_shipwright_build_and_buildkit_pipe_fit_a_real_reply(
     }
     piped = subprocess.run(["bash", "-c", command], capture_output=True, env=env, check=True)
     assert piped.stdout == context.data
+
+
+# --- the registry client's failures, typed once (no registry needed) --------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "typed", "reason", "retryable"),
+    [
+        (client.Unavailable("down", 503), failures.Unavailable, "StorageUnavailable", True),
+        (client.Denied("no", 401), failures.Forbidden, "StorageForbidden", False),
+        (client.Missing("gone", 404), failures.NotFound, "StorageUnavailable", False),
+        (client.Refused("big", 413), failures.TooLarge, "ContextTooLarge", False),
+        (client.Refused("bad manifest", 400), failures.Rejected, "InternalError", False),
+    ],
+)
+def test_registry_failures_become_typed_failures_with_their_reason(
+    error: client.RegistryError, typed: type, reason: str, retryable: bool
+) -> None:
+    call = oci_errors.Call("push record", "registry.example.com", "build-contexts/a/b")
+    translated = call.translate(error, 3)
+    assert isinstance(translated, typed)
+    assert (translated.reason, translated.retryable) == (reason, retryable)
+    assert (
+        "build-contexts/a/b" in translated.message or "registry.example.com" in translated.message
+    )
+    assert oci_errors.RegistryBoundary().transient(error) is retryable
+    assert call.translate(ValueError("not the client's"), 1) is None
