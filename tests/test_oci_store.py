@@ -555,3 +555,29 @@ def test_registry_failures_become_typed_failures_with_their_reason(
     )
     assert oci_errors.RegistryBoundary().transient(error) is retryable
     assert call.translate(ValueError("not the client's"), 1) is None
+
+
+def test_a_retain_tag_pins_and_deleting_that_tag_unpins(
+    registry: Registry, store: Store, prefix: str
+) -> None:
+    """docs/oci.md, Pinning: `crane tag … TAG.retain` keeps the context from cleanup; `crane
+    delete …:TAG.retain` removes only that tag, and the context is cleanup's again."""
+    from function.cleanup import CleanupService
+
+    context = built("print('pinned')\n")
+    old = NOW - timedelta(days=30)
+    store.put_if_absent(context, record_for(context, created=old))
+    store.put_if_absent(built("print('newer')\n"), record_for(built("print('newer')\n")))
+    image = f"{registry.host}/{prefix}/team-a/fix-disk:{context.image_tag}"
+    registry.crane("tag", image, context.image_tag + ".retain")
+    settings = load_settings(namespace="team-a", keep_latest=1, cleanup_grace_seconds=0)
+    cleanup = CleanupService([store], settings, clock=lambda: NOW)
+
+    kept = cleanup.run().stores[0]
+    assert (kept.deleted, kept.retained.get("pinned")) == (0, 1)
+    registry.crane("delete", image + ".retain")
+    assert store.get("team-a", "fix-disk", context.content_hash) == context.data
+    gone = cleanup.run().stores[0]
+    assert gone.deleted == 1
+    with pytest.raises(KeyError):
+        store.get("team-a", "fix-disk", context.content_hash)
