@@ -581,3 +581,16 @@ def test_a_retain_tag_pins_and_deleting_that_tag_unpins(
     assert gone.deleted == 1
     with pytest.raises(KeyError):
         store.get("team-a", "fix-disk", context.content_hash)
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+def test_a_ca_file_that_cannot_be_loaded_stops_start_up(
+    tmp_path: Path, content: str | None
+) -> None:
+    path = tmp_path / "ca.pem"
+    if content is not None:
+        path.write_text(content)
+    settings = load_settings(storage="oci", oci_registry="r.example.com", oci_ca_file=str(path))
+    with pytest.raises(ConfigurationError) as raised:
+        open_store("oci", settings)
+    assert raised.value.variable == "BUILD_CONTEXT_OCI_CA_FILE"

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from typing import TypeVar
 
 from ...archive import Archive, image_tag
 from ...contract import OwnerReference
-from ...errors import StorageConflict
+from ...errors import ConfigurationError, StorageConflict
 from ...retry import RetryPolicy
 from ...settings import Settings
 from ...telemetry import NOOP, Telemetry
@@ -82,7 +83,7 @@ class OCIStore(Store[_Handle]):
                 settings.oci_registry,
                 credentials=_credentials(settings),
                 insecure_http=settings.oci_insecure_http,
-                ca_file=settings.oci_ca_file,
+                ca_file=_ca_file(settings.oci_ca_file),
                 timeout=settings.retry_deadline_seconds,
                 pool_size=settings.threads + LIST_CONCURRENCY,
             ),
@@ -409,6 +410,20 @@ class OCIStore(Store[_Handle]):
             attributes={"server.address": self.registry, "build_context.repository": repository},
             fields={"registry": self.registry, "repository": repository},
         )
+
+
+def _ca_file(path: str) -> str:
+    """A CA bundle that cannot be read stops start-up, rather than failing every request."""
+    if path:
+        try:
+            ssl.create_default_context(cafile=path)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigurationError(
+                "BUILD_CONTEXT_OCI_CA_FILE",
+                f"cannot load CA certificates from {path[:200]}: {error}",
+                "Mount the registry's CA bundle (PEM) there, or leave it empty for the system's.",
+            ) from None
+    return path
 
 
 def _credentials(settings: Settings) -> Credentials | None:
