@@ -207,7 +207,7 @@ class RegistryClient:
                     "BUILD_CONTEXT_OCI_CA_FILE, or set BUILD_CONTEXT_OCI_INSECURE_HTTP=true if "
                     "it serves plain HTTP only"
                 ) from None
-            except (requests.ConnectionError, requests.Timeout) as error:
+            except requests.RequestException as error:  # connection, timeout, broken reply
                 raise Unavailable(f"{self.registry} not reachable: {str(error)[:200]}") from None
             if response.status_code == 401 and attempt == 1:
                 challenge = response.headers.get("WWW-Authenticate", "")
@@ -264,8 +264,10 @@ class RegistryClient:
                 if self.credentials is not None and self.credentials.username:
                     auth = (self.credentials.username, self.credentials.password)
                 reply = self.session.get(realm, params=query, auth=auth, timeout=self.timeout)
-        except (requests.ConnectionError, requests.Timeout) as error:
-            raise Unavailable(f"token service {realm[:80]} not reachable: {error}") from None
+        except requests.RequestException as error:
+            raise Unavailable(
+                f"token service {realm[:80]} not reachable: {str(error)[:200]}"
+            ) from None
         if reply.status_code in (401, 403):
             raise Denied(f"the token service of {self.registry} refused our credentials", 401)
         if reply.status_code >= 300:
@@ -426,7 +428,7 @@ def _read_bounded(response: requests.Response, limit: int) -> bytes:
             if size > limit:
                 raise Refused(f"a registry response is larger than {limit} bytes")
             chunks.append(chunk)
-    except (requests.ConnectionError, requests.Timeout) as error:
+    except requests.RequestException as error:
         raise Unavailable(f"reading from the registry failed: {str(error)[:200]}") from None
     finally:
         response.close()
