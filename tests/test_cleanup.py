@@ -343,6 +343,7 @@ def test_cleanup_racing_a_stream_of_reuses_never_loses_a_reused_context(
 # --- scale, failures, leftovers, metrics ----------------------------------------------------
 
 
+@pytest.mark.timeout(1800)  # the OCI store's run took 15 min on the shared 2-core VM under load
 def test_5000_contexts_in_one_run_with_flat_memory(
     store: StoreUnderTest, capsys: pytest.CaptureFixture[str]
 ) -> None:
