@@ -160,21 +160,26 @@ class Measure:
     """One row of the ratio table: what is read from a run."""
 
     label: str
-    read: Callable[[Run], float]
+    read: Callable[[Run, float], float]
+    """From the run and the server's CPU seconds per request."""
     latency: bool
     """True: lower is better (ratio function/floor); False: a rate (ratio floor/function)."""
 
 
-def _p50(run: Run) -> float:
+def _p50(run: Run, cpu: float) -> float:
     return percentiles(run.latencies)[0]
 
 
-def _p95(run: Run) -> float:
+def _p95(run: Run, cpu: float) -> float:
     return percentiles(run.latencies)[1]
 
 
-def _rate(run: Run) -> float:
+def _rate(run: Run, cpu: float) -> float:
     return run.throughput
+
+
+def _cpu(run: Run, cpu: float) -> float:
+    return cpu
 
 
 def ratio_section(shape: Shape, rounds: int | None, quick: bool) -> None:
@@ -192,6 +197,7 @@ def ratio_section(shape: Shape, rounds: int | None, quick: bool) -> None:
             [
                 Measure("150 at once, 1 KB: p95", _p95, True),
                 Measure("150 at once, 1 KB: req/s", _rate, False),
+                Measure("150 at once, 1 KB: server CPU per request", _cpu, True),
             ],
         ),
         (
@@ -201,6 +207,7 @@ def ratio_section(shape: Shape, rounds: int | None, quick: bool) -> None:
             [
                 Measure("150 at once, mixed 1 KB-900 KB: p95", _p95, True),
                 Measure("150 at once, mixed 1 KB-900 KB: req/s", _rate, False),
+                Measure("150 at once, mixed: server CPU per request", _cpu, True),
             ],
         ),
     ]
@@ -212,8 +219,10 @@ def ratio_section(shape: Shape, rounds: int | None, quick: bool) -> None:
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     with (
         running_server("filesystem", shape) as (server, _),
-        floor_server.running(server.workdir) as floor_url,
+        floor_server.running(server.workdir) as (floor_url, floor_pid),
     ):
+        assert server.process is not None
+        pids = {"function": server.process.pid, "floor": floor_pid}
         warm = send(floor_url, workload.mixed(40, seed=_seed()), concurrency=10)
         if warm.failures:
             raise SystemExit(f"floor warm-up failed: {warm.failures[0]}")
@@ -222,11 +231,13 @@ def ratio_section(shape: Shape, rounds: int | None, quick: bool) -> None:
                 requests = _requests(kind, count)
                 order = [("function", server.url), ("floor", floor_url)]
                 for who, url in order if index % 2 == 0 else reversed(order):
-                    run = send(url, requests, concurrency)
+                    with MemoryWatch(pids[who]) as watch:
+                        run = send(url, requests, concurrency)
                     if run.failures:
                         raise SystemExit(f"{who} failed: {run.failures[0]}")
+                    cpu = watch.cpu_seconds / len(run.replies)
                     for measure in measures:
-                        values[measure.label][who].append(measure.read(run))
+                        values[measure.label][who].append(measure.read(run, cpu))
     table = Table(["measure", "function", "floor", "cost ratio", "ratio per round (min-max)"])
     print(table.header())
     for _, _, _, measures in scenarios:

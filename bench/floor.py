@@ -73,8 +73,8 @@ def create_app(root: Path) -> Flask:
 
 
 @contextlib.contextmanager
-def running(workdir: Path, threads: int = 8, timeout: float = 30) -> Iterator[str]:
-    """The floor server as a subprocess on a free loopback port; yields its URL."""
+def running(workdir: Path, threads: int = 8, timeout: float = 30) -> Iterator[tuple[str, int]]:
+    """The floor server as a subprocess on a free loopback port; yields its URL and pid."""
     from tests.support.server import ROOT, free_port
 
     port = free_port()
@@ -100,7 +100,7 @@ def running(workdir: Path, threads: int = 8, timeout: float = 30) -> Iterator[st
             if time.monotonic() > deadline:
                 raise RuntimeError(f"floor server not ready in {timeout}s")
             time.sleep(0.05)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         try:
