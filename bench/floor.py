@@ -95,7 +95,7 @@ def running(workdir: Path, threads: int = 8, timeout: float = 30) -> Iterator[tu
             try:
                 if requests.get(f"{url}/health/readiness", timeout=1).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"floor server not ready in {timeout}s")
