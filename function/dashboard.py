@@ -94,6 +94,7 @@ def _stat(
         .height(5)
         .with_target(query)
         .thresholds(builders.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps(steps))
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
         .graph_mode(common.BigValueGraphMode.AREA)
         .color_mode(common.BigValueColorMode.BACKGROUND)
     )
