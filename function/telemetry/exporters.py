@@ -6,20 +6,18 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry import metrics, trace
 
 from ..errors import ConfigurationError
+from ..wsgi import WSGIApp
 from .instruments import SCOPE
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
-
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 @dataclass
