@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,19 +22,13 @@ from function.settings import load_settings
 from function.workers import usable_cpus
 from tests.conftest import StartServer
 from tests.support.contexts import example
+from tests.support.polling import wait_for
 from tests.support.server import FunctionServer, Reply
 
 
 def workers_of(server: FunctionServer) -> list[psutil.Process]:
     assert server.process is not None
     return psutil.Process(server.process.pid).children()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def scrape(server: FunctionServer) -> dict[str, dict[str, float]]:

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
+
+from tests.support.polling import poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,15 +68,17 @@ class FunctionServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
+            assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited {self.process.returncode}:\n{self.log()}")
-            try:
-                if requests.get(f"{self.url}/health/readiness", timeout=1).ok:
-                    return self
-            except requests.ConnectionError:
-                time.sleep(0.1)
+            return requests.get(f"{self.url}/health/readiness", timeout=2).ok
+
+        # A connection refused (not bound yet), a read timeout (bound, workers still starting,
+        # or a busy machine) or a reset all mean "not yet"; only the deadline or an exit ends it.
+        if poll_until(ready, timeout, transient=(requests.RequestException,)):
+            return self
         self.stop()
         raise RuntimeError(f"server not ready in {timeout}s:\n{self.log()}")
 
