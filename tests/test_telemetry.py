@@ -31,6 +31,7 @@ from function.telemetry import Telemetry
 from tests.conftest import StartServer
 from tests.support.contexts import example
 from tests.support.server import FunctionServer, encode
+from tests.support.telemetry import data_points, total
 from tests.test_http import FAILURES
 
 DOCS = Path(__file__).parents[1] / "docs" / "observability.md"
@@ -331,20 +332,6 @@ def test_the_log_level_is_configurable(start_server: StartServer) -> None:
     assert [line["level"] for line in outcome_lines(server, "loud-1")] == ["ERROR"]
 
 
-def data_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
-    """The data points of one instrument, as the in-process SDK reader holds them."""
-    data = reader.get_metrics_data()
-    assert data is not None
-    return [
-        point
-        for rm in data.resource_metrics
-        for sm in rm.scope_metrics
-        for metric in sm.metrics
-        if metric.name == name
-        for point in metric.data.data_points
-    ]
-
-
 class FlakyStorageCallDouble:
     """Test double of one storage call that fails `failures` times with a transient error."""
 
@@ -373,12 +360,8 @@ def test_transient_storage_errors_are_retried_with_bounded_backoff_and_counted()
             sleep=delays.append,
         )
 
-    def retries() -> float:
-        return sum(
-            point.value
-            for point in data_points(reader, "build_context.storage.retries")
-            if point.attributes == {"store": "s3"}
-        )
+    def retries() -> int:
+        return total(reader, "build_context.storage.retries", store="s3")
 
     assert call(FlakyStorageCallDouble(failures=2)) == "stored"
     assert retries() == 2 and len(delays) == 2
