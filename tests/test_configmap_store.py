@@ -489,7 +489,12 @@ def test_delete_rechecks_the_fresh_record_and_loses_to_a_refresh(
 
     kept = store.delete(item, refreshed_meanwhile)
     seen: list[ContextRecord] = []
-    still_kept = store.delete(item, lambda current: seen.append(current) or False)
+
+    def remember(current: ContextRecord) -> bool:
+        seen.append(current)
+        return False
+
+    still_kept = store.delete(item, remember)
     deleted = store.delete(item, lambda current: True)
     again = store.delete(item, lambda current: True)
 

@@ -316,7 +316,7 @@ class FaultyS3Proxy:
                     self.end_headers()
                     self.wfile.write(error)
                     return
-                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                upstream = http.client.HTTPConnection(str(target.hostname), target.port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
@@ -604,6 +604,7 @@ def test_a_reuse_racing_cleanups_delete_is_never_lost(
     def still_expired(r: ContextRecord) -> bool:
         return r.expired(NOW + timedelta(hours=2))
 
+    deleted: bool | Exception
     if how == "delete":
         deleted = store.delete(item, still_expired)
     else:

@@ -205,7 +205,9 @@ def test_logs_hold_no_source_code_and_no_credentials(server: FunctionServer) -> 
     assert marker not in scrape(server).text
 
 
-def _traced_request(server: FunctionServer, extensions: dict[str, str], headers: dict[str, str]):
+def _traced_request(
+    server: FunctionServer, extensions: dict[str, str], headers: dict[str, str]
+) -> tuple[str, str]:
     request_id = str(uuid.uuid4())
     ce_headers, body = encode(example("nodejs"), id=request_id, extensions=extensions)
     response = requests.post(server.url, headers={**ce_headers, **headers}, data=body, timeout=30)

@@ -206,7 +206,7 @@ def test_a_scrape_merges_what_siblings_answer_and_skips_what_they_cannot(
         return registry
 
     worker = Worker(index=0, count=2, folder=tmp_path, supervisor=os.getppid())
-    answer = generate_latest(registry_counting(5))
+    answer = generate_latest(registry_counting(5))  # type: ignore[no-untyped-call]
     replies = {"answers": answer, "cut short": answer[: len(answer) // 2]}
     peer = None
     if sibling in replies:
