@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import threading
@@ -57,10 +56,6 @@ def run(settings: Settings, ready: Callable[[str, int], None] | None = None) -> 
     """Serve until SIGTERM: in this process, or in `BUILD_CONTEXT_PROCESSES` workers."""
     sock = workers.listen(settings)
     count = workers.process_count(settings)
-    if os.environ.get("EXPERIMENT_SERVER") == "gunicorn":
-        from . import gunicorn_serving
-
-        return gunicorn_serving.run(settings, sock, count)
     if count == 1:
         serve(App.from_settings(settings), sock, ready)
         return 0
