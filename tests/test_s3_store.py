@@ -60,13 +60,6 @@ def admin(seaweed: SeaweedS3) -> Any:
     return seaweed.client()
 
 
-@pytest.fixture
-def bucket(admin: Any) -> str:
-    name = f"ctx-{uuid.uuid4().hex[:12]}"
-    admin.create_bucket(Bucket=name)
-    return name
-
-
 def open_s3(
     seaweed: SeaweedS3,
     bucket: str,

@@ -24,6 +24,7 @@ from function.archive import Archive
 from function.settings import Settings, load_settings
 from function.stores.base import ContextRecord, Store, record_fields
 from function.stores.filesystem import RECORD, FilesystemStore
+from tests.support.records import record as context_record
 
 HOME = "team-a"
 EXTRA = "team-b"
@@ -85,17 +86,15 @@ class StoreUnderTest:
     ) -> ContextRecord:
         built = built or self.built(function)
         self._archives[built.content_hash] = built
-        record = ContextRecord.for_archive(
+        wanted = context_record(
             built,
+            created,
+            ttl,
             namespace=namespace,
             function=function,
-            runtime="python",
-            runtime_version="3.13",
-            created_at=created,
-            ttl=ttl,
             request_id=f"req-{function}",
         )
-        return (client or self.client).put_if_absent(built, record).record
+        return (client or self.client).put_if_absent(built, wanted).record
 
     def put_many(self, specs: list[tuple[str, datetime, timedelta]]) -> list[ContextRecord]:
         """Many contexts at once (threads: the stores are I/O bound)."""
