@@ -171,10 +171,8 @@ def test_burst_filesystem(
 
 @pytest.mark.s3
 def test_burst_s3(
-    start_server: StartServer, seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch
+    start_server: StartServer, seaweed: SeaweedS3, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bucket = f"load-{uuid.uuid4().hex[:12]}"
-    seaweed.client().create_bucket(Bucket=bucket)
     env = {"BUILD_CONTEXT_STORAGE": "s3", **seaweed.function_env(bucket)}
     check_burst(start_server, env, monkeypatch)
 

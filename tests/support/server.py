@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ from cloudevents.http import CloudEvent
 from tests.support.polling import poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
+PING = "dev.knative.sources.ping"
+"""The event type of a Knative PingSource: what starts a cleanup."""
 
 
 def free_port() -> int:
@@ -140,3 +143,10 @@ def encode(
     }
     headers, body = (to_structured if structured else to_binary)(CloudEvent(attributes, data))
     return dict(headers), body
+
+
+def break_storage(server: FunctionServer) -> None:
+    """A storage outage: the store's root folder becomes a file."""
+    root = Path(server.env["BUILD_CONTEXT_FS_ROOT"])
+    shutil.rmtree(root)
+    root.write_text("not a folder any more")

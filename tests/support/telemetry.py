@@ -1,17 +1,23 @@
-"""What an exporter would have received, read in process: the SDK's in-memory readers."""
+"""Metrics and spans as tests read them: over HTTP from `/metrics` (`scrape`), or in process
+from the SDK's in-memory readers (what an exporter would have received)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import requests
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric, NumberDataPoint
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
 
 from function.telemetry import Telemetry
+from tests.support.server import FunctionServer
 
 
 def metrics_of(reader: InMemoryMetricReader) -> Iterator[Metric]:
@@ -52,3 +58,52 @@ class TelemetryRecorder:
 
     def span_names(self) -> list[str]:
         return [span.name for span in self.spans.get_finished_spans()]
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+@dataclass(frozen=True)
+class Scrape:
+    text: str
+    samples: list[Sample]
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of the samples named `name` whose labels include `labels`."""
+        return sum(
+            s.value
+            for s in self.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def per_label(self, label: str) -> dict[str, dict[str, float]]:
+        """Sample name -> value of `label` ("" where absent) -> summed value."""
+        found: dict[str, dict[str, float]] = {}
+        for s in self.samples:
+            by_label = found.setdefault(s.name, {})
+            key = s.labels.get(label, "")
+            by_label[key] = by_label.get(key, 0.0) + s.value
+        return found
+
+    def families(self) -> dict[str, str]:
+        """Our metric families as exposed (`# TYPE name type`): name -> type."""
+        found = re.findall(r"^# TYPE (build_context_\w+) (\w+)$", self.text, re.MULTILINE)
+        return dict(found)
+
+
+def scrape(server: FunctionServer, prefix: str = "build_context_") -> Scrape:
+    """One scrape of `/metrics` on a new connection: the samples whose name starts with `prefix`."""
+    response = requests.get(f"{server.url}/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("text/plain"), response.headers
+    samples = [
+        Sample(s.name, dict(s.labels), s.value)
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+        if s.name.startswith(prefix)
+    ]
+    return Scrape(response.text, samples)
