@@ -63,7 +63,7 @@ from tests.support.clocks import SimulatedMonotonic, SleepRecorder
 from tests.support.contexts import example, members
 from tests.support.kube import KubeAPIServer
 from tests.support.rbac import apply_rbac
-from tests.support.records import FAST_RETRIES, incompressible
+from tests.support.records import FAST_RETRIES, FAST_RETRIES_ENV, incompressible
 from tests.support.records import record as context_record
 from tests.support.seaweed import SeaweedS3
 from tests.support.server import free_port
@@ -714,8 +714,8 @@ def configmap_env(kube: KubeAPIServer, namespace: str, **extra: str) -> dict[str
     return {
         "BUILD_CONTEXT_STORAGE": "configmap",
         **kube.function_env(namespace),
-        "BUILD_CONTEXT_RETRY_ATTEMPTS": "2",
-        "BUILD_CONTEXT_RETRY_BASE_DELAY_SECONDS": "0.01",
+        **FAST_RETRIES_ENV,
+        "BUILD_CONTEXT_RETRY_ATTEMPTS": "2",  # one retry: the unreachable-apiserver test counts it
         **extra,
     }
 

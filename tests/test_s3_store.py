@@ -41,7 +41,7 @@ from function.telemetry import Telemetry
 from tests.conftest import StartServer
 from tests.support.contexts import ROOT, example, members
 from tests.support.kube import KubeAPIServer
-from tests.support.records import FAST_RETRIES, NOW, incompressible, record
+from tests.support.records import FAST_RETRIES, FAST_RETRIES_ENV, NOW, incompressible, record
 from tests.support.seaweed import SeaweedS3
 from tests.support.server import free_port
 from tests.support.telemetry import TelemetryRecorder
@@ -773,8 +773,7 @@ def s3_env(
     return {
         "BUILD_CONTEXT_STORAGE": "s3",
         **seaweed.function_env(bucket, credentials),
-        "BUILD_CONTEXT_RETRY_ATTEMPTS": "3",
-        "BUILD_CONTEXT_RETRY_BASE_DELAY_SECONDS": "0.01",
+        **FAST_RETRIES_ENV,
         **extra,
     }
 

@@ -15,6 +15,11 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 FAST_RETRIES: dict[str, Any] = {"retry_attempts": 3, "retry_base_delay_seconds": 0.01}
 """Settings for stores under test: few attempts and short backoffs, the same for every backend."""
+FAST_RETRIES_ENV = {
+    "BUILD_CONTEXT_RETRY_ATTEMPTS": str(FAST_RETRIES["retry_attempts"]),
+    "BUILD_CONTEXT_RETRY_BASE_DELAY_SECONDS": str(FAST_RETRIES["retry_base_delay_seconds"]),
+}
+"""The same, for a function server started by a test."""
 
 
 def record(

@@ -24,6 +24,7 @@ from function.archive import Archive
 from function.settings import Settings, load_settings
 from function.stores.base import ContextRecord, Store, record_fields
 from function.stores.filesystem import RECORD, FilesystemStore
+from tests.support.records import FAST_RETRIES
 from tests.support.records import record as context_record
 
 HOME = "team-a"
@@ -274,7 +275,7 @@ class S3UnderTest(StoreUnderTest):
             "s3_region": seaweed.region,
             "namespace": HOME,
             "allowed_namespaces": EXTRA,
-            "retry_base_delay_seconds": 0.01,
+            "retry_base_delay_seconds": FAST_RETRIES["retry_base_delay_seconds"],
         }
 
         def open_client() -> Store:
