@@ -76,14 +76,26 @@ class FunctionServer:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited {self.process.returncode}:\n{self.log()}")
-            return requests.get(f"{self.url}/health/readiness", timeout=2).ok
+            return self._serving() and requests.get(f"{self.url}/health/readiness", timeout=2).ok
 
         # A connection refused (not bound yet), a read timeout (bound, workers still starting,
         # or a busy machine) or a reset all mean "not yet"; only the deadline or an exit ends it.
+        # With several processes, one worker answers readiness before its siblings have
+        # started: wait for the supervisor's own "serving" line too, or a test that kills a
+        # worker may kill one the supervisor must count as unable to start.
         if poll_until(ready, timeout, transient=(requests.RequestException,)):
             return self
         self.stop()
         raise RuntimeError(f"server not ready in {timeout}s:\n{self.log()}")
+
+    def _serving(self) -> bool:
+        """The process we started logged `serving`: every worker (if any) accepts requests.
+        Above log level INFO there is no such line, and readiness alone has to do."""
+        if self.env.get("BUILD_CONTEXT_LOG_LEVEL", "INFO").upper() not in ("DEBUG", "INFO"):
+            return True
+        return any(
+            line.get("message") == "serving" and "worker" not in line for line in self.log_lines()
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
