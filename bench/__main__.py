@@ -32,7 +32,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 
 from function import archive as archives
-from function.service import BuildContextService
+from function.create import CreateService
 from function.settings import load_settings
 from function.stores import open_store
 from function.telemetry import Telemetry
@@ -364,13 +364,13 @@ def stage_section(names: Sequence[str], quick: bool) -> None:
             settings = load_settings()
             clock = StageClock()
             store = open_store(settings.storage, settings, clock)
-            service = BuildContextService(settings, store, telemetry=clock)
+            service = CreateService(settings, store, telemetry=clock)
             sizes: dict[str, list[float]] = defaultdict(list)
             totals: list[float] = []
             for request in workload.mixed(count, seed=_seed()):
                 marks = {s: len(clock.samples[s]) for s in STAGES}
                 start = time.perf_counter()
-                service.create(request.data, str(uuid.uuid4()))
+                service.run(request.data, str(uuid.uuid4()))
                 totals.append(time.perf_counter() - start)
                 for stage in STAGES:
                     sizes[f"{stage}/{request.size}"] += clock.samples[stage][marks[stage] :]

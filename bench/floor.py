@@ -24,7 +24,7 @@ from typing import Any
 
 import requests
 import waitress
-from flask import Flask, Response, request
+from flask import Flask, request
 
 from function.archive import canonical_tar, gzip_bytes
 
@@ -47,7 +47,7 @@ def create_app(root: Path) -> Flask:
         return {"status": "ok"}
 
     @app.post("/")
-    def create() -> Response:
+    def create() -> Any:
         data: dict[str, Any] = request.get_json(force=True)
         entry = ENTRY.get(str(data.get("runtime")), "remediation.py")
         files = {"Dockerfile": DOCKERFILE.encode(), entry: str(data["sourceCode"]).encode()}

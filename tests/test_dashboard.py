@@ -17,10 +17,10 @@ import yaml
 from function import dashboard
 from tests.support.contexts import example
 from tests.support.kube import KubeAPIServer
-from tests.support.server import FunctionServer
+from tests.support.server import PING, FunctionServer
+from tests.support.telemetry import Scrape, scrape
 from tests.test_alert_rules import MATCHER, SELECTOR, promtool
 from tests.test_cleanup import age, create
-from tests.test_telemetry import PING, Scrape, scrape
 
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$namespace": ".*"}
 CONFIGMAP_SERIES = ("build_context_configmap_usage_bytes", "build_context_configmap_objects")

@@ -5,30 +5,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from function import archive
-from function.stores.base import ContextRecord, Deletion
+from function.stores.base import Deletion
 from function.stores.filesystem import FilesystemStore
-
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def record(built: archive.Archive, at: datetime = NOW, ttl: int = 60) -> ContextRecord:
-    return ContextRecord.for_archive(
-        built,
-        namespace="ns",
-        function="fn",
-        runtime="python",
-        runtime_version="3.13",
-        created_at=at,
-        ttl=timedelta(seconds=ttl),
-        request_id="r",
-    )
-
+from tests.support.records import NOW, record
 
 BUILT = archive.build({"remediation.py": "print(1)\n", "Dockerfile": "FROM x\n"})
 
@@ -39,8 +24,8 @@ def test_put_then_reuse_pushes_expiry_forward(tmp_path: Path) -> None:
     later = store.put_if_absent(BUILT, record(BUILT, NOW + timedelta(hours=1)))
     assert (first.reused, later.reused) == (False, True)
     assert later.record.created_at == NOW
-    assert later.record.expires_at == NOW + timedelta(hours=1, seconds=60)
-    assert store.get("ns", "fn", BUILT.content_hash) == BUILT.data
+    assert later.record.expires_at == NOW + timedelta(hours=2)
+    assert store.get("team-a", "fix-it", BUILT.content_hash) == BUILT.data
     earlier = store.put_if_absent(BUILT, record(BUILT, NOW - timedelta(days=1)))
     assert earlier.record.expires_at == later.record.expires_at, "expiry never moves back"
 
@@ -59,7 +44,7 @@ def test_a_crash_mid_write_leaves_no_visible_context(
     monkeypatch.undo()
     assert list(store.list()) == []
     with pytest.raises(KeyError):
-        store.get("ns", "fn", BUILT.content_hash)
+        store.get("team-a", "fix-it", BUILT.content_hash)
     assert not list(store.stale_temporaries())
 
 
@@ -83,7 +68,7 @@ def test_delete_rechecks_the_freshest_record(tmp_path: Path) -> None:
     store.put_if_absent(BUILT, record(BUILT))
     (item,) = store.list()
     store.put_if_absent(BUILT, record(BUILT, NOW + timedelta(days=1)))
-    later = NOW + timedelta(minutes=5)
+    later = NOW + timedelta(hours=2)  # the listed record expired, the fresh one did not
     assert store.delete(item, lambda fresh: fresh.expired(later)) is Deletion.KEPT
     assert store.delete(item, lambda fresh: fresh.expired(later + timedelta(days=2))) is (
         Deletion.DELETED
