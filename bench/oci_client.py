@@ -101,7 +101,7 @@ def with_requests_same_steps(
 def with_oras(registry: Registry, prefix: str, workdir: Path) -> Callable[[Archive], None]:
     import json
 
-    import oras.client
+    import oras.client  # type: ignore[import-untyped]
 
     client = oras.client.OrasClient(
         hostname=registry.host, tls_verify=str(registry.ca_path), auth_backend="basic"

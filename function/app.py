@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .cleanup import CleanupService
-from .service import BuildContextService
+from .create import CreateService
 from .settings import Settings, load_settings
 from .stores import Store, open_store
 from .stores.traced import TracedStore
@@ -16,7 +16,7 @@ from .telemetry import Exporters, Telemetry, install_exporters
 @dataclass
 class App:
     settings: Settings
-    service: BuildContextService
+    create: CreateService
     stores: list[Store[Any]]
     telemetry: Telemetry
     cleanup: CleanupService
@@ -42,11 +42,11 @@ class App:
             if settings.overflow_storage and settings.overflow_storage != settings.storage
             else None
         )
-        service = BuildContextService(settings, primary, overflow, telemetry)
+        create = CreateService(settings, primary, overflow, telemetry)
         stores: list[Store[Any]] = [primary, *([overflow] if overflow else [])]
         cleanup = CleanupService(stores, settings, telemetry=telemetry)
         telemetry.declare([s.backend for s in stores], settings.handlers in ("all", "cleanup"))
-        return cls(settings, service, stores, telemetry, cleanup, exporters)
+        return cls(settings, create, stores, telemetry, cleanup, exporters)
 
     def close(self) -> None:
         for store in self.stores:

@@ -68,7 +68,7 @@ def config(registry: Registry, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(registry: Registry, config: Path, prefix: str) -> Iterator[Store]:
+def store(registry: Registry, config: Path, prefix: str) -> Iterator[Store[Any]]:
     opened = open_store("oci", oci_settings(registry, config, prefix))
     yield opened
     opened.close()
@@ -96,7 +96,7 @@ def built(text: str = "print('hi')\n") -> Archive:
 
 
 def test_a_context_is_a_single_layer_image_that_crane_reads_back_byte_for_byte(
-    registry: Registry, store: Store, prefix: str, tmp_path: Path
+    registry: Registry, store: Store[Any], prefix: str, tmp_path: Path
 ) -> None:
     context = built()
     stored = store.put_if_absent(context, record_for(context))
@@ -140,7 +140,7 @@ def test_a_context_is_a_single_layer_image_that_crane_reads_back_byte_for_byte(
 
 
 def test_the_same_request_gives_the_same_digest_in_another_process_and_registry(
-    registry: Registry, store: Store, prefix: str, tmp_path: Path, config: Path
+    registry: Registry, store: Store[Any], prefix: str, tmp_path: Path, config: Path
 ) -> None:
     """The manifest digest depends on the content only: another process, another time zone,
     another moment and another registry (here, the same one under another prefix) agree."""
@@ -170,7 +170,7 @@ def test_the_same_request_gives_the_same_digest_in_another_process_and_registry(
 
 
 def test_reuse_keeps_the_digest_and_created_and_pushes_expiry(
-    registry: Registry, store: Store, prefix: str
+    registry: Registry, store: Store[Any], prefix: str
 ) -> None:
     context = built()
     first = store.put_if_absent(context, record_for(context))
@@ -187,7 +187,7 @@ def test_reuse_keeps_the_digest_and_created_and_pushes_expiry(
 
 
 def test_concurrent_identical_requests_leave_one_context(
-    registry: Registry, store: Store, prefix: str, config: Path
+    registry: Registry, store: Store[Any], prefix: str, config: Path
 ) -> None:
     context = built("print('many')\n")
     clients = [open_store("oci", oci_settings(registry, config, prefix)) for _ in range(4)]
@@ -210,7 +210,7 @@ def test_concurrent_identical_requests_leave_one_context(
 
 
 def test_concurrent_reuses_keep_created_and_store_one_of_the_promised_expiries(
-    registry: Registry, store: Store, prefix: str, config: Path
+    registry: Registry, store: Store[Any], prefix: str, config: Path
 ) -> None:
     """No conditional writes in a registry: of reuses at the same moment, one record is written
     last (docs/oci.md, Races); it is one of theirs, and no reuse moves the expiry back before
@@ -492,7 +492,7 @@ def test_an_unusable_docker_config_names_the_setting(tmp_path: Path, content: st
 
 
 def test_the_documented_shipwright_build_and_buildkit_pipe_fit_a_real_reply(
-    registry: Registry, store: Store, prefix: str, tmp_path: Path
+    registry: Registry, store: Store[Any], prefix: str, tmp_path: Path
 ) -> None:
     """docs/oci.md: the Build's image is the contextUri without its scheme, and the documented
     `crane blob` command (run as written) yields the context tarball BuildKit is given."""
@@ -548,7 +548,7 @@ def test_registry_failures_become_typed_failures_with_their_reason(
 ) -> None:
     call = oci_errors.Call("push record", "registry.example.com", "build-contexts/a/b")
     translated = call.translate(error, 3)
-    assert isinstance(translated, typed)
+    assert translated is not None and isinstance(translated, typed)
     assert (translated.reason, translated.retryable) == (reason, retryable)
     assert (
         "build-contexts/a/b" in translated.message or "registry.example.com" in translated.message
@@ -558,7 +558,7 @@ def test_registry_failures_become_typed_failures_with_their_reason(
 
 
 def test_a_retain_tag_pins_and_deleting_that_tag_unpins(
-    registry: Registry, store: Store, prefix: str
+    registry: Registry, store: Store[Any], prefix: str
 ) -> None:
     """docs/oci.md, Pinning: `crane tag … TAG.retain` keeps the context from cleanup; `crane
     delete …:TAG.retain` removes only that tag, and the context is cleanup's again."""

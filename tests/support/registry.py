@@ -174,9 +174,11 @@ class TokenServer:
     def __init__(self, workdir: Path, credentials: Credentials) -> None:
         self.workdir = workdir
         self.credentials = credentials
-        self.key = serialization.load_pem_private_key(
+        key = serialization.load_pem_private_key(
             (workdir / "signer.pem").read_bytes(), password=None
         )
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        self.key = key
         signing = x509.load_pem_x509_certificate((workdir / "signer.crt").read_bytes())
         self.x5c = [base64.b64encode(signing.public_bytes(serialization.Encoding.DER)).decode()]
         self.issued: list[str] = []
@@ -235,7 +237,7 @@ class TokenServer:
         signing_input = (
             f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
         )
-        der = self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))  # type: ignore[union-attr, call-arg]
+        der = self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
         r, s_ = utils.decode_dss_signature(der)
         token = f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s_.to_bytes(32, 'big'))}"
         self.issued.append(token)

@@ -1,4 +1,6 @@
-"""The use-cases. They know the Store interface, never a backend."""
+"""The create use-case: request -> validated -> rendered -> archived -> stored -> reply data.
+
+It knows the Store interface, never a backend (the cleanup use-case is cleanup.py)."""
 
 from __future__ import annotations
 
@@ -17,14 +19,14 @@ from .validation import ValidRequest, parse, validate
 
 
 @dataclass
-class BuildContextService:
+class CreateService:
     settings: Settings
     store: Store[Any]
     overflow: Store[Any] | None = None
     telemetry: Telemetry = NOOP
     clock: Callable[[], datetime] = utcnow
 
-    def create(self, data: Any, request_id: str) -> BuildContextCreated:
+    def run(self, data: Any, request_id: str) -> BuildContextCreated:
         attributes = {"store": self.store.backend, "runtime": "unknown"}
         with self.telemetry.stage("validate", attributes):
             request = parse(data)
