@@ -18,7 +18,6 @@ import copy
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -32,6 +31,7 @@ from kubernetes.client.rest import ApiException
 from opentelemetry import metrics, trace
 
 from ..archive import Archive, image_tag
+from ..boundary import is_dns_label, is_dns_subdomain
 from ..contract import OwnerReference, utc_text
 from ..errors import (
     BuildContextError,
@@ -81,8 +81,6 @@ REQUIRED_VERBS = {
 
 _METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 _METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _MIN_ATTEMPT_SECONDS = 5.0
 _CONNECT_SECONDS = 5.0
 _PROBE_SECONDS = 5.0
@@ -96,7 +94,7 @@ _RACES = 5
 def configmap_name(function: str, content_hash: str) -> str:
     """`<function>-build-context-<contentHash>`: at most 63 + 15 + 64 = 142 of the 253 allowed."""
     name = f"{function}-build-context-{content_hash}"
-    if len(name) > 253 or not _NAME.match(name):
+    if not is_dns_subdomain(name):
         raise InternalError(f"cannot name a ConfigMap after function {function!r}")
     return name
 
@@ -265,7 +263,7 @@ class ConfigMapStore(Store):
         """Refuse to start without the right to list ConfigMaps at home; a down apiserver is
         only logged, since requests fail retryably until it is back."""
         home = self.settings.home_namespace
-        if not _DNS_LABEL.match(home):
+        if not is_dns_label(home):
             raise ConfigurationError("BUILD_CONTEXT_NAMESPACE", f"{home!r} is not a namespace name")
         try:
             self._refresh_usage(home, retry=False)
@@ -485,7 +483,11 @@ class ConfigMapStore(Store):
         owner: OwnerReference | None,
     ) -> Stored:
         """Same content already stored: push its expiry forward (metadata stays mutable on an
-        immutable ConfigMap), add the owner if missing, never touch the bytes."""
+        immutable ConfigMap), never touch the bytes. Owners: a context keeps an owner
+        reference only while one owner has it to itself. A reuse never adds an owner, and a
+        reuse by anyone else (another owner or none) removes the owner reference, so that no
+        request's owner, mistaken or hostile, can get a shared context garbage-collected; the
+        TTL then governs it."""
         for _ in range(_RACES):
             current = self._ours(existing, record)
             refreshed = current.refreshed(record.expires_at)
@@ -493,8 +495,8 @@ class ConfigMapStore(Store):
             if refreshed.expires_at != current.expires_at:
                 patch["annotations"] = {EXPIRES_AT: utc_text(refreshed.expires_at)}
             references = list(existing.get("ownerReferences") or [])
-            if owner is not None and all(r.get("uid") != owner.uid for r in references):
-                patch["ownerReferences"] = [*references, _owner_reference(owner)]
+            if references and (owner is None or any(r.get("uid") != owner.uid for r in references)):
+                patch["ownerReferences"] = None
             if len(patch) == 1:
                 return self._stored(current, True)
             try:
