@@ -54,7 +54,7 @@ def escaped(value: str, limit: int = QUOTE_CHARS) -> str:
     an identifier that failed its check into a JSON reply body (never into a header)."""
     text = value[:limit].encode("unicode_escape").decode("ascii")
     text = "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in text)
-    return text if len(value) <= limit else f"{text}…({len(value)} chars)"
+    return text if len(value) <= limit else f"{text}...({len(value)} chars)"
 
 
 def is_dns_label(value: object) -> bool:
