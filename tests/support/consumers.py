@@ -129,4 +129,3 @@ def python_compiles(source: bytes) -> bool:
             timeout=60,
         )
     return result.returncode == 0
-
