@@ -39,7 +39,18 @@ def main(context: Context) -> Any:
     event = context.cloud_event
     if event is None:
         event = _undecoded_data_event(context.request)
+    if event is None and _structured(context.request.headers):
+        return _http_error(
+            400,
+            "the structured-mode body is not a CloudEvent in JSON (it does not decode: numbers "
+            "over 4300 digits or deep nesting?); send an application/cloudevents+json object "
+            "with specversion, type, source, id and data",
+        )
     return handle(current_app(), event, context.request.headers)
+
+
+def _structured(headers: Mapping[str, str]) -> bool:
+    return str(headers.get("Content-Type", "")).startswith("application/cloudevents+json")
 
 
 def _undecoded_data_event(request: Any) -> CloudEvent | None:

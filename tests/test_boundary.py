@@ -405,3 +405,17 @@ def test_data_that_does_not_decode_is_invalid_data_not_a_missing_event(
     assert data["reason"] == "InvalidRequest"
     assert data["message"].startswith("data: the event data")
     _nothing_stored(server)
+
+
+def test_a_structured_body_that_does_not_decode_is_a_400_that_says_so(
+    server: FunctionServer,
+) -> None:
+    body = b'{"specversion": "1.0", "data": ' + b"[" * 100_000
+    response = server.session.post(
+        server.url,
+        data=body,
+        headers={"Content-Type": "application/cloudevents+json"},
+        timeout=60,
+    )
+    assert response.status_code == 400
+    assert "does not decode" in response.json()["error"]

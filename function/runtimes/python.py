@@ -61,7 +61,7 @@ class PythonRuntime(Runtime):
             if text.startswith("-"):
                 problems.append(
                     FieldError(
-                        f"{text.split()[0]!r} is a pip option; options (-e, -r, --index-url, "
+                        f"{quote(text.split()[0])} is a pip option; options (-e, -r, --index-url, "
                         "--extra-index-url, ...) are not allowed: list requirements like "
                         "'requests>=2.31'",
                         field=where,
