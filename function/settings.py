@@ -18,7 +18,7 @@ from .boundary import is_dns_label
 from .errors import ConfigurationError
 
 PREFIX = "BUILD_CONTEXT_"
-_IMAGE_REF = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+|\{version\})*([:@][\w.{}-]+)?$")
+_IMAGE_REF = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+|\{version\})*([:@][A-Za-z0-9_.{}-]+)?$")
 
 
 class Settings(BaseSettings):
@@ -175,7 +175,7 @@ class Settings(BaseSettings):
     @field_validator("registry_mirror")
     @classmethod
     def _mirror(cls, value: str) -> str:
-        if value and not re.fullmatch(r"[a-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*/", value):
+        if value and not re.fullmatch(r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*/", value):
             raise ValueError(f"{value!r} must be a registry host and path ending in '/'")
         return value
 

@@ -204,6 +204,7 @@ def test_npm_specs_npm_reads_as_files_tags_or_repositories_are_refused(spec: str
         'requests; os_name == "a\u2028b"',
         'requests; os_name == "a #b"',
         'requests; os_name == "${HOME}"',
+        'requests; os_name == "a --hash=b"',
     ],
 )
 def test_pip_lines_its_requirements_reader_would_read_otherwise_are_refused(

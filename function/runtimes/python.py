@@ -25,14 +25,17 @@ _PIP_LINE = re.compile(r"[ -~]+")
 Unicode line break (str.splitlines: form feed, vertical tab, U+2028, ...), which `packaging`
 accepts inside markers."""
 _PIP_COMMENT = re.compile(r"(?:^|\s)#")
+_PIP_OPTION = re.compile(r"\s-")
 
 
 def _pip_line_problem(line: str) -> str | None:
     """What pip's requirements-file reader would read differently from `packaging` in the line
-    we write: it cuts comments (' #'), joins a line ending in '\\' with the next, and expands
+    we write: it cuts comments (' #'), reads ' -' as the start of options, joins a line ending in '\\' with the next, and expands
     ${VARIABLE} from its environment."""
     if _PIP_COMMENT.search(line):
         return "has ' #', where pip's requirements file starts a comment; leave it out"
+    if _PIP_OPTION.search(line):
+        return "has ' -', where pip's requirements file starts its options; leave it out"
     if "${" in line:
         return "has '${', which pip replaces from its environment; leave it out"
     if line.endswith("\\"):
