@@ -5,6 +5,7 @@ and CPython. Refused inputs are shown to be read otherwise by the consumer, wher
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
@@ -139,6 +140,44 @@ def test_npm_package_arg_reads_every_accepted_dependency_as_the_same_registry_ra
     # and the classes the issue found are read otherwise by npm: refused for a reason
     others = npm_reads([("left-pad", "1.0.0-a.tgz"), ("left-pad", "latest")])
     assert [o["type"] for o in others] == ["file", "tag"]
+
+
+def test_npm_agrees_on_every_generated_range_we_accept() -> None:
+    """A differential over generated ranges (fixed seed): every one we accept, npm reads as a
+    registry range or version. It found '1.x.0' and '*.1', which npm reads as tags."""
+    rng = random.Random(11)
+    parts = ["0", "1", "01", "x", "X", "*", "10"]
+    tails = ["", "-0", "-01", "-a", "-a.1", "-0a", "-x.tgz", "+b.01", "-a+b", "-", "+"]
+    ops = ["", "^", "~", ">", ">=", "<", "<=", "=", "v", "^v", "~>", "=v"]
+
+    def version() -> str:
+        count = rng.randint(1, 3)
+        text = ".".join(rng.choice(parts) for _ in range(count))
+        return text + (rng.choice(tails) if count == 3 else "")
+
+    candidates = set()
+    for _ in range(4000):
+        spec = rng.choice(ops) + version()
+        shape = rng.random()
+        if shape < 0.2:
+            spec = f"{rng.choice(['', 'v'])}{version()} - {rng.choice(['', 'v'])}{version()}"
+        elif shape < 0.4:
+            spec += f" || {rng.choice(ops)}{version()}"
+        elif shape < 0.5:
+            spec += f" {rng.choice(ops)}{version()}"
+        candidates.add(spec)
+    kept = sorted(c for c in candidates if accepted(
+        {"lambdaFunction": "fix", "runtime": "nodejs", "sourceCode": "1;\n",
+         "dependencies": {"left-pad": c}}
+    ) is not None)  # fmt: skip
+    assert len(kept) > 100
+    reads = npm_reads([("left-pad", spec) for spec in kept])
+    wrong = [
+        (s, r)
+        for s, r in zip(kept, reads, strict=True)
+        if r.get("type") not in ("range", "version")
+    ]
+    assert not wrong
 
 
 def test_pip_reads_every_accepted_requirement_line_as_written() -> None:

@@ -20,9 +20,15 @@ from .treesitter import TreeSitterGrammar
 _NPM_NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]*")
 # The semver ranges npm-package-arg reads as ranges, and nothing it reads otherwise: plain
 # ASCII comparators, X-ranges, hyphen ranges and ||. No tags, URLs, git, file:, npm: aliases.
-_PART = r"(?:0|[1-9][0-9]{0,15}|[xX*])"
-_TAIL = r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?"
-_VERSION = rf"v?{_PART}(?:\.{_PART}(?:\.{_PART}{_TAIL})?)?"
+_NUM = r"(?:0|[1-9][0-9]{0,15})"
+_X = r"[xX*]"
+_PRE_ID = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
+_TAIL = rf"(?:-{_PRE_ID}(?:\.{_PRE_ID})*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?"
+# A wildcard part is never followed by a number (node-semver reads '1.x.0' as no range).
+_VERSION = (
+    rf"v?(?:{_NUM}(?:\.{_NUM}(?:\.{_NUM}{_TAIL}|\.{_X})?|\.{_X}(?:\.{_X})?)?"
+    rf"|{_X}(?:\.{_X}(?:\.{_X})?)?)"
+)
 _COMPARATOR = rf"(?:[~^]|[<>]=?|=)?{_VERSION}"
 _RANGE = rf"(?:{_VERSION} - {_VERSION}|{_COMPARATOR}(?: {_COMPARATOR})*)"
 _NPM_RANGE = re.compile(rf"{_RANGE}(?: \|\| {_RANGE})*")
@@ -130,7 +136,7 @@ def _is_range(spec: str) -> bool:
         return False
     try:
         semantic_version.NpmSpec(spec)
-    except ValueError:
+    except Exception:  # ValueError, and AttributeError on some hyphen ranges (its own bug)
         return False
     return True
 
