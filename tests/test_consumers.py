@@ -227,6 +227,65 @@ def test_go_reads_every_accepted_module_version_from_the_rendered_go_mod() -> No
     assert refused_by_go >= 4, "the go command itself refuses the major-version mismatches"
 
 
+def test_pip_agrees_on_every_generated_requirement_we_accept() -> None:
+    """A differential over generated requirements with hostile marker strings (fixed seed)."""
+    from packaging.requirements import Requirement
+
+    rng = random.Random(5)
+    alphabet = list("abc -#;$\\{}=<>!~.*,()[]'\"@:/\t\f\v\x85\u2028\u00e9\n")
+    kept = 0
+    for _ in range(1500):
+        text = (
+            rng.choice(["requests", "a-b.c_d", "x", "Foo"])
+            + rng.choice(["", "[socks]", "[a,b]"])
+            + rng.choice(["", ">=1", "==2.*", " (>=1,<2)", "~=1.0", "!=1.5", "===1"])
+        )
+        if rng.random() < 0.7:
+            quote = rng.choice(['"', "'"])
+            noise = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+            text += f"{rng.choice(['; ', ' ; ', ';'])}os_name == {quote}{noise}{quote}"
+        text += rng.choice(["", " ", "\\"])
+        valid = accepted(
+            {"lambdaFunction": "fix", "sourceCode": "print(1)\n", "dependencies": [text]}
+        )
+        if valid is None:
+            continue
+        kept += 1
+        rendered = valid.runtime.render(valid.runtime_version, valid.dependencies, SETTINGS)
+        read = pip_reads(rendered.manifests["requirements.txt"])
+        assert [str(Requirement(r)) for r in read] == [d for _, d in valid.dependencies], text
+    assert kept > 200
+
+
+def test_go_agrees_on_every_generated_module_version_we_accept() -> None:
+    """A differential over generated module@version (fixed seed): `go mod edit -json` reads
+    every go.mod we would write. It found prerelease ids with leading zeros ('v1.0.0-01')."""
+    rng = random.Random(4)
+    elements = [
+        "a", "b.v2", "v2", "v1", "v0", "v3", "yaml.v3", "x~1", "CON", "-x", "x-", "a.b", "A",
+        "_u", "v02", "yaml.v2-unstable", "a..b", "x.", "~", "aux1",
+    ]  # fmt: skip
+    versions = [
+        "v1.0.0", "v2.0.0", "v2.0.0+incompatible", "v0.1.0", "v3.1.0", "v1.0.0-rc.1",
+        "v1.0.0-01", "v2.1.0-beta+incompatible", "v10.0.0", "v1.0.0-0a", "v1.0.0-a..b",
+    ]  # fmt: skip
+    kept = 0
+    for _ in range(300):
+        path = rng.choice(["github.com", "gopkg.in", "example.com", "Example.com"])
+        path += "".join("/" + rng.choice(elements) for _ in range(rng.randint(1, 3)))
+        spec = f"{path}@{rng.choice(versions)}"
+        valid = accepted(
+            {"lambdaFunction": "fix", "runtime": "go", "dependencies": [spec],
+             "sourceCode": "package main\n\nfunc main() {}\n"}
+        )  # fmt: skip
+        if valid is None:
+            continue
+        kept += 1
+        rendered = valid.runtime.render(valid.runtime_version, valid.dependencies, SETTINGS)
+        assert go_mod_reads(rendered.manifests["go.mod"]) == list(valid.dependencies), spec
+    assert kept > 20
+
+
 @pytest.mark.parametrize(
     "source",
     [

@@ -24,7 +24,8 @@ _BAD_PATH_MAJOR = re.compile(r".*/v(?:0|1|0[0-9]+)")
 _GOPKG = re.compile(r"gopkg\.in/(?:[^/]+/)?[^/.]+\.v(?P<major>0|[1-9][0-9]*)(?:-unstable)?")
 _SEMVER = re.compile(
     r"v(?P<major>0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
-    r"(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(?P<build>\+incompatible)?"
+    r"(-(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)(\.(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*))*)?"
+    r"(?P<build>\+incompatible)?"
 )
 _MAX_PATH = 300
 

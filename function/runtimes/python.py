@@ -7,6 +7,7 @@ import io
 import re
 import sys
 import tokenize
+import warnings
 
 import tree_sitter_python
 from packaging.requirements import InvalidRequirement, Requirement
@@ -19,6 +20,9 @@ from .base import Dependencies, Pinned, Rendered, Runtime, as_list, duplicates, 
 from .treesitter import TreeSitterGrammar, too_deep
 
 _GRAMMAR = TreeSitterGrammar(tree_sitter_python.language(), "Python")
+# compile() of the caller's source and packaging's reading of marker strings (ast.literal_eval)
+# warn about the caller's text (invalid escape sequences): not ours to log, so never printed.
+warnings.filterwarnings("ignore", category=SyntaxWarning)
 
 _PIP_LINE = re.compile(r"[ -~]+")
 """A requirement line: printable ASCII. pip's requirements-file reader splits lines on every
