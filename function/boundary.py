@@ -93,6 +93,25 @@ def header_value(value: object) -> str | None:
     return value if all(" " <= c <= "~" for c in value) else None
 
 
+TRACE_CONTEXT_MAX = 512
+"""W3C trace context: `traceparent` is 55 characters, `tracestate` at most 512."""
+_TRACE_CONTEXT = re.compile(r"[\x20-\x7e]{1,512}")
+
+
+def trace_context(carrier: Mapping[str, Any] | None) -> dict[str, str]:
+    """`traceparent` and `tracestate` from an event or HTTP headers, only when they are printable
+    ASCII within the W3C bound: the propagator checks the rest, but it logs what it refuses
+    whole, so nothing else reaches it."""
+    if carrier is None:
+        return {}
+    found = {}
+    for key in ("traceparent", "tracestate"):
+        value = carrier.get(key)
+        if isinstance(value, str) and _TRACE_CONTEXT.fullmatch(value):
+            found[key] = value
+    return found
+
+
 @dataclass(frozen=True)
 class EventIdentity:
     """The incoming event's `id` and `source`, fit for records, replies and logs.

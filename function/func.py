@@ -79,8 +79,14 @@ def handle(app: App, event: CloudEvent | None, headers: Mapping[str, str] | None
             f"{', '.join(sorted(accepted))}",
         )
     identity = boundary.event_identity(event.get_attributes())
-    attributes = {**event.get_attributes(), "id": identity.id, "source": identity.source}
-    with app.telemetry.request(attributes, headers):
+    attributes = {
+        key: value
+        for key, value in event.get_attributes().items()
+        if key in ("type", "specversion")
+    }
+    attributes |= {"id": identity.id, "source": identity.source}
+    attributes |= boundary.trace_context(event.get_attributes())
+    with app.telemetry.request(attributes, boundary.trace_context(headers)):
         if kind == contract.PING:
             if identity.problem:
                 return _http_error(400, identity.problem)

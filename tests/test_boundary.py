@@ -420,3 +420,41 @@ def test_a_structured_body_that_does_not_decode_is_a_400_that_says_so(
     )
     assert response.status_code == 400
     assert "does not decode" in response.json()["error"]
+
+
+def test_trace_context_that_is_not_printable_ascii_never_reaches_a_log_or_header(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+    from werkzeug.test import Client
+
+    from function import server as function_server
+    from function.app import App
+    from function.telemetry import Telemetry
+
+    app = App.from_settings(
+        Settings(fs_root=tmp_path), telemetry=Telemetry(MeterProvider(), TracerProvider())
+    )
+    client = Client(function_server.wsgi_app(app))
+    body = json.dumps(
+        {
+            "specversion": "1.0",
+            "type": "remediation.buildcontext.requested",
+            "id": "trace-1",
+            "source": "/agent",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "tracestate": "a=b\r\nX-Injected: 1",
+            "data": {"lambdaFunction": "fix", "sourceCode": "print(1)\n"},
+        }
+    )
+    with caplog.at_level("DEBUG"):
+        response = client.post(
+            "/", data=body, headers={"Content-Type": "application/cloudevents+json"}
+        )
+    app.close()
+    assert response.status_code == 200
+    assert response.headers["ce-type"] == "buildcontext.created"
+    assert response.headers.get("ce-tracestate") is None
+    assert response.headers["ce-traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    assert not [r for r in caplog.records if "X-Injected" in r.getMessage()]
