@@ -107,6 +107,43 @@ def test_messages_quote_at_most_a_bounded_prefix() -> None:
     assert "\n" not in error.message and "\r" not in error.message
 
 
+LONG = "Z\n" * 5000
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        python(lambdaFunction=LONG),
+        python(runtime=LONG),
+        python(runtimeVersion=LONG),
+        python(namespace=LONG),
+        python(metadata={LONG: "x"}),
+        python(files={LONG: "x"}),
+        python(dependencies=[LONG]),
+        python(dependencies=["requests @ https://h/" + LONG]),
+        python(dependencies=["x" * 10_000, "x" * 10_000]),
+        python(**{LONG: 1}),
+        python(owner={"apiVersion": LONG, "kind": LONG, "name": LONG, "uid": LONG}),
+        node({LONG: "^1.0.0"}),
+        node({"left-pad": LONG}),
+        go([LONG + "@v1.0.0"]),
+        go(["github.com/a/b@" + LONG]),
+    ],
+    ids=lambda data: (
+        next(k for k, v in data.items() if LONG in json.dumps(v) or LONG in k)
+        if any(LONG in k or LONG in json.dumps(v) for k, v in data.items())
+        else "dup"
+    ),
+)
+def test_no_message_quotes_a_10kb_value_whole(data: dict[str, Any]) -> None:
+    error = refused(data)
+    for message in [error.message, *(e.message for e in error.errors)]:
+        assert len(message) < 600, message[:200]
+        assert "\n" not in message
+    for detail in error.errors:
+        assert len(detail.field or "") < 200 and len(detail.file or "") < 200
+
+
 @pytest.mark.parametrize(
     ("identity", "field"),
     [

@@ -236,6 +236,8 @@ def test_generated_requests_through_the_real_app(
         assert caller_reason(reply), reply
         assert reply["retryable"] is False
         assert len(response.get_data()) < 64 * 1024
+        for message in [reply["message"], *(e["message"] for e in reply.get("errors", []))]:
+            assert len(message) < 1000 and "\n" not in message, message[:200]
         assert stored_files(root) == before
         return
     assert kind == "buildcontext.created"

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..boundary import quote
 from ..errors import FieldError, InvalidRequest
 from ..settings import Settings
 
@@ -82,7 +83,7 @@ def duplicates(names: list[tuple[int, str]]) -> list[FieldError]:
         if name in seen:
             problems.append(
                 FieldError(
-                    f"{name!r} is listed twice (also dependencies[{seen[name]}]); keep one entry",
+                    f"{quote(name)} is listed twice (also dependencies[{seen[name]}]); keep one entry",
                     field=f"dependencies[{index}]",
                 )
             )

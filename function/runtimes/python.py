@@ -89,7 +89,9 @@ class PythonRuntime(Runtime):
             except InvalidRequirement as exc:
                 problems.append(
                     FieldError(
-                        f"{text!r} is not a PEP 508 requirement ({exc}); write e.g. 'requests>=2.31'",
+                        f"{quote(text)} is not a PEP 508 requirement "
+                        f"({quote(str(exc).splitlines()[0] if str(exc) else '', 120)}); "
+                        "write e.g. 'requests>=2.31'",
                         field=where,
                     )
                 )
@@ -97,7 +99,7 @@ class PythonRuntime(Runtime):
             if requirement.url and not settings.allow_url_dependencies:
                 problems.append(
                     FieldError(
-                        f"{text!r} installs from a URL; only index packages are allowed "
+                        f"{quote(text)} installs from a URL; only index packages are allowed "
                         "(set BUILD_CONTEXT_ALLOW_URL_DEPENDENCIES=true to permit URLs)",
                         field=where,
                     )
