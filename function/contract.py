@@ -60,10 +60,16 @@ class BuildContextRequest(_Model):
     )
     ttl_seconds: int | None = Field(None, description="Lifetime; capped by configuration.")
     metadata: dict[str, str] = Field(
-        default_factory=dict, description="Kept with the context and echoed in the reply."
+        default_factory=dict,
+        description="Kept with the context (at most 768 bytes as ASCII JSON); the reply reports "
+        "what is stored.",
     )
     namespace: str | None = Field(None, description="Target namespace, if allowed.")
-    owner: OwnerReference | None = Field(None, description="Owning object, for garbage collection.")
+    owner: OwnerReference | None = Field(
+        None,
+        description="Owning object, for garbage collection, while no other request shares the "
+        "context.",
+    )
 
 
 class Storage(_Model):
