@@ -89,11 +89,8 @@ def _field_error(error: Any) -> FieldError:
     return FieldError(f"{error['msg']}", field=loc)
 
 
-function_name_problem = boundary.dns_label_problem
-
-
 def validate(request: BuildContextRequest, settings: Settings) -> ValidRequest:
-    problem = function_name_problem(request.lambda_function)
+    problem = boundary.dns_label_problem(request.lambda_function)
     if problem:
         message = f"lambdaFunction: {quote(request.lambda_function)} {problem}"
         raise InvalidRequest(message, [FieldError(message, field="lambdaFunction")])
