@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .cleanup import CleanupService
-from .service import BuildContextService
+from .create import CreateService
 from .settings import Settings, load_settings
 from .stores import Store, open_store
 from .stores.traced import TracedStore
@@ -15,8 +16,8 @@ from .telemetry import Exporters, Telemetry, install_exporters
 @dataclass
 class App:
     settings: Settings
-    service: BuildContextService
-    stores: list[Store]
+    create: CreateService
+    stores: list[Store[Any]]
     telemetry: Telemetry
     cleanup: CleanupService
     exporters: Exporters | None = None
@@ -41,11 +42,11 @@ class App:
             if settings.overflow_storage and settings.overflow_storage != settings.storage
             else None
         )
-        service = BuildContextService(settings, primary, overflow, telemetry)
-        stores: list[Store] = [primary, *([overflow] if overflow else [])]
+        create = CreateService(settings, primary, overflow, telemetry)
+        stores: list[Store[Any]] = [primary, *([overflow] if overflow else [])]
         cleanup = CleanupService(stores, settings, telemetry=telemetry)
         telemetry.declare([s.backend for s in stores], settings.handlers in ("all", "cleanup"))
-        return cls(settings, service, stores, telemetry, cleanup, exporters)
+        return cls(settings, create, stores, telemetry, cleanup, exporters)
 
     def close(self) -> None:
         for store in self.stores:

@@ -131,13 +131,13 @@ _PING_DATA = (
 def _create(app: App, event: CloudEvent, identity: boundary.EventIdentity) -> CloudEvent:
     request_id = identity.id
     start = time.perf_counter()
-    attributes = {"store": app.service.store.backend, "runtime": _runtime_hint(event.data)}
+    attributes = {"store": app.create.store.backend, "runtime": _runtime_hint(event.data)}
     try:
         if identity.problem:
             raise InvalidRequest(
                 identity.problem, [FieldError(identity.problem, field=identity.field)]
             )
-        created = app.service.create(event.data, request_id)
+        created = app.create.run(event.data, request_id)
     except BuildContextError as error:
         return _failed(app, event, identity, error, attributes, start)
     except Exception as error:

@@ -13,16 +13,17 @@ from typing import Any
 import pytest
 
 from function import boundary
+from function.create import CreateService
 from function.errors import (
     BuildContextError,
     InvalidRequest,
     InvalidSource,
 )
-from function.service import BuildContextService
 from function.settings import Settings
 from function.stores.base import ContextRecord
 from function.stores.filesystem import FilesystemStore
-from function.stores.s3 import METADATA_BUDGET, object_metadata
+from function.stores.s3 import object_metadata
+from function.stores.s3.codec import METADATA_BUDGET
 from function.validation import parse, validate
 from tests.support.server import FunctionServer, encode
 
@@ -389,9 +390,9 @@ def test_owner_references_are_checked_as_kubernetes_would(
 
 
 def test_a_reuse_replies_with_the_stored_metadata_and_the_storing_request(tmp_path: Path) -> None:
-    service = BuildContextService(SETTINGS, FilesystemStore(tmp_path))
-    first = service.create(python(metadata={"ticket": "INC-1"}), "req-1")
-    again = service.create(python(metadata={"ticket": "INC-2"}), "req-2")
+    service = CreateService(SETTINGS, FilesystemStore(tmp_path))
+    first = service.run(python(metadata={"ticket": "INC-1"}), "req-1")
+    again = service.run(python(metadata={"ticket": "INC-2"}), "req-2")
 
     assert again.reused
     assert again.metadata == first.metadata == {"ticket": "INC-1"}
@@ -485,7 +486,7 @@ def test_trace_context_that_is_not_printable_ascii_never_reaches_a_log_or_header
     app = App.from_settings(
         Settings(fs_root=tmp_path), telemetry=Telemetry(MeterProvider(), TracerProvider())
     )
-    client = Client(function_server.wsgi_app(app))
+    client = Client(function_server.wsgi_app(app)[0])
     body = json.dumps(
         {
             "specversion": "1.0",

@@ -84,7 +84,7 @@ SOURCES = {
 }  # fmt: skip
 
 
-VALID = {
+VALID: dict[str, dict[str, Any]] = {
     "python": {"sourceCode": "print(1)\n", "dependencies": ["requests>=2.31"]},
     "nodejs": {"sourceCode": "console.log(1);\n", "dependencies": {"left-pad": "^1.3.0"}},
     "go": {
@@ -154,7 +154,7 @@ def requests_(draw: st.DrawFn) -> tuple[Any, dict[str, str]]:
 def flask_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
     root = tmp_path_factory.mktemp("fuzz") / "contexts"
     app = App.from_settings(Settings(fs_root=root), telemetry=NOOP)
-    gate = function_server.wsgi_app(app)
+    gate, _ = function_server.wsgi_app(app)
     from werkzeug.test import Client
 
     yield Client(gate), root
@@ -198,11 +198,12 @@ def check_consumers(reply: dict[str, Any], archive: bytes) -> None:
         assert [str(Requirement(r)) for r in read] == wanted
         assert python_compiles(files["remediation.py"]) or reply["warnings"]
     elif runtime == "nodejs":
-        dependencies = json.loads(files["package.json"])["dependencies"]
-        for (name, spec), read in zip(
-            dependencies.items(), npm_reads(list(dependencies.items())), strict=True
+        npm_dependencies: dict[str, str] = json.loads(files["package.json"])["dependencies"]
+        for (name, spec), npm_read in zip(
+            npm_dependencies.items(), npm_reads(list(npm_dependencies.items())), strict=True
         ):
-            assert read["type"] in ("range", "version") and read["rawSpec"] == spec, (name, read)
+            assert npm_read["type"] in ("range", "version"), (name, npm_read)
+            assert npm_read["rawSpec"] == spec, (name, npm_read)
     else:
         go_mod_reads(files["go.mod"].decode())
 

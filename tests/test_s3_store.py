@@ -6,7 +6,6 @@ import base64
 import hashlib
 import http.client
 import logging
-import os
 import socket
 import threading
 import tracemalloc
@@ -14,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -23,11 +22,6 @@ import boto3
 import kubernetes.client
 import pytest
 import yaml
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from function import archive
 from function.archive import Archive
@@ -39,93 +33,31 @@ from function.errors import (
     StorageUnavailable,
 )
 from function.settings import load_settings
-from function.stores import open_store, s3
-from function.stores.base import RETAIN, ContextRecord, Listed
-from function.stores.s3 import S3Store
+from function.stores import open_store
+from function.stores.base import RETAIN, ContextRecord, Deletion, Listed
+from function.stores.s3 import ClaimTimes, S3Store
 from function.stores.traced import TracedStore
 from function.telemetry import Telemetry
 from tests.conftest import StartServer
 from tests.support.contexts import ROOT, example, members
 from tests.support.kube import KubeAPIServer
+from tests.support.records import FAST_RETRIES, FAST_RETRIES_ENV, NOW, incompressible, record
 from tests.support.seaweed import SeaweedS3
 from tests.support.server import free_port
+from tests.support.telemetry import TelemetryRecorder
 
 pytestmark = pytest.mark.s3
 
 MIB = 1024 * 1024
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-FAST_RETRIES = {"retry_attempts": 3, "retry_base_delay_seconds": 0.001}
-
-
-def incompressible(size: int) -> Archive:
-    """Random bytes standing in for a large archive: the store only moves bytes."""
-    data = os.urandom(size)
-    digest = hashlib.sha256(data).hexdigest()
-    return Archive(data, digest, digest, ())
-
-
-def record(
-    built: Archive,
-    at: datetime = NOW,
-    ttl: timedelta = timedelta(hours=1),
-    function: str = "fix-it",
-    namespace: str = "team-a",
-    **changes: Any,
-) -> ContextRecord:
-    fields: dict[str, Any] = {"request_id": "req-1", **changes}
-    return ContextRecord(
-        namespace=namespace,
-        function=function,
-        runtime="python",
-        runtime_version="3.13",
-        content_hash=built.content_hash,
-        archive_sha256=built.archive_sha256,
-        size_bytes=built.size_bytes,
-        created_at=at,
-        expires_at=at + ttl,
-        **fields,
-    )
 
 
 def small(text: str = "print(1)\n") -> Archive:
     return archive.build({"remediation.py": text, "Dockerfile": "FROM python:3.13-slim\n"})
 
 
-class Recorder:
-    """Telemetry with in-memory SDK readers: what an exporter would have received."""
-
-    def __init__(self) -> None:
-        self.metrics = InMemoryMetricReader()
-        self.spans = InMemorySpanExporter()
-        tracer_provider = TracerProvider()
-        tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
-        self.telemetry = Telemetry(MeterProvider(metric_readers=[self.metrics]), tracer_provider)
-
-    def retries(self) -> int:
-        data = self.metrics.get_metrics_data()
-        return sum(
-            int(point.value)
-            for resource in (data.resource_metrics if data else [])
-            for scope in resource.scope_metrics
-            for metric in scope.metrics
-            if metric.name == "build_context.storage.retries"
-            for point in metric.data.data_points
-        )
-
-    def span_names(self) -> list[str]:
-        return [span.name for span in self.spans.get_finished_spans()]
-
-
 @pytest.fixture
 def admin(seaweed: SeaweedS3) -> Any:
     return seaweed.client()
-
-
-@pytest.fixture
-def bucket(admin: Any) -> str:
-    name = f"ctx-{uuid.uuid4().hex[:12]}"
-    admin.create_bucket(Bucket=name)
-    return name
 
 
 def open_s3(
@@ -134,6 +66,7 @@ def open_s3(
     endpoint: str | None = None,
     identity: str = "admin",
     telemetry: Telemetry | None = None,
+    parts: dict[str, Any] | None = None,
     **settings: Any,
 ) -> S3Store:
     credentials = seaweed.admin if identity == "admin" else seaweed.restricted
@@ -148,7 +81,9 @@ def open_s3(
         s3_region=seaweed.region,
         **{**FAST_RETRIES, **settings},
     )
-    store = S3Store.from_settings(loaded, telemetry or Recorder().telemetry, session)
+    store = S3Store.from_settings(
+        loaded, telemetry or TelemetryRecorder().telemetry, session, **(parts or {})
+    )
     store.check()
     return store
 
@@ -377,7 +312,7 @@ class FaultyS3Proxy:
                     self.end_headers()
                     self.wfile.write(error)
                     return
-                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                upstream = http.client.HTTPConnection(str(target.hostname), target.port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
@@ -415,7 +350,7 @@ def test_throttling_is_retried_with_backoff_until_it_succeeds(
     def fault(method: str, query: dict[str, list[str]]) -> str | None:
         return "slow-down" if method == "PUT" and next(throttled, False) else None
 
-    recorder = Recorder()
+    recorder = TelemetryRecorder()
     built = small()
     with FaultyS3Proxy(seaweed.endpoint_url, fault) as proxy:
         store = open_s3(seaweed, bucket, proxy.url, telemetry=recorder.telemetry)
@@ -434,7 +369,7 @@ def test_a_multipart_upload_failing_midway_is_aborted_and_leaves_nothing(
     def fault(method: str, query: dict[str, list[str]]) -> str | None:
         return "slow-down" if query.get("partNumber") == ["2"] else None
 
-    recorder = Recorder()
+    recorder = TelemetryRecorder()
     built = incompressible(11 * MIB)
     with FaultyS3Proxy(seaweed.endpoint_url, fault) as proxy:
         store = open_s3(
@@ -474,7 +409,7 @@ def test_access_denied_is_storage_forbidden_without_retries(seaweed: SeaweedS3, 
     """The restricted identity may only read: start-up warns, the upload is refused."""
     if seaweed.restricted_bucket not in {b["Name"] for b in admin.list_buckets()["Buckets"]}:
         admin.create_bucket(Bucket=seaweed.restricted_bucket)
-    recorder = Recorder()
+    recorder = TelemetryRecorder()
     store = open_s3(
         seaweed, seaweed.restricted_bucket, identity="restricted", telemetry=recorder.telemetry
     )
@@ -492,7 +427,7 @@ def test_access_denied_is_storage_forbidden_without_retries(seaweed: SeaweedS3, 
 def test_an_unreachable_endpoint_is_retried_then_storage_unavailable(
     seaweed: SeaweedS3,
 ) -> None:
-    recorder = Recorder()
+    recorder = TelemetryRecorder()
     store = open_s3(
         seaweed, "nowhere", f"http://127.0.0.1:{free_port()}", telemetry=recorder.telemetry
     )
@@ -559,7 +494,7 @@ def test_a_shared_bucket_lists_and_deletes_only_our_objects(
         b.content_hash for b in ours
     )
     assert [item.record.namespace for item in in_team_b] == ["team-b"]
-    assert deleted == [True, True, True]
+    assert deleted == [Deletion.DELETED] * 3
     assert sorted(keys(admin, bucket)) == sorted(foreign)
     occupied = replace(record(ours[0]), content_hash="f" * 64)
     with pytest.raises(StorageConflict, match="not written by build-context"):
@@ -584,8 +519,8 @@ def test_delete_rechecks_the_freshest_record_and_honours_the_retain_tag(
     def expired(r: ContextRecord) -> bool:
         return not r.retain and r.expired(later)
 
-    assert store.delete(listed[refreshed.content_hash], expired) is False
-    assert store.delete(listed[pinned.content_hash], expired) is False
+    assert store.delete(listed[refreshed.content_hash], expired) is Deletion.KEPT
+    assert store.delete(listed[pinned.content_hash], expired) is Deletion.KEPT
     assert len(keys(admin, bucket)) == 2
     assert {item.record.content_hash: item.record.retain for item in store.list()} == {
         refreshed.content_hash: False,
@@ -597,12 +532,12 @@ def test_delete_rechecks_the_freshest_record_and_honours_the_retain_tag(
     ], "a refresh keeps the pin"
 
 
-def test_delete_of_an_object_gone_meanwhile_is_false(store: S3Store, admin: Any) -> None:
+def test_delete_of_an_object_gone_meanwhile_says_gone(store: S3Store, admin: Any) -> None:
     built = small()
     stored = store.put_if_absent(built, record(built))
     [item] = store.list()
     admin.delete_object(Bucket=stored.storage["bucket"], Key=stored.storage["key"])
-    assert store.delete(item, lambda r: True) is False
+    assert store.delete(item, lambda r: True) is Deletion.GONE
 
 
 def test_refresh_recreates_an_object_deleted_by_cleanup_meanwhile(
@@ -665,13 +600,14 @@ def test_a_reuse_racing_cleanups_delete_is_never_lost(
     def still_expired(r: ContextRecord) -> bool:
         return r.expired(NOW + timedelta(hours=2))
 
+    deleted: Deletion | Exception
     if how == "delete":
         deleted = store.delete(item, still_expired)
     else:
         [deleted] = store.delete_many([item], still_expired)
     racer.join()
 
-    assert deleted is True
+    assert deleted is Deletion.DELETED
     assert sent == {"delete": ["DeleteObject"] * 2, "delete_many": ["DeleteObjects"] * 2}[how]
     assert outcome[0].reused is False, "the request found its context deleted and wrote it again"
     assert admin.get_object(Bucket=bucket, Key=key)["Body"].read() == built.data
@@ -681,7 +617,7 @@ def test_a_reuse_racing_cleanups_delete_is_never_lost(
     assert keys(admin, bucket) == [key], "the claim is released"
 
 
-def expired_contexts(store: S3Store, count: int) -> list[Listed]:
+def expired_contexts(store: S3Store, count: int) -> list[Listed[Any]]:
     """`count` contexts of functions fn-0, fn-1, ..., in that order; all expired by LATER."""
     for i in range(count):
         built = small(f"print({i})\n")
@@ -721,7 +657,8 @@ def test_delete_many_rechecks_each_context_and_deletes_the_page_in_one_call(
 
     outcomes = store.delete_many(items, expired_later)
 
-    assert list(outcomes) == [True, True, True, False, False, False, False]
+    kept, gone = [Deletion.KEPT] * 2, [Deletion.GONE] * 2
+    assert list(outcomes) == [Deletion.DELETED] * 3 + kept + gone
     assert sent.count("DeleteObjects") == 2, "one call deletes the page, one releases the claims"
     assert md5_checked == [True, True]
     assert "DeleteObject" not in sent and sent.count("PutObject") == 7, "a claim per context"
@@ -741,7 +678,7 @@ def test_delete_many_keeps_a_context_overwritten_after_its_recheck(
             admin.put_object(Bucket=bucket, Key=key, Body=b"rewritten", Metadata=metadata)
 
     store.client.meta.events.register("before-parameter-build.s3.DeleteObjects", overwrite)
-    assert list(store.delete_many([item], expired_later)) == [False]
+    assert list(store.delete_many([item], expired_later)) == [Deletion.KEPT]
     assert admin.get_object(Bucket=bucket, Key=key)["Body"].read() == b"rewritten"
     assert keys(admin, bucket) == [key], "the claim is released"
 
@@ -776,39 +713,39 @@ def test_a_key_s3_did_not_delete_is_counted_and_logged_and_the_rest_go(
 
 
 def test_delete_many_splits_a_page_beyond_the_delete_objects_limit(
-    store: S3Store, admin: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+    seaweed: SeaweedS3, admin: Any, bucket: str
 ) -> None:
+    store = open_s3(seaweed, bucket, parts={"delete_batch_limit": 2})
     items = expired_contexts(store, 5)
-    monkeypatch.setattr(s3, "DELETE_BATCH_LIMIT", 2)
     sent = calls(store, "DeleteObjects")
-    assert list(store.delete_many(items, expired_later)) == [True] * 5
+    assert list(store.delete_many(items, expired_later)) == [Deletion.DELETED] * 5
     assert len(sent) == 6, "three calls delete 2 + 2 + 1 contexts, three release the claims"
     assert keys(admin, bucket) == []
 
 
 def test_delete_many_sends_no_delete_once_the_claims_are_older_than_the_hold(
-    store: S3Store, admin: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+    seaweed: SeaweedS3, admin: Any, bucket: str
 ) -> None:
     """A delete sent later could land after a request took the claim for stale."""
+    store = open_s3(seaweed, bucket, parts={"claim_times": ClaimTimes(hold=0.0)})
     items = expired_contexts(store, 3)
-    monkeypatch.setattr(s3, "CLAIM_HOLD_SECONDS", 0.0)
     deleting: list[str] = []
 
     def record_keys(params: dict[str, Any], **_: Any) -> None:
         deleting.extend(o["Key"] for o in params["Delete"]["Objects"])
 
     store.client.meta.events.register("before-parameter-build.s3.DeleteObjects", record_keys)
-    assert list(store.delete_many(items, expired_later)) == [False] * 3
+    assert list(store.delete_many(items, expired_later)) == [Deletion.KEPT] * 3
     assert len(deleting) == 3 and all(key.endswith(".deleting") for key in deleting)
     assert sorted(keys(admin, bucket)) == sorted(item.handle.key for item in items)
 
 
 def test_cleanup_through_the_traced_store_deletes_a_page_in_one_span(
-    store: S3Store, admin: Any
+    seaweed: SeaweedS3, bucket: str, admin: Any
 ) -> None:
+    recorder = TelemetryRecorder()
+    store = open_s3(seaweed, bucket, telemetry=recorder.telemetry)
     expired_contexts(store, 4)
-    recorder = Recorder()
-    store.telemetry = recorder.telemetry
     settings = load_settings(namespace="team-a", keep_latest=0, cleanup_grace_seconds=0)
     traced = TracedStore(store, recorder.telemetry)
     [summary] = CleanupService([traced], settings, lambda: LATER).run().stores
@@ -840,8 +777,7 @@ def s3_env(
     return {
         "BUILD_CONTEXT_STORAGE": "s3",
         **seaweed.function_env(bucket, credentials),
-        "BUILD_CONTEXT_RETRY_ATTEMPTS": "3",
-        "BUILD_CONTEXT_RETRY_BASE_DELAY_SECONDS": "0.01",
+        **FAST_RETRIES_ENV,
         **extra,
     }
 

@@ -1,4 +1,6 @@
-"""The use-cases. They know the Store interface, never a backend."""
+"""The create use-case: request -> validated -> rendered -> archived -> stored -> reply data.
+
+It knows the Store interface, never a backend (the cleanup use-case is cleanup.py)."""
 
 from __future__ import annotations
 
@@ -17,14 +19,14 @@ from .validation import ValidRequest, parse, validate
 
 
 @dataclass
-class BuildContextService:
+class CreateService:
     settings: Settings
-    store: Store
-    overflow: Store | None = None
+    store: Store[Any]
+    overflow: Store[Any] | None = None
     telemetry: Telemetry = NOOP
     clock: Callable[[], datetime] = utcnow
 
-    def create(self, data: Any, request_id: str) -> BuildContextCreated:
+    def run(self, data: Any, request_id: str) -> BuildContextCreated:
         attributes = {"store": self.store.backend, "runtime": "unknown"}
         with self.telemetry.stage("validate", attributes):
             request = parse(data)
@@ -80,7 +82,7 @@ class BuildContextService:
     def _namespace(self, request: BuildContextRequest) -> str:
         home = self.settings.home_namespace
         wanted = request.namespace or home
-        if wanted != home and wanted not in self.settings.extra_namespaces:
+        if wanted not in self.settings.namespaces:
             message = (
                 f"namespace: {wanted!r} is not allowed; this function writes to {home!r}"
                 + (
