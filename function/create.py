@@ -74,7 +74,9 @@ class CreateService:
             reused=stored.reused,
             overflow=overflowed,
             request_id=request_id,
-            metadata=dict(valid.metadata),
+            created_by_request_id=stored.record.request_id,
+            metadata=dict(stored.record.metadata),
+            warnings=list(valid.warnings),
         )
 
     def _namespace(self, request: BuildContextRequest) -> str:

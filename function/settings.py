@@ -14,11 +14,11 @@ from typing import Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .boundary import is_dns_label
 from .errors import ConfigurationError
 
 PREFIX = "BUILD_CONTEXT_"
-_IMAGE_REF = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+|\{version\})*([:@][\w.{}-]+)?$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_IMAGE_REF = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+|\{version\})*([:@][A-Za-z0-9_.{}-]+)?$")
 
 
 class Settings(BaseSettings):
@@ -165,7 +165,7 @@ class Settings(BaseSettings):
     @field_validator("python_image", "nodejs_image", "go_build_image", "go_runtime_image")
     @classmethod
     def _image_reference(cls, value: str) -> str:
-        if not _IMAGE_REF.match(value):
+        if not _IMAGE_REF.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not an image reference (lowercase name, optional :tag, "
                 "`{version}` where the runtime version goes)"
@@ -175,7 +175,7 @@ class Settings(BaseSettings):
     @field_validator("registry_mirror")
     @classmethod
     def _mirror(cls, value: str) -> str:
-        if value and not re.match(r"^[a-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*/$", value):
+        if value and not re.fullmatch(r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*/", value):
             raise ValueError(f"{value!r} must be a registry host and path ending in '/'")
         return value
 
@@ -194,7 +194,7 @@ class Settings(BaseSettings):
         if uses_s3 and not self.s3_bucket:
             raise ValueError("BUILD_CONTEXT_S3_BUCKET is required when S3 is used")
         for ns in self.extra_namespaces:
-            if not _DNS_LABEL.match(ns):
+            if not is_dns_label(ns):
                 raise ValueError(
                     f"BUILD_CONTEXT_ALLOWED_NAMESPACES: {ns!r} is not a namespace name"
                 )

@@ -47,7 +47,8 @@ ADMIN_USER = "admin"
 
 
 def kube_bin_dir() -> Path:
-    """Directory holding kube-apiserver, kubectl and etcd, building them if needed."""
+    """Directory holding kube-apiserver, kubectl, kube-controller-manager and etcd, building
+    them if needed."""
     if env_dir := os.environ.get("KUBE_BIN_DIR"):
         return Path(env_dir)
     result = subprocess.run(
