@@ -18,6 +18,7 @@ import argparse
 import statistics
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -61,21 +62,38 @@ def fill_function(env: dict[str, str], count: int) -> Any:
     return store, settings
 
 
-def run_function(env: dict[str, str], count: int) -> float:
+class Requests:
+    """Counts the HTTP requests a client sends while `counting` is set (its event hook)."""
+
+    def __init__(self, client: Any) -> None:
+        self.counts: Counter[str] = Counter()
+        self.counting = False
+        client.meta.events.register("before-send.s3", self._sent)
+
+    def _sent(self, event_name: str = "", **_: Any) -> None:
+        if self.counting:
+            self.counts[event_name.rsplit(".", 1)[-1]] += 1
+
+
+def run_function(env: dict[str, str], count: int, sent: Counter[str]) -> float:
     store, settings = fill_function(env, count)
+    requests = Requests(store.client)
     try:
+        requests.counting = True
         started = time.perf_counter()
         completed = CleanupService([store], settings).run()
         took = time.perf_counter() - started
+        requests.counting = False
     finally:
         store.close()
+    sent.update(requests.counts)
     (summary,) = completed.stores
     if summary.deleted != count or summary.errors:
         raise SystemExit(f"the function's cleanup did not delete all {count}: {summary}")
     return took
 
 
-def run_floor(client: Any, bucket: str, count: int) -> float:
+def run_floor(client: Any, bucket: str, count: int, sent: Counter[str]) -> float:
     prefix = f"floor-{uuid.uuid4().hex[:8]}/"
     body = archive.build({"remediation.py": "# floor\n"}).data
 
@@ -85,6 +103,8 @@ def run_floor(client: Any, bucket: str, count: int) -> float:
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(put, range(count)))
+    requests = Requests(client)
+    requests.counting = True
     started = time.perf_counter()
     deleted = 0
     pages = client.get_paginator("list_objects_v2").paginate(
@@ -99,6 +119,8 @@ def run_floor(client: Any, bucket: str, count: int) -> float:
                 raise SystemExit(f"floor: DeleteObjects failed: {reply['Errors'][:1]}")
             deleted += len(batch)
     took = time.perf_counter() - started
+    requests.counting = False
+    sent.update(requests.counts)
     if deleted != count:
         raise SystemExit(f"floor deleted {deleted} of {count}")
     return took
@@ -118,13 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         client.create_bucket(Bucket=bucket)
         env = {"BUILD_CONTEXT_STORAGE": "s3", **seaweed.function_env(bucket)}
         times: dict[str, list[float]] = {"function": [], "floor": []}
+        sent: dict[str, Counter[str]] = {"function": Counter(), "floor": Counter()}
         for index in range(args.rounds):
             order = ["function", "floor"] if index % 2 == 0 else ["floor", "function"]
             for who in order:
                 took = (
-                    run_function(env, args.contexts)
+                    run_function(env, args.contexts, sent[who])
                     if who == "function"
-                    else run_floor(client, bucket, args.contexts)
+                    else run_floor(seaweed.client(), bucket, args.contexts, sent[who])
                 )
                 times[who].append(took)
                 print(f"round {index + 1}: {who} {took:.2f} s", flush=True)
@@ -134,18 +157,27 @@ def main(argv: list[str] | None = None) -> int:
         f"\n## Cleanup of {args.contexts:,} S3 contexts on SeaweedFS against the floor "
         f"(median of {args.rounds} alternating rounds)\n"
     )
-    table = Table(["", "seconds", "ms per context", "ratio"])
+    table = Table(["", "seconds", "ms per context", "ratio", "requests per context"])
     print(table.header())
     ours, least = statistics.median(times["function"]), statistics.median(times["floor"])
-    for name, value in (
-        ("function (claims, re-checks)", ours),
-        ("floor (list + DeleteObjects)", least),
+    total = args.contexts * args.rounds
+    for name, value, who in (
+        ("function (claims, re-checks)", ours, "function"),
+        ("floor (list + DeleteObjects)", least, "floor"),
     ):
+        per = sum(sent[who].values()) / total
         print(
             table.add(
-                name, f"{value:.2f}", f"{value / args.contexts * 1e3:.2f}", f"{value / least:.2f}x"
+                name,
+                f"{value:.2f}",
+                f"{value / args.contexts * 1e3:.2f}",
+                f"{value / least:.2f}x",
+                f"{per:.3f}",
             )
         )
+    for who, counts in sent.items():
+        each = ", ".join(f"{op} {n / total:.3f}" for op, n in counts.most_common())
+        print(f"\n{who}, requests per context by operation: {each}")
     return 0
 
 
