@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\n## Cleanup of {args.contexts:,} S3 contexts on SeaweedFS against the floor "
         f"(median of {args.rounds} alternating rounds)\n"
     )
-    table = Table(["", "seconds", "ms per context", "ratio", "requests per context"])
+    table = Table(["", "seconds", "ms per context", "ratio", "per round", "requests per context"])
     print(table.header())
     least = statistics.median(times["floor"])
     total = args.contexts * args.rounds
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         ("floor + one HEAD per object", "floor + HEAD"),
     ):
         value = statistics.median(times[who])
+        rounds = [t / f for t, f in zip(times[who], times["floor"], strict=True)]
         per = sum(sent[who].values()) / total
         print(
             table.add(
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{value:.2f}",
                 f"{value / args.contexts * 1e3:.2f}",
                 f"{value / least:.2f}x",
+                f"{min(rounds):.2f}-{max(rounds):.2f}x",
                 f"{per:.3f}",
             )
         )
