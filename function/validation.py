@@ -189,45 +189,42 @@ def _metadata(metadata: Mapping[str, str], settings: Settings) -> dict[str, str]
 
 def _owner(owner: OwnerReference) -> None:
     """What Kubernetes accepts in an ownerReference, checked before anything is stored."""
-    problems: list[FieldError] = []
     parts = _API_GROUP_VERSION.fullmatch(owner.api_version)
     group = parts["group"] if parts else None
-    if (
-        parts is None
-        or (group is not None and not boundary.is_dns_subdomain(group))
-        or not boundary.is_dns_label(parts["version"])
-    ):
-        problems.append(
-            FieldError(
-                f"apiVersion {quote(owner.api_version)} must be group/version (e.g. "
-                "'lambda.example.com/v1') or a core version ('v1')",
-                field="owner.apiVersion",
-            )
-        )
-    if _KIND.fullmatch(owner.kind) is None:
-        problems.append(
-            FieldError(
-                f"kind {quote(owner.kind)} must be a Kubernetes kind: an upper-case letter, then "
-                "letters and digits, at most 63 (e.g. 'LambdaFunction')",
-                field="owner.kind",
-            )
-        )
-    if not boundary.is_dns_subdomain(owner.name):
-        problems.append(
-            FieldError(
-                f"name {quote(owner.name)} must be a Kubernetes object name (DNS-1123 "
-                "subdomain, at most 253 characters)",
-                field="owner.name",
-            )
-        )
-    if _UID.fullmatch(owner.uid) is None:
-        problems.append(
-            FieldError(
-                f"uid {quote(owner.uid)} must be the owner's metadata.uid, a lowercase UUID "
-                "like '6f1c2a9e-0b7d-4c3e-9a51-2f8e4d7c1b60'",
-                field="owner.uid",
-            )
-        )
+    api_version_ok = (
+        parts is not None
+        and (group is None or boundary.is_dns_subdomain(group))
+        and boundary.is_dns_label(parts["version"])
+    )
+    checks = (
+        (
+            api_version_ok,
+            "apiVersion",
+            f"apiVersion {quote(owner.api_version)} must be group/version (e.g. "
+            "'lambda.example.com/v1') or a core version ('v1')",
+        ),
+        (
+            _KIND.fullmatch(owner.kind) is not None,
+            "kind",
+            f"kind {quote(owner.kind)} must be a Kubernetes kind: an upper-case letter, then "
+            "letters and digits, at most 63 (e.g. 'LambdaFunction')",
+        ),
+        (
+            boundary.is_dns_subdomain(owner.name),
+            "name",
+            f"name {quote(owner.name)} must be a Kubernetes object name (DNS-1123 "
+            "subdomain, at most 253 characters)",
+        ),
+        (
+            _UID.fullmatch(owner.uid) is not None,
+            "uid",
+            f"uid {quote(owner.uid)} must be the owner's metadata.uid, a lowercase UUID "
+            "like '6f1c2a9e-0b7d-4c3e-9a51-2f8e4d7c1b60'",
+        ),
+    )
+    problems = [
+        FieldError(message, field=f"owner.{name}") for ok, name, message in checks if not ok
+    ]
     if problems:
         raise InvalidRequest(f"owner: {problems[0].message}", problems)
 
