@@ -15,12 +15,16 @@ from pydantic import BaseModel, ValidationError
 
 from . import contract
 from .app import App
+from .auth import Refused, Sender
 from .errors import BuildContextError, InternalError
 from .runtimes import lookup
 from .telemetry import describe_cause, redact
 
 log = logging.getLogger("build_context")
 _APP: App | None = None
+SENDER = "build_context.sender"
+"""WSGI environ key of the verified `Sender` (set by `authenticate`)."""
+_STATUS_LINES = {401: "401 Unauthorized", 403: "403 Forbidden", 503: "503 Service Unavailable"}
 
 
 def install(app: App) -> None:
@@ -36,10 +40,49 @@ def current_app() -> App:
 
 
 def main(context: Context) -> Any:
-    return handle(current_app(), context.cloud_event, context.request.headers)
+    sender = context.request.environ.get(SENDER)
+    return handle(current_app(), context.cloud_event, context.request.headers, sender)
 
 
-def handle(app: App, event: CloudEvent | None, headers: Mapping[str, str] | None = None) -> Any:
+def authenticate(app: App, environ: dict[str, Any]) -> tuple[str, str, dict[str, str]] | None:
+    """With BUILD_CONTEXT_AUTH=oidc, verify the bearer token before the body is parsed; the
+    subject is checked against the handler's allow-list in `handle`, once the type is known."""
+    path = environ.get("PATH_INFO", "")
+    if app.verifier is None or path.startswith("/health/"):
+        return None
+    try:
+        environ[SENDER] = app.verifier.verify(environ.get("HTTP_AUTHORIZATION"))
+    except Refused as refused:
+        body, status, headers = _refused(app, refused, None)
+        return _STATUS_LINES[status], body, headers
+    return None
+
+
+def _refused(app: App, refused: Refused, handler: str | None) -> tuple[str, int, dict[str, str]]:
+    """The JSON refusal, with its metric and its one log line (never the token)."""
+    app.telemetry.auth_refused.add(1, {"reason": refused.reason, "status": str(refused.status)})
+    log.log(
+        logging.ERROR if refused.status >= 500 else logging.WARNING,
+        "sender refused",
+        extra={
+            "status": refused.status,
+            "reason": refused.reason,
+            "subject": redact(refused.subject, 200) if refused.subject else None,
+            "handler": handler,
+        },
+    )
+    body, status, headers = _http_error(refused.status, refused.message, refused.reason)
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="build-context", error="invalid_token"'
+    return body, status, headers
+
+
+def handle(
+    app: App,
+    event: CloudEvent | None,
+    headers: Mapping[str, str] | None = None,
+    sender: Sender | None = None,
+) -> Any:
     if event is None:
         return _http_error(
             400,
@@ -53,6 +96,14 @@ def handle(app: App, event: CloudEvent | None, headers: Mapping[str, str] | None
             400,
             f"event type {kind!r} is not handled here; send one of {', '.join(sorted(accepted))}",
         )
+    if app.policies is not None:
+        handler = "cleanup" if kind == contract.PING else "create"
+        try:
+            if sender is None:
+                raise Refused(401, "missing_token", "no verified sender for this request")
+            app.policies[handler].check(sender)
+        except Refused as refused:
+            return _refused(app, refused, handler)
     with app.telemetry.request(event.get_attributes(), headers):
         if kind == contract.PING:
             return _cleanup(app, event)
@@ -204,6 +255,10 @@ def _reply(app: App, kind: str, data: BaseModel, subject: str | None) -> CloudEv
     return CloudEvent(attributes, data.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
-def _http_error(status: int, message: str) -> tuple[str, int, dict[str, str]]:
-    body = json.dumps({"error": message, "status": status})
+def _http_error(
+    status: int, message: str, reason: str | None = None
+) -> tuple[str, int, dict[str, str]]:
+    body = json.dumps(
+        {"error": message, "status": status, **({"reason": reason} if reason else {})}
+    )
     return body, status, {"Content-Type": "application/json"}

@@ -21,6 +21,9 @@ from .settings import Settings
 
 log = logging.getLogger("build_context.server")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+Authenticate = Callable[[dict[str, Any]], "tuple[str, str, dict[str, str]] | None"]
+"""Checks a request's sender before its body is parsed: None to admit, else status line,
+JSON body and headers of the refusal."""
 CONNECTION_LIMIT = 500
 """Open connections waitress serves at once (its default is 100). Callers keep connections
 alive, so at the limit waitress stops accepting and new requests wait in the backlog until an
@@ -35,10 +38,17 @@ class Gate:
     a drain.
     """
 
-    def __init__(self, app: WSGIApp, max_body: int, metrics: WSGIApp | None = None) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        max_body: int,
+        metrics: WSGIApp | None = None,
+        authenticate: Authenticate | None = None,
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.metrics = metrics
+        self.authenticate = authenticate
         self.draining = threading.Event()
         self._in_flight = 0
         self._lock = threading.Condition()
@@ -62,6 +72,11 @@ class Gate:
                     "status": 413,
                 },
             )
+        if self.authenticate is not None and (refused := self.authenticate(environ)):
+            status, body, headers = refused
+            data = body.encode()
+            start_response(status, [*headers.items(), ("Content-Length", str(len(data)))])
+            return [data]
         with self._lock:
             self._in_flight += 1
         try:
@@ -115,7 +130,13 @@ def wsgi_app(app: App, metrics: WSGIApp | None = None) -> Gate:
     flask_app.config["MAX_CONTENT_LENGTH"] = app.settings.max_request_bytes
     if metrics is None and app.exporters is not None:
         metrics = app.exporters.metrics_app
-    return Gate(flask_app.wsgi_app, app.settings.max_request_bytes, metrics)
+    authenticate = None
+    if app.verifier is not None:
+
+        def authenticate(environ: dict[str, Any]) -> tuple[str, str, dict[str, str]] | None:
+            return func.authenticate(app, environ)
+
+    return Gate(flask_app.wsgi_app, app.settings.max_request_bytes, metrics, authenticate)
 
 
 def run(settings: Settings, ready: Callable[[str, int], None] | None = None) -> int:

@@ -85,6 +85,12 @@ class Telemetry:
         self.retries = meter.create_counter(
             "build_context.storage.retries", unit="{retry}", description="Retried storage calls."
         )
+        self.auth_refused = meter.create_counter(
+            "build_context.auth.refused",
+            unit="{request}",
+            description="Requests refused for their sender identity (BUILD_CONTEXT_AUTH=oidc), "
+            "by reason and HTTP status.",
+        )
         self.cleanup_runs = meter.create_counter(
             "build_context.cleanup.runs", unit="{run}", description="Cleanup runs by outcome."
         )
@@ -106,9 +112,11 @@ class Telemetry:
             "0: none yet in this process.",
         )
 
-    def declare(self, stores: Iterable[str], cleanup: bool) -> None:
+    def declare(self, stores: Iterable[str], cleanup: bool, auth: bool = False) -> None:
         """Export zero-valued series, so that `increase()` sees the first retry or failed run
         of a fresh instance, and the 'cleanup not running' alert sees a cleanup instance."""
+        if auth:
+            self.auth_refused.add(0, {"reason": "invalid_token", "status": "401"})
         for store in stores:
             self.retries.add(0, {"store": store})
         if cleanup:
