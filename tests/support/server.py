@@ -74,7 +74,8 @@ class FunctionServer:
             try:
                 if requests.get(f"{self.url}/health/readiness", timeout=1).ok:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # not listening yet, or too busy to answer within a second on a loaded machine
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"server not ready in {timeout}s:\n{self.log()}")
