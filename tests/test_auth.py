@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import timedelta
@@ -25,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.conftest import StartServer
 from tests.support.contexts import example
 from tests.support.kube import KubeAPIServer
-from tests.support.server import FunctionServer
+from tests.support.server import ROOT, FunctionServer
 from tests.test_cleanup import age
 
 pytestmark = pytest.mark.kube
@@ -284,3 +287,38 @@ def test_a_token_naming_a_key_the_issuer_does_not_have_is_refused(
     for _ in range(5):
         reply = guarded.send(example("python"), token=forged)
         assert reply.status == 401 and reply.data["reason"] == "invalid_token", reply
+
+
+def test_the_send_command_attaches_a_token_from_a_file_or_the_apiserver(
+    cluster: Cluster, guarded: FunctionServer, tmp_path: Path
+) -> None:
+    def send(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "function", "send", guarded.url, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env={**os.environ, "KUBECONFIG": str(cluster.kube.kubeconfig_path)},
+        )
+
+    request = str(ROOT / "examples" / "python.json")
+    refused = send("--data", request)
+    assert refused.returncode == 1 and "HTTP 401" in refused.stderr, refused
+    token_file = tmp_path / "trigger.token"
+    token_file.write_text(cluster.token(TRIGGER_SA, CREATE_AUDIENCE) + "\n")
+    from_file = send("--data", request, "--token-file", str(token_file))
+    assert from_file.returncode == 0, from_file
+    assert json.loads(from_file.stdout)["lambdaFunction"] == "restart-crashlooping"
+    minted = send("--data", request, "--token-for", f"{cluster.namespace}/{TRIGGER_SA}")
+    assert minted.returncode == 0 and json.loads(minted.stdout)["reused"] is True, minted
+    missing = send("--data", request, "--token-for", f"{cluster.namespace}/nobody")
+    assert missing.returncode != 0 and "TokenRequest (404" in missing.stderr, missing
+    cluster.token(PING_SA, CLEANUP_AUDIENCE)  # creates the ServiceAccount, as Knative does
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    ping = send(
+        "--type", PING, "--data", str(empty), "--token-for", f"{cluster.namespace}/{PING_SA}"
+    )
+    assert ping.returncode == 0, ping
+    assert "ce-type: buildcontext.cleanup.completed" in ping.stderr.lower()
