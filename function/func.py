@@ -134,13 +134,22 @@ def _cleanup(app: App, event: CloudEvent) -> Any:
             f"data.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
         )
         return _http_error(400, f"{problems}; {_PING_DATA}")
+    floor = app.settings.cleanup_min_ttl_seconds
+    if request.ttl_seconds is not None and request.ttl_seconds < floor:
+        return _http_error(
+            400,
+            f"data.ttlSeconds: {request.ttl_seconds} is below the floor of {floor} s "
+            "(BUILD_CONTEXT_CLEANUP_MIN_TTL_SECONDS): ask for at least that, or lower the "
+            f"setting (TTL policy belongs to configuration); {_PING_DATA}",
+        )
     completed = app.cleanup.run(request, request_id=event["id"])
     return _reply(app, contract.CLEANUP_COMPLETED, completed, None)
 
 
 _PING_DATA = (
     "the PingSource data must be empty or a JSON object with only dryRun (boolean) and "
-    'ttlSeconds (integer >= 0), e.g. {"dryRun": true, "ttlSeconds": 86400}'
+    "ttlSeconds (integer, at least BUILD_CONTEXT_CLEANUP_MIN_TTL_SECONDS), "
+    'e.g. {"dryRun": true, "ttlSeconds": 86400}'
 )
 
 

@@ -193,6 +193,12 @@ class Settings(BaseSettings):
     cleanup_grace_seconds: int = Field(
         300, ge=0, description="Contexts younger than this are never deleted."
     )
+    cleanup_min_ttl_seconds: int = Field(
+        3600,
+        ge=60,
+        description="Smallest `ttlSeconds` a PingSource event may ask cleanup for (the command "
+        "line is not held to it).",
+    )
     cleanup_page_size: int = Field(500, ge=1, le=1000, description="Items per list page.")
 
     # --- request limits ------------------------------------------------------------------
