@@ -48,9 +48,7 @@ class App:
         service = BuildContextService(settings, primary, overflow, telemetry)
         stores: list[Store] = [primary, *([overflow] if overflow else [])]
         cleanup = CleanupService(stores, settings, telemetry=telemetry)
-        telemetry.declare(
-            [s.backend for s in stores], settings.handles("cleanup"), settings.auth == "oidc"
-        )
+        telemetry.declare([s.backend for s in stores], settings.handles("cleanup"))
         oidc = settings.auth == "oidc"
         return cls(
             settings,

@@ -112,11 +112,11 @@ class Telemetry:
             "0: none yet in this process.",
         )
 
-    def declare(self, stores: Iterable[str], cleanup: bool, auth: bool = False) -> None:
-        """Export zero-valued series, so that `increase()` sees the first retry or failed run
-        of a fresh instance, and the 'cleanup not running' alert sees a cleanup instance."""
-        if auth:
-            self.auth_refused.add(0, {"reason": "invalid_token", "status": "401"})
+    def declare(self, stores: Iterable[str], cleanup: bool) -> None:
+        """Export zero-valued series, so that `increase()` sees the first retry, failed run or
+        refused sender of a fresh instance, and the 'cleanup not running' alert sees a cleanup
+        instance."""
+        self.auth_refused.add(0, {"reason": "invalid_token", "status": "401"})
         for store in stores:
             self.retries.add(0, {"store": store})
         if cleanup:

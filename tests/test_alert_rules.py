@@ -69,6 +69,7 @@ def test_the_rule_is_a_valid_prometheusrule(rules_dir: Path) -> None:
         "BuildContextStorageSlow",
         "BuildContextCleanupNotRunning",
         "BuildContextCleanupFailing",
+        "BuildContextSendersRefused",
     } <= {rule["alert"] for rule in rules()}
 
 
