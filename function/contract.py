@@ -112,6 +112,7 @@ class BuildContextFailed(_Model):
         "UnsupportedRuntime",
         "InvalidSource",
         "ContextTooLarge",
+        "QuotaExceeded",
         "StorageUnavailable",
         "StorageForbidden",
         "InternalError",

@@ -45,6 +45,14 @@ class ContextTooLarge(BuildContextError):
     reason = "ContextTooLarge"
 
 
+class QuotaExceeded(BuildContextError):
+    """The function already holds as many live contexts (or bytes) as one caller may."""
+
+    reason = "QuotaExceeded"
+    limit = "contexts"
+    """Which cap: `contexts` or `bytes`."""
+
+
 class StorageUnavailable(BuildContextError):
     reason = "StorageUnavailable"
     retryable = True
@@ -87,6 +95,7 @@ REASONS = tuple(
         UnsupportedRuntime,
         InvalidSource,
         ContextTooLarge,
+        QuotaExceeded,
         StorageUnavailable,
         StorageForbidden,
         InternalError,

@@ -201,6 +201,19 @@ class Settings(BaseSettings):
     )
     cleanup_page_size: int = Field(500, ge=1, le=1000, description="Items per list page.")
 
+    # --- limits per caller ---------------------------------------------------------------
+    max_contexts_per_function: int = Field(
+        50,
+        ge=0,
+        description="Most live (unexpired) contexts one function name may hold, over every "
+        "store; 0: no cap. A reuse of the same content is always allowed.",
+    )
+    max_bytes_per_function: int = Field(
+        128 * 1024 * 1024,
+        ge=0,
+        description="Most archive bytes of live contexts one function name may hold; 0: no cap.",
+    )
+
     # --- request limits ------------------------------------------------------------------
     max_file_bytes: int = Field(1024 * 1024, ge=1, description="Largest single source file.")
     max_total_bytes: int = Field(

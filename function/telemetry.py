@@ -91,6 +91,12 @@ class Telemetry:
             description="Requests refused for their sender identity (BUILD_CONTEXT_AUTH=oidc), "
             "by reason and HTTP status.",
         )
+        self.quota_refused = meter.create_counter(
+            "build_context.quota.refused",
+            unit="{request}",
+            description="New contexts refused by the per-function caps, by limit "
+            "(contexts, bytes).",
+        )
         self.cleanup_runs = meter.create_counter(
             "build_context.cleanup.runs", unit="{run}", description="Cleanup runs by outcome."
         )
@@ -117,6 +123,8 @@ class Telemetry:
         refused sender of a fresh instance, and the 'cleanup not running' alert sees a cleanup
         instance."""
         self.auth_refused.add(0, {"reason": "invalid_token", "status": "401"})
+        for limit in ("contexts", "bytes"):
+            self.quota_refused.add(0, {"limit": limit})
         for store in stores:
             self.retries.add(0, {"store": store})
         if cleanup:

@@ -70,6 +70,7 @@ def test_the_rule_is_a_valid_prometheusrule(rules_dir: Path) -> None:
         "BuildContextCleanupNotRunning",
         "BuildContextCleanupFailing",
         "BuildContextSendersRefused",
+        "BuildContextQuotaExceeded",
     } <= {rule["alert"] for rule in rules()}
 
 
