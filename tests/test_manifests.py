@@ -739,3 +739,24 @@ def test_documented_examples_build_contexts(server: FunctionServer) -> None:
             assert request["sourceCode"], path.name
         reply = server.send(request)
         assert reply.type == contract.CREATED, (path.name, reply.data)
+
+
+@pytest.mark.kube
+def test_the_network_policy_override_in_security_md_renders_and_is_accepted(
+    crds_loaded: kubernetes.dynamic.DynamicClient, tmp_path: Path
+) -> None:
+    text = (REPO_ROOT / "docs" / "security.md").read_text()
+    block = text.split("# my-overlay/kustomization.yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "knative").symlink_to(KNATIVE_DIR)
+    overlay = tmp_path / "my-overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(block)
+    rendered = kustomize(overlay)
+    policy = find(rendered, "NetworkPolicy", "build-context")
+    peers = policy["spec"]["ingress"][0]["from"]
+    namespaces = [
+        p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in peers
+    ]
+    assert namespaces == ["knative-serving", "my-gateways"]
+    assert policy["spec"]["ingress"][-1]["ports"] == [{"protocol": "TCP", "port": 8080}]
+    _dry_run_create(crds_loaded, policy, _namespace(crds_loaded))
