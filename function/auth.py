@@ -30,6 +30,8 @@ MAX_TOKEN_LENGTH = 8192
 """Longest bearer token read; a ServiceAccount token is about 1 KiB."""
 ALGORITHMS = frozenset({"RS256", "ES256", "ES384", "ES512"})
 """What Kubernetes signs ServiceAccount tokens with; never `none` and never a shared secret."""
+REFRESH_COOLDOWN_SECONDS = 30.0
+"""An unknown key id re-reads the issuer's keys at most this often (PyJWKClient's cooldown)."""
 CLOCK_SKEW_SECONDS = 30
 """Leeway on `exp` and `nbf` for clocks that disagree between nodes."""
 POD_CA = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
@@ -116,7 +118,13 @@ class _IssuerKeys(jwt.PyJWKClient):
     the projected token file is rotated under us."""
 
     def __init__(self, uri: str, token_file: Path | None, context: ssl.SSLContext, lifespan: float):
-        super().__init__(uri, lifespan=lifespan, timeout=10, ssl_context=context)
+        super().__init__(
+            uri,
+            lifespan=lifespan,
+            timeout=10,
+            ssl_context=context,
+            cooldown_duration=REFRESH_COOLDOWN_SECONDS,
+        )
         self.token_file = token_file
 
     def fetch_data(self) -> Any:
