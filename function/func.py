@@ -72,8 +72,9 @@ def _refused(app: App, refused: Refused, handler: str | None) -> tuple[str, int,
         },
     )
     body, status, headers = _http_error(refused.status, refused.message, refused.reason)
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="build-context", error="invalid_token"'
+    if status == 401:  # RFC 6750: no error code when no token was sent
+        error = "" if refused.reason == "missing_token" else ', error="invalid_token"'
+        headers["WWW-Authenticate"] = f'Bearer realm="build-context"{error}'
     return body, status, headers
 
 
