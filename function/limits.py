@@ -55,10 +55,17 @@ class Usage:
 
 
 def function_contexts(store: Store, namespace: str, function: str) -> Iterator[ContextRecord]:
-    """The contexts of one function in one store."""
+    """The records of one function's contexts in one store, expired ones too."""
     for item in store.list(frozenset({namespace})):
         if item.record.function == function:
             yield item.record
+
+
+def function_sizes(store: Store, namespace: str, function: str) -> Iterator[tuple[str, int]]:
+    """(content hash, archive bytes) of everything one function has stored, expired or not:
+    what a store can say cheaply (S3: one listing, no per-object read)."""
+    for record in function_contexts(store, namespace, function):
+        yield record.content_hash, record.size_bytes
 
 
 class FunctionLimits:
@@ -77,13 +84,30 @@ class FunctionLimits:
     def enabled(self) -> bool:
         return bool(self.max_contexts or self.max_bytes)
 
+    def stored(self, stores: Iterable[Store], record: ContextRecord) -> Usage:
+        """Everything the function has stored: an upper bound of its live usage."""
+        usage = Usage()
+        for store in stores:
+            for content_hash, size in function_sizes(store, record.namespace, record.function):
+                if content_hash not in usage.hashes:
+                    usage.hashes.add(content_hash)
+                    usage.count += 1
+                    usage.bytes += size
+        return usage
+
     def usage(self, stores: Iterable[Store], record: ContextRecord, now: datetime) -> Usage:
+        """The function's live (unexpired) contexts, with the next expiry."""
         usage = Usage()
         for store in stores:
             for found in function_contexts(store, record.namespace, record.function):
                 if not found.expired(now):
                     usage.add(found)
         return usage
+
+    def _fits(self, usage: Usage, archive: Archive) -> bool:
+        return (not self.max_contexts or usage.count < self.max_contexts) and (
+            not self.max_bytes or usage.bytes + archive.size_bytes <= self.max_bytes
+        )
 
     def admit(
         self,
@@ -97,19 +121,24 @@ class FunctionLimits:
         QuotaExceeded and store nothing."""
         if not self.enabled:
             return put()
+        stores = list(stores)
         with self._locked(record.namespace, record.function):
             try:
-                usage = self.usage(stores, record, now)
+                # Cheap first: within the caps counting even expired contexts, or the same
+                # content again (a reuse, always admitted), needs no per-context read.
+                stored = self.stored(stores, record)
+                if archive.content_hash not in stored.hashes and not self._fits(stored, archive):
+                    self._check(self.usage(stores, record, now), archive, record)
             except OSError as error:
                 raise StorageUnavailable(
                     f"cannot count the live contexts of {record.function!r} to apply the "
                     f"per-function limits ({type(error).__name__}); retry later"
                 ) from error
-            if archive.content_hash not in usage.hashes:
-                self._check(usage, archive, record)
             return put()
 
     def _check(self, usage: Usage, archive: Archive, record: ContextRecord) -> None:
+        if archive.content_hash in usage.hashes:
+            return
         name = record.function
         wait = (
             f"the next one expires at {utc_text(usage.next_expiry)}"
