@@ -54,20 +54,6 @@ class Usage:
             self.next_expiry = record.expires_at
 
 
-def function_contexts(store: Store, namespace: str, function: str) -> Iterator[ContextRecord]:
-    """The records of one function's contexts in one store, expired ones too."""
-    for item in store.list(frozenset({namespace})):
-        if item.record.function == function:
-            yield item.record
-
-
-def function_sizes(store: Store, namespace: str, function: str) -> Iterator[tuple[str, int]]:
-    """(content hash, archive bytes) of everything one function has stored, expired or not:
-    what a store can say cheaply (S3: one listing, no per-object read)."""
-    for record in function_contexts(store, namespace, function):
-        yield record.content_hash, record.size_bytes
-
-
 class FunctionLimits:
     def __init__(self, settings: Settings, lock_dir: Path | None = None) -> None:
         self.max_contexts = settings.max_contexts_per_function
@@ -88,7 +74,7 @@ class FunctionLimits:
         """Everything the function has stored: an upper bound of its live usage."""
         usage = Usage()
         for store in stores:
-            for content_hash, size in function_sizes(store, record.namespace, record.function):
+            for content_hash, size in store.function_sizes(record.namespace, record.function):
                 if content_hash not in usage.hashes:
                     usage.hashes.add(content_hash)
                     usage.count += 1
@@ -99,7 +85,7 @@ class FunctionLimits:
         """The function's live (unexpired) contexts, with the next expiry."""
         usage = Usage()
         for store in stores:
-            for found in function_contexts(store, record.namespace, record.function):
+            for found in store.function_contexts(record.namespace, record.function):
                 if not found.expired(now):
                     usage.add(found)
         return usage

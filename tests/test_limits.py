@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from tests.support.contexts import example
 from tests.support.kube import KubeAPIServer
 from tests.support.seaweed import SeaweedS3
 from tests.support.server import FunctionServer, Reply, encode
+from tests.support.stores import EXTRA, HOME, OPENERS, T0, StoreUnderTest
 
 BURST = 150
 CAP = 7
@@ -140,3 +143,31 @@ def test_caps_hold_on_the_configmap_store(
     env = {"BUILD_CONTEXT_STORAGE": "configmap", **kube.function_env(namespace)}
     check_caps(start_server, env, monkeypatch)
     check_byte_cap(start_server, env, monkeypatch)
+
+
+# --- what each store tells the caps -----------------------------------------------------
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("filesystem"),
+        pytest.param("configmap", marks=pytest.mark.kube),
+        pytest.param("s3", marks=pytest.mark.s3),
+    ]
+)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
+    yield from OPENERS[request.param](request, tmp_path)
+
+
+def test_each_store_lists_one_function_alone(store: StoreUnderTest) -> None:
+    """`fix` and not `fix-2` (a name that starts the same), nor `fix` in another namespace;
+    expired contexts too (the caps decide what is live)."""
+    mine = [store.put("fix", T0 - timedelta(days=30 * i)) for i in range(3)]
+    store.put("fix-2", T0)
+    store.put("other", T0)
+    store.put("fix", T0, namespace=EXTRA)
+    found = sorted(r.content_hash for r in store.client.function_contexts(HOME, "fix"))
+    assert found == sorted(r.content_hash for r in mine)
+    sizes = sorted(store.client.function_sizes(HOME, "fix"))
+    assert sizes == sorted((r.content_hash, r.size_bytes) for r in mine)
+    assert list(store.client.function_contexts(HOME, "nobody")) == []

@@ -557,11 +557,21 @@ class ConfigMapStore(Store):
         metadata: dict[str, Any] = found["metadata"]
         return metadata
 
-    def _pages(self, namespace: str, retry: bool = True) -> Iterator[dict[str, Any]]:
+    def function_contexts(self, namespace: str, function: str) -> Iterator[ContextRecord]:
+        """One listing with the function's label: the apiserver filters."""
+        for item in self._pages(namespace, selector=f"{SELECTOR},{FUNCTION_LABEL}={function}"):
+            try:
+                yield record_from_metadata(item["metadata"])
+            except (KeyError, ValueError):
+                continue  # not a record of ours; `list` logs it
+
+    def _pages(
+        self, namespace: str, retry: bool = True, selector: str = SELECTOR
+    ) -> Iterator[dict[str, Any]]:
         token = ""
         while True:
             query: list[tuple[str, Any]] = [
-                ("labelSelector", SELECTOR),
+                ("labelSelector", selector),
                 ("limit", min(self.settings.cleanup_page_size, PAGE_LIMIT)),
             ]
             if token:

@@ -107,6 +107,13 @@ class FilesystemStore(Store):
                     except (OSError, ValueError, KeyError):
                         continue
 
+    def function_contexts(self, namespace: str, function: str) -> Iterator[ContextRecord]:
+        for ctx in _subfolders(self.root / namespace / function):
+            try:
+                yield _read(ctx)
+            except (FileNotFoundError, ValueError, KeyError):
+                continue  # deleted meanwhile, or not ours
+
     def delete(self, item: Listed, still_expired: Callable[[ContextRecord], bool]) -> bool:
         folder: Path = item.handle
         record = item.record
