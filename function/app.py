@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .auth import HandlerPolicy, TokenVerifier, policies
 from .cleanup import CleanupService
@@ -17,7 +18,7 @@ from .telemetry import Exporters, Telemetry, install_exporters
 class App:
     settings: Settings
     service: BuildContextService
-    stores: list[Store]
+    stores: list[Store[Any]]
     telemetry: Telemetry
     cleanup: CleanupService
     exporters: Exporters | None = None
@@ -46,7 +47,7 @@ class App:
             else None
         )
         service = BuildContextService(settings, primary, overflow, telemetry)
-        stores: list[Store] = [primary, *([overflow] if overflow else [])]
+        stores: list[Store[Any]] = [primary, *([overflow] if overflow else [])]
         cleanup = CleanupService(stores, settings, telemetry=telemetry)
         telemetry.declare([s.backend for s in stores], settings.handles("cleanup"))
         oidc = settings.auth == "oidc"

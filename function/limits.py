@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .archive import Archive
 from .contract import utc_text
@@ -70,7 +71,7 @@ class FunctionLimits:
     def enabled(self) -> bool:
         return bool(self.max_contexts or self.max_bytes)
 
-    def stored(self, stores: Iterable[Store], record: ContextRecord) -> Usage:
+    def stored(self, stores: Iterable[Store[Any]], record: ContextRecord) -> Usage:
         """Everything the function has stored: an upper bound of its live usage."""
         usage = Usage()
         for store in stores:
@@ -81,7 +82,7 @@ class FunctionLimits:
                     usage.bytes += size
         return usage
 
-    def usage(self, stores: Iterable[Store], record: ContextRecord, now: datetime) -> Usage:
+    def usage(self, stores: Iterable[Store[Any]], record: ContextRecord, now: datetime) -> Usage:
         """The function's live (unexpired) contexts, with the next expiry."""
         usage = Usage()
         for store in stores:
@@ -97,7 +98,7 @@ class FunctionLimits:
 
     def admit(
         self,
-        stores: Iterable[Store],
+        stores: Iterable[Store[Any]],
         archive: Archive,
         record: ContextRecord,
         now: datetime,

@@ -18,9 +18,9 @@ import waitress
 from . import func, workers
 from .app import App
 from .settings import Settings
+from .telemetry import WSGIApp
 
 log = logging.getLogger("build_context.server")
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Authenticate = Callable[[dict[str, Any]], "tuple[str, str, dict[str, str]] | None"]
 """Checks a request's sender before its body is parsed: None to admit, else status line,
 JSON body and headers of the refusal."""
