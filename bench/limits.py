@@ -14,8 +14,8 @@ import uuid
 from collections.abc import Sequence
 
 from bench import stores
-from bench.__main__ import percentiles
-from function.service import BuildContextService
+from bench.load import percentiles
+from function.create import CreateService
 from function.settings import load_settings
 from function.stores import open_store
 
@@ -36,23 +36,23 @@ def run(names: Sequence[str], background: Sequence[int], count: int) -> None:
         with stores.opened(name) as (env, _), stores.environment(env):
             settings = load_settings()
             store = open_store(settings.storage, settings)
-            filler = BuildContextService(load_settings(max_contexts_per_function=0), store)
+            filler = CreateService(load_settings(max_contexts_per_function=0), store)
             stored = 0
             for others in background:
                 while stored < others:
-                    filler.create(request(f"other-{stored % 97}", stored), str(uuid.uuid4()))
+                    filler.run(request(f"other-{stored % 97}", stored), str(uuid.uuid4()))
                     stored += 1
                 timings: dict[str, list[float]] = {}
                 for caps, overrides in (
                     ("off", {"max_contexts_per_function": 0, "max_bytes_per_function": 0}),
                     ("on", {"max_contexts_per_function": count * 4}),
                 ):
-                    service = BuildContextService(load_settings(**overrides), store)
+                    service = CreateService(load_settings(**overrides), store)
                     fn = f"bench-{caps}-{uuid.uuid4().hex[:6]}"
                     samples = []
                     for i in range(count):
                         start = time.perf_counter()
-                        service.create(request(fn, i), str(uuid.uuid4()))
+                        service.run(request(fn, i), str(uuid.uuid4()))
                         samples.append(time.perf_counter() - start)
                     timings[caps] = samples
                 off, on = percentiles(timings["off"]), percentiles(timings["on"])

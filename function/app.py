@@ -7,7 +7,7 @@ from typing import Any
 
 from .auth import HandlerPolicy, TokenVerifier, policies
 from .cleanup import CleanupService
-from .service import BuildContextService
+from .create import CreateService
 from .settings import Settings, load_settings
 from .stores import Store, open_store
 from .stores.traced import TracedStore
@@ -17,7 +17,7 @@ from .telemetry import Exporters, Telemetry, install_exporters
 @dataclass
 class App:
     settings: Settings
-    service: BuildContextService
+    create: CreateService
     stores: list[Store[Any]]
     telemetry: Telemetry
     cleanup: CleanupService
@@ -46,14 +46,14 @@ class App:
             if settings.overflow_storage and settings.overflow_storage != settings.storage
             else None
         )
-        service = BuildContextService(settings, primary, overflow, telemetry)
+        create = CreateService(settings, primary, overflow, telemetry)
         stores: list[Store[Any]] = [primary, *([overflow] if overflow else [])]
         cleanup = CleanupService(stores, settings, telemetry=telemetry)
         telemetry.declare([s.backend for s in stores], settings.handles("cleanup"))
         oidc = settings.auth == "oidc"
         return cls(
             settings,
-            service,
+            create,
             stores,
             telemetry,
             cleanup,

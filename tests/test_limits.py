@@ -81,7 +81,9 @@ def check_caps(
     assert len(stored_of(env, monkeypatch, NAME)) == CAP, "nothing stored beyond the cap"
 
     # at the cap: a program already stored is reused, a new one refused, another name unaffected
-    kept = next(p for p, r in zip(programs, replies, strict=True) if r.type.endswith("created"))
+    kept = next(
+        p for p, r in zip(programs, replies, strict=True) if r.type == "buildcontext.created"
+    )
     assert server.send(kept).data["reused"] is True
     assert server.send(program(BURST)).data["reason"] == "QuotaExceeded"
     other = server.send(program(0, name="other-fix"))

@@ -1,4 +1,6 @@
-"""The use-cases. They know the Store interface, never a backend."""
+"""The create use-case: request -> validated -> rendered -> archived -> stored -> reply data.
+
+It knows the Store interface, never a backend (the cleanup use-case is cleanup.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from .validation import ValidRequest, parse, validate
 
 
 @dataclass
-class BuildContextService:
+class CreateService:
     settings: Settings
     store: Store[Any]
     overflow: Store[Any] | None = None
@@ -30,7 +32,7 @@ class BuildContextService:
         if self.limits is None:
             self.limits = FunctionLimits(self.settings)
 
-    def create(self, data: Any, request_id: str) -> BuildContextCreated:
+    def run(self, data: Any, request_id: str) -> BuildContextCreated:
         attributes = {"store": self.store.backend, "runtime": "unknown"}
         with self.telemetry.stage("validate", attributes):
             request = parse(data)
