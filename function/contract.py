@@ -127,6 +127,7 @@ FailureReason = Literal[
     "UnsupportedRuntime",
     "InvalidSource",
     "ContextTooLarge",
+    "QuotaExceeded",
     "StorageUnavailable",
     "StorageForbidden",
     "InternalError",
@@ -156,7 +157,8 @@ class CleanupRequest(_Model):
         ge=0,
         description="Also treat contexts created more than this many seconds ago as expired. "
         "Pinned, keep-latest and grace still apply; a larger value than a context's own TTL "
-        "changes nothing.",
+        "changes nothing. An event is refused below BUILD_CONTEXT_CLEANUP_MIN_TTL_SECONDS "
+        "(default 3600).",
     )
 
 

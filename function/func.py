@@ -15,12 +15,16 @@ from pydantic import BaseModel, ValidationError
 
 from . import boundary, contract
 from .app import App
+from .auth import Refused, Sender
 from .errors import BuildContextError, FieldError, InternalError, InvalidRequest
 from .runtimes import lookup
 from .telemetry import describe_cause, redact
 
 log = logging.getLogger("build_context")
 _APP: App | None = None
+SENDER = "build_context.sender"
+"""WSGI environ key of the verified `Sender` (set by `authenticate`)."""
+_STATUS_LINES = {401: "401 Unauthorized", 403: "403 Forbidden", 503: "503 Service Unavailable"}
 
 
 def install(app: App) -> None:
@@ -46,7 +50,8 @@ def main(context: Context) -> Any:
             "over 4300 digits or deep nesting?); send an application/cloudevents+json object "
             "with specversion, type, source, id and data",
         )
-    return handle(current_app(), event, context.request.headers)
+    sender = context.request.environ.get(SENDER)
+    return handle(current_app(), event, context.request.headers, sender)
 
 
 def _structured(headers: Mapping[str, str]) -> bool:
@@ -63,7 +68,46 @@ def _undecoded_data_event(request: Any) -> CloudEvent | None:
         return None
 
 
-def handle(app: App, event: CloudEvent | None, headers: Mapping[str, str] | None = None) -> Any:
+def authenticate(app: App, environ: dict[str, Any]) -> tuple[str, str, dict[str, str]] | None:
+    """With BUILD_CONTEXT_AUTH=oidc, verify the bearer token before the body is parsed; the
+    subject is checked against the handler's allow-list in `handle`, once the type is known."""
+    path = environ.get("PATH_INFO", "")
+    if app.verifier is None or path.startswith("/health/"):
+        return None
+    try:
+        environ[SENDER] = app.verifier.verify(environ.get("HTTP_AUTHORIZATION"))
+    except Refused as refused:
+        body, status, headers = _refused(app, refused, None)
+        return _STATUS_LINES[status], body, headers
+    return None
+
+
+def _refused(app: App, refused: Refused, handler: str | None) -> tuple[str, int, dict[str, str]]:
+    """The JSON refusal, with its metric and its one log line (never the token)."""
+    app.telemetry.auth_refused.add(1, {"reason": refused.reason, "status": str(refused.status)})
+    log.log(
+        logging.ERROR if refused.status >= 500 else logging.WARNING,
+        "sender refused",
+        extra={
+            "status": refused.status,
+            "reason": refused.reason,
+            "subject": redact(refused.subject, 200) if refused.subject else None,
+            "handler": handler,
+        },
+    )
+    body, status, headers = _http_error(refused.status, refused.message, refused.reason)
+    if status == 401:  # RFC 6750: no error code when no token was sent
+        error = "" if refused.reason == "missing_token" else ', error="invalid_token"'
+        headers["WWW-Authenticate"] = f'Bearer realm="build-context"{error}'
+    return body, status, headers
+
+
+def handle(
+    app: App,
+    event: CloudEvent | None,
+    headers: Mapping[str, str] | None = None,
+    sender: Sender | None = None,
+) -> Any:
     if event is None:
         return _http_error(
             400,
@@ -78,6 +122,14 @@ def handle(app: App, event: CloudEvent | None, headers: Mapping[str, str] | None
             f"event type {boundary.quote(kind)} is not handled here; send one of "
             f"{', '.join(sorted(accepted))}",
         )
+    if app.policies is not None:
+        handler = "cleanup" if kind == contract.PING else "create"
+        try:
+            if sender is None:
+                raise Refused(401, "missing_token", "no verified sender for this request")
+            app.policies[handler].check(sender)
+        except Refused as refused:
+            return _refused(app, refused, handler)
     identity = boundary.event_identity(event.get_attributes())
     attributes = {
         key: value
@@ -118,13 +170,22 @@ def _cleanup(app: App, event: CloudEvent, identity: boundary.EventIdentity) -> A
             f"data.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
         )
         return _http_error(400, f"{problems}; {_PING_DATA}")
+    floor = app.settings.cleanup_min_ttl_seconds
+    if request.ttl_seconds is not None and request.ttl_seconds < floor:
+        return _http_error(
+            400,
+            f"data.ttlSeconds: {request.ttl_seconds} is below the floor of {floor} s "
+            "(BUILD_CONTEXT_CLEANUP_MIN_TTL_SECONDS): ask for at least that, or lower the "
+            f"setting (TTL policy belongs to configuration); {_PING_DATA}",
+        )
     completed = app.cleanup.run(request, request_id=identity.id)
     return _reply(app, contract.CLEANUP_COMPLETED, completed, None)
 
 
 _PING_DATA = (
     "the PingSource data must be empty or a JSON object with only dryRun (boolean) and "
-    'ttlSeconds (integer >= 0), e.g. {"dryRun": true, "ttlSeconds": 86400}'
+    "ttlSeconds (integer, at least BUILD_CONTEXT_CLEANUP_MIN_TTL_SECONDS), "
+    'e.g. {"dryRun": true, "ttlSeconds": 86400}'
 )
 
 
@@ -245,6 +306,10 @@ def _reply(app: App, kind: str, data: BaseModel, subject: str | None) -> CloudEv
     return CloudEvent(attributes, data.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
-def _http_error(status: int, message: str) -> tuple[str, int, dict[str, str]]:
-    body = json.dumps({"error": message, "status": status})
+def _http_error(
+    status: int, message: str, reason: str | None = None
+) -> tuple[str, int, dict[str, str]]:
+    body = json.dumps(
+        {"error": message, "status": status, **({"reason": reason} if reason else {})}
+    )
     return body, status, {"Content-Type": "application/json"}

@@ -71,6 +71,7 @@ def test_metrics_are_served_on_the_function_port_with_the_documented_names(
 
     allowed = {"outcome", "reason", "runtime", "store", "stage", "le", "action", "rule", "dry_run"}
     allowed.add("worker")  # the server process, with BUILD_CONTEXT_PROCESSES above 1
+    allowed |= {"status", "limit"}  # refused senders (HTTP status), per-function caps (which)
     forbidden = {request["lambdaFunction"], first.data["contentHash"], first.data["imageTag"]}
     for sample in metrics.samples:
         labels = {k for k in sample.labels if not k.startswith("otel_scope_")}

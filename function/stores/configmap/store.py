@@ -27,7 +27,9 @@ from .api import ConfigMapApi, load_configuration
 from .capacity import CapacityGuard, Caps, Usage
 from .codec import (
     EXPIRES_AT,
+    FUNCTION_LABEL,
     KEY,
+    SELECTOR,
     configmap_body,
     configmap_name,
     context_uri,
@@ -167,6 +169,15 @@ class ConfigMapStore(Store[ConfigMapHandle]):
         except NotFound:
             raise KeyError((namespace, function, content_hash)) from None
         return base64.b64decode((found.get("binaryData") or {})[KEY])
+
+    def function_contexts(self, namespace: str, function: str) -> Iterator[ContextRecord]:
+        """One listing with the function's label: the apiserver filters."""
+        selector = f"{SELECTOR},{FUNCTION_LABEL}={function}"
+        for item in self.api.pages(namespace, selector=selector):
+            try:
+                yield record_from_metadata(item["metadata"])
+            except (KeyError, ValueError):
+                continue  # not a record of ours; `list` logs it
 
     def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[ConfigMapHandle]]:
         for namespace in sorted(self.namespaces if namespaces is None else namespaces):
