@@ -11,7 +11,8 @@ from typing import Any
 
 from . import archive as archives
 from .contract import BuildContextCreated, BuildContextRequest
-from .errors import CapacityExceeded, ContextTooLarge, FieldError, StorageForbidden
+from .errors import CapacityExceeded, ContextTooLarge, FieldError, QuotaExceeded, StorageForbidden
+from .limits import FunctionLimits
 from .settings import Settings
 from .stores.base import ContextRecord, Store, Stored, utcnow
 from .telemetry import NOOP, Telemetry
@@ -25,6 +26,11 @@ class CreateService:
     overflow: Store[Any] | None = None
     telemetry: Telemetry = NOOP
     clock: Callable[[], datetime] = utcnow
+    limits: FunctionLimits | None = None
+
+    def __post_init__(self) -> None:
+        if self.limits is None:
+            self.limits = FunctionLimits(self.settings)
 
     def run(self, data: Any, request_id: str) -> BuildContextCreated:
         attributes = {"store": self.store.backend, "runtime": "unknown"}
@@ -53,7 +59,15 @@ class CreateService:
             metadata=valid.metadata,
         )
         with self.telemetry.stage("store", attributes) as span:
-            stored, overflowed = self._store(archive, record, valid)
+            assert self.limits is not None
+            stores = [self.store, *([self.overflow] if self.overflow else [])]
+            try:
+                stored, overflowed = self.limits.admit(
+                    stores, archive, record, now, lambda: self._store(archive, record, valid)
+                )
+            except QuotaExceeded as error:
+                self.telemetry.quota_refused.add(1, {"limit": error.limit})
+                raise
             span.set_attribute("build_context.reused", stored.reused)
         self.telemetry.archive_size.record(archive.size_bytes, attributes)
         if stored.reused:
@@ -74,7 +88,9 @@ class CreateService:
             reused=stored.reused,
             overflow=overflowed,
             request_id=request_id,
-            metadata=dict(valid.metadata),
+            created_by_request_id=stored.record.request_id,
+            metadata=dict(stored.record.metadata),
+            warnings=list(valid.warnings),
         )
 
     def _namespace(self, request: BuildContextRequest) -> str:

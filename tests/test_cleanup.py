@@ -569,9 +569,9 @@ def test_story_scenario_5_cleanup_over_http(start_server: StartServer) -> None:
     assert logged["requestId"] == ping_id and logged["errors"] == 0
     assert logged["stores"] == [summary]
 
-    again = ping(server, {"dryRun": True, "ttlSeconds": 0}, structured=True)
+    again = ping(server, {"dryRun": True, "ttlSeconds": 3600}, structured=True)
     assert again.type == "buildcontext.cleanup.completed", again
-    assert again.data["dryRun"] is True and again.data["ttlSeconds"] == 0
+    assert again.data["dryRun"] is True and again.data["ttlSeconds"] == 3600
     assert again.data["stores"][0]["deleted"] == 0, "grace and keep-latest protect the rest"
 
 
@@ -591,6 +591,8 @@ def _sample(text: str, name: str, **labels: str) -> float:
         ({"dryRun": "perhaps"}, "data.dryRun"),
         ({"dryrun": True}, "data.dryrun"),
         ({"ttlSeconds": -1}, "data.ttlSeconds"),
+        ({"ttlSeconds": 0}, "below the floor of 3600 s"),
+        ({"ttlSeconds": 3599, "dryRun": True}, "BUILD_CONTEXT_CLEANUP_MIN_TTL_SECONDS"),
         ([1, 2], "JSON object"),
     ],
 )

@@ -345,17 +345,40 @@ def test_the_owning_function_becomes_the_owner_reference(
 ) -> None:
     store = open_configmaps(kube, namespace)
     owner = OwnerReference(**LAMBDA_OWNER, name="disk-cleanup", uid=str(uuid.uuid4()))
-    owned, unowned = built("a = 1\n"), built("a = 2\n")
+    owned = built("a = 1\n")
 
     first = store.put_if_absent(owned, record(owned, namespace=namespace), owner)
-    second = store.put_if_absent(unowned, record(unowned, namespace=namespace))
-    store.put_if_absent(unowned, record(unowned, namespace=namespace), owner)
+    again = store.put_if_absent(owned, record(owned, namespace=namespace), owner)
 
-    for stored in (first, second):
-        references = read(admin, namespace, stored.storage["configMap"]).metadata.owner_references
-        assert [(r.api_version, r.kind, r.name, r.uid) for r in references] == [
-            ("lambda.knative.io/v1alpha1", "LambdaFunction", "disk-cleanup", owner.uid)
-        ]
+    assert again.reused
+    references = read(admin, namespace, first.storage["configMap"]).metadata.owner_references
+    assert [(r.api_version, r.kind, r.name, r.uid) for r in references] == [
+        ("lambda.knative.io/v1alpha1", "LambdaFunction", "disk-cleanup", owner.uid)
+    ]
+
+
+@pytest.mark.parametrize("second_owner", ["another", "none"])
+def test_a_shared_context_loses_its_owner_and_a_reuse_never_adds_one(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str, second_owner: str
+) -> None:
+    """One request's owner (mistaken or hostile: a uid that exists nowhere) must never get a
+    context that another request uses garbage-collected: once shared, it has no owner."""
+    store = open_configmaps(kube, namespace)
+    first_owner = OwnerReference(**LAMBDA_OWNER, name="disk-cleanup", uid=str(uuid.uuid4()))
+    hostile = OwnerReference(**LAMBDA_OWNER, name="gone", uid=str(uuid.uuid4()))
+    shared, unowned = built("a = 1\n"), built("a = 2\n")
+
+    stored = store.put_if_absent(shared, record(shared, namespace=namespace), first_owner)
+    store.put_if_absent(
+        shared, record(shared, namespace=namespace), hostile if second_owner == "another" else None
+    )
+    store.put_if_absent(shared, record(shared, namespace=namespace), first_owner)
+    plain = store.put_if_absent(unowned, record(unowned, namespace=namespace))
+    store.put_if_absent(unowned, record(unowned, namespace=namespace), hostile)
+
+    for kept in (stored, plain):
+        configmap = read(admin, namespace, kept.storage["configMap"])
+        assert not configmap.metadata.owner_references
 
 
 def test_an_owner_the_apiserver_rejects_is_an_internal_error_with_its_message(

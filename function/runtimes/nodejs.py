@@ -9,13 +9,32 @@ from collections.abc import Mapping
 import semantic_version
 import tree_sitter_javascript
 
+from .. import boundary
+from ..boundary import quote
 from ..errors import FieldError, InvalidRequest
 from ..settings import Settings
 from .base import Dependencies, Pinned, Rendered, Runtime, duplicates, refuse
 from .treesitter import TreeSitterGrammar
 
 # validate-npm-package-name, for new packages: lowercase, URL-safe, optional @scope/.
-_NPM_NAME = re.compile(r"^(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]*$")
+_NPM_NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]*")
+# The semver ranges npm-package-arg reads as ranges, and nothing it reads otherwise: plain
+# ASCII comparators, X-ranges, hyphen ranges and ||. No tags, URLs, git, file:, npm: aliases.
+_NUM = r"(?:0|[1-9][0-9]{0,15})"
+_X = r"[xX*]"
+_PRE_ID = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
+_TAIL = rf"(?:-{_PRE_ID}(?:\.{_PRE_ID})*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?"
+# A wildcard part is never followed by a number (node-semver reads '1.x.0' as no range).
+_VERSION = (
+    rf"v?(?:{_NUM}(?:\.{_NUM}(?:\.{_NUM}{_TAIL}|\.{_X})?|\.{_X}(?:\.{_X})?)?"
+    rf"|{_X}(?:\.{_X}(?:\.{_X})?)?)"
+)
+_COMPARATOR = rf"(?:[~^]|[<>]=?|=)?{_VERSION}"
+_RANGE = rf"(?:{_VERSION} - {_VERSION}|{_COMPARATOR}(?: {_COMPARATOR})*)"
+_NPM_RANGE = re.compile(rf"{_RANGE}(?: \|\| {_RANGE})*")
+_NPM_RANGE_MAX = 256
+# npm-package-arg reads a spec ending like a tarball as a local file, before trying semver.
+_TARBALL = re.compile(r"(?i).*\.(?:tgz|tar\.gz|tar)")
 _GRAMMAR = TreeSitterGrammar(tree_sitter_javascript.language(), "JavaScript")
 
 
@@ -43,35 +62,44 @@ class NodeRuntime(Runtime):
             where = f"dependencies.{name}"
             if (
                 len(name) > 214
-                or not _NPM_NAME.match(name)
+                or _NPM_NAME.fullmatch(name) is None
                 or name in {"node_modules", "favicon.ico"}
             ):
+                where = f"dependencies.{boundary.escaped(name)}"
                 problems.append(
                     FieldError(
-                        f"{name!r} is not a valid npm package name (lowercase letters, digits, "
+                        f"{quote(name)} is not a valid npm package name (lowercase letters, digits, "
                         "'-', '.', '_', '~', optional @scope/, at most 214 characters)",
                         field=where,
                     )
                 )
                 continue
-            try:
-                semantic_version.NpmSpec(spec)
-            except ValueError:
+            if not _is_range(spec):
                 problems.append(
                     FieldError(
-                        f"{spec!r} is not a semver range; URLs, git, file: and tags are not "
-                        "allowed: write e.g. '^1.2.3' or '~4.17.0'",
+                        f"{quote(spec)} is not a semver range; URLs, git, file:, tarballs and "
+                        "tags are not allowed: write e.g. '^1.2.3', '~4.17.0' or '>=1 <3'",
                         field=where,
                     )
                 )
                 continue
-            pairs.append((index, name, spec.strip()))
+            pairs.append((index, name, spec))
         problems += duplicates([(i, n) for i, n, _ in pairs])
         refuse(problems, self.name)
         return tuple(sorted((n, s) for _, n, s in pairs))
 
     def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
         return _GRAMMAR.first_error(path, _GRAMMAR.parse(text))
+
+    def tool_file_problem(self, path: str) -> str | None:
+        if path.split("/", 1)[0] == "node_modules":
+            return (
+                "is in node_modules/, where npm installs the dependencies: it would replace "
+                "installed packages; send your own modules in another folder"
+            )
+        if path in ("package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml"):
+            return "is a lockfile that package managers read as install instructions"
+        return None
 
     def render(self, version: str, deps: Pinned, settings: Settings) -> Rendered:
         package = {
@@ -101,6 +129,16 @@ class NodeRuntime(Runtime):
             f'CMD ["node", "{self.entry_file}"]\n'
         )
         return Rendered(dockerfile, {"package.json": json.dumps(package, indent=2) + "\n"})
+
+
+def _is_range(spec: str) -> bool:
+    if len(spec) > _NPM_RANGE_MAX or _NPM_RANGE.fullmatch(spec) is None or _TARBALL.fullmatch(spec):
+        return False
+    try:
+        semantic_version.NpmSpec(spec)
+    except Exception:  # ValueError, and AttributeError on some hyphen ranges (its own bug)
+        return False
+    return True
 
 
 RUNTIME = NodeRuntime()
