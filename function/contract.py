@@ -77,7 +77,7 @@ class Storage(_Model):
 
     model_config = ConfigDict(extra="allow")
 
-    backend: Literal["filesystem", "configmap", "s3"]
+    backend: Literal["filesystem", "configmap", "s3", "oci"]
 
 
 class BuildContextCreated(_Model):

@@ -30,6 +30,11 @@ _IMAGE_REF = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+|\{version\})*([:@][A-Za-z0
 SUBJECT = re.compile(
     rf"system:serviceaccount:{DNS_LABEL.pattern}:(?=.{{1,{DNS_SUBDOMAIN_MAX}}}\Z){DNS_SUBDOMAIN.pattern}"
 )
+OCI_REGISTRY = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?")
+OCI_REPOSITORY = re.compile(
+    r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
+)
+"""The distribution spec's repository-name grammar (what every registry accepts)."""
 
 
 class Settings(BaseSettings):
@@ -135,10 +140,10 @@ class Settings(BaseSettings):
     )
 
     # --- storage -------------------------------------------------------------------------
-    storage: Literal["filesystem", "configmap", "s3"] = Field(
+    storage: Literal["filesystem", "configmap", "s3", "oci"] = Field(
         "filesystem", description="Where contexts are stored."
     )
-    overflow_storage: Literal["", "s3"] = Field(
+    overflow_storage: Literal["", "s3", "oci"] = Field(
         "",
         description="Store for contexts a ConfigMap cannot hold (too large, or the namespace "
         "cap is reached). Empty: such contexts fail with ContextTooLarge/StorageUnavailable.",
@@ -184,6 +189,27 @@ class Settings(BaseSettings):
     s3_sse_kms_key_id: str = Field("", description="KMS key id with s3_sse=aws:kms.")
     s3_multipart_threshold_bytes: int = Field(
         8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Archives above this use multipart upload."
+    )
+    oci_registry: str = Field(
+        "",
+        description="Registry host[:port] of the OCI store (required with the oci store), "
+        "e.g. `registry.example.com` or `10.0.0.5:5000`.",
+    )
+    oci_repository: str = Field(
+        "build-contexts",
+        description="Repository path prefix; each function gets `<prefix>/<namespace>/<function>`.",
+    )
+    oci_docker_config: str = Field(
+        "",
+        description="Path of a docker config.json (a mounted kubernetes.io/dockerconfigjson "
+        "pull secret) with the registry's credentials; empty: `$DOCKER_CONFIG/config.json` if "
+        "it exists, else anonymous.",
+    )
+    oci_ca_file: str = Field(
+        "", description="PEM bundle of CAs the registry's TLS certificate chains to; empty: system."
+    )
+    oci_insecure_http: bool = Field(
+        False, description="Talk plain HTTP to the registry (never on by default)."
     )
 
     # --- lifetimes -----------------------------------------------------------------------
@@ -289,6 +315,26 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} must not start with '/' and must end with '/'")
         return value
 
+    @field_validator("oci_registry")
+    @classmethod
+    def _registry_host(cls, value: str) -> str:
+        if value and not OCI_REGISTRY.fullmatch(value):
+            raise ValueError(
+                f"{value[:80]!r} must be a registry host with an optional port, without scheme "
+                "or path, e.g. registry.example.com:5000"
+            )
+        return value
+
+    @field_validator("oci_repository")
+    @classmethod
+    def _repository_prefix(cls, value: str) -> str:
+        if not OCI_REPOSITORY.fullmatch(value) or len(value) > 100:
+            raise ValueError(
+                f"{value[:80]!r} must be a lowercase repository path of at most 100 characters "
+                "(components of a-z, 0-9 and single . _ - separators, joined by /)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
         if self.ttl_seconds > self.max_ttl_seconds:
@@ -296,6 +342,9 @@ class Settings(BaseSettings):
         uses_s3 = self.storage == "s3" or self.overflow_storage == "s3"
         if uses_s3 and not self.s3_bucket:
             raise ValueError("BUILD_CONTEXT_S3_BUCKET is required when S3 is used")
+        uses_oci = self.storage == "oci" or self.overflow_storage == "oci"
+        if uses_oci and not self.oci_registry:
+            raise ValueError("BUILD_CONTEXT_OCI_REGISTRY is required when the oci store is used")
         for ns in self.extra_namespaces:
             if not is_dns_label(ns):
                 raise ValueError(

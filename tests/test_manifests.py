@@ -438,6 +438,7 @@ RENDERED = {
     "knative": KNATIVE_DIR,
     "base": BASE_DIR,
     "s3": KNATIVE_DIR / "overlays" / "s3",
+    "oci": KNATIVE_DIR / "overlays" / "oci",
     "func": KNATIVE_DIR / "overlays" / "func",
 }
 
@@ -492,6 +493,30 @@ def test_s3_overlay_uses_s3_with_secret_credentials_and_no_configmap_rights(
     assert of_kind(rendered, "Role") == of_kind(rendered, "RoleBinding") == []
     dead_letters = find(rendered, "Service", "build-context-dead-letters")
     assert "envFrom" not in container(dead_letters)
+
+
+@pytest.mark.kube
+def test_oci_overlay_mounts_the_pull_secret_where_the_docker_config_setting_points(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rendered = kustomize(RENDERED["oci"])
+    settings = _settings(find(rendered, "ConfigMap", SETTINGS_NAME)["data"], monkeypatch)
+    assert (settings.storage, settings.oci_registry) == ("oci", "registry.example.com")
+    config = Path(settings.oci_docker_config)
+    for handlers in ("create", "cleanup"):
+        service = handler_service(rendered, handlers)
+        mounts = {m["name"]: m for m in container(service)["volumeMounts"]}
+        volumes = {v["name"]: v for v in service["spec"]["template"]["spec"]["volumes"]}
+        assert mounts["registry"] == {
+            "name": "registry",
+            "mountPath": str(config.parent),
+            "readOnly": True,
+        }
+        assert volumes["registry"]["secret"] == {
+            "secretName": "build-context-registry",
+            "items": [{"key": ".dockerconfigjson", "path": config.name}],
+        }
+    assert of_kind(rendered, "Role") == of_kind(rendered, "RoleBinding") == []
 
 
 @pytest.mark.kube
