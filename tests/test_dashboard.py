@@ -14,13 +14,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from function import dashboard
 from tests.support.contexts import example
 from tests.support.kube import KubeAPIServer
 from tests.support.server import PING, FunctionServer
 from tests.support.telemetry import Scrape, scrape
 from tests.test_alert_rules import MATCHER, SELECTOR, promtool
 from tests.test_cleanup import age, create
+from tools import dashboard
 
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$namespace": ".*"}
 CONFIGMAP_SERIES = ("build_context_configmap_usage_bytes", "build_context_configmap_objects")
@@ -78,7 +78,7 @@ def unmatched(exported: Scrape, wanted: list[tuple[str, dict[str, str]]]) -> lis
 
 
 def test_the_files_in_config_are_what_the_code_generates() -> None:
-    assert dashboard.main(["--check"]) == 0, "run: .venv/bin/python -m function.dashboard"
+    assert dashboard.main(["--check"]) == 0, "run: .venv/bin/python -m tools.dashboard"
     configmap = yaml.safe_load(dashboard.CONFIGMAP_PATH.read_text())
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(configmap["data"]["build-context.json"]) == model()

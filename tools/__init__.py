@@ -1,0 +1,1 @@
+"""Development tools that generate files in config/; not shipped with the function."""
