@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -304,6 +305,13 @@ class KubeAPIServer:
 
     def api_client(self) -> kubernetes.client.ApiClient:
         return self.client_for_token(self.token)
+
+    def new_namespace(self, prefix: str) -> str:
+        """A namespace no test used before (namespaces are never finalized here), created."""
+        namespace = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        with self.api_client() as client:
+            kubernetes.client.CoreV1Api(client).create_namespace({"metadata": {"name": namespace}})
+        return namespace
 
     def service_account_token(
         self,
