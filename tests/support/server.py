@@ -135,6 +135,14 @@ class FunctionServer:
             headers["Authorization"] = f"Bearer {token}"
         return Reply(self.session.post(self.url, headers=headers, data=body, timeout=timeout))
 
+    def send_twice(self, data: Any) -> tuple[Any, Any]:
+        """The same request twice, as a redelivery would send it; the first reply must be
+        `buildcontext.created`. The data of both replies."""
+        reply = self.send(data)
+        again = self.send(data)
+        assert reply.type == "buildcontext.created", reply
+        return reply.data, again.data
+
 
 def encode(
     data: Any,
