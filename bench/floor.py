@@ -75,6 +75,7 @@ def create_app(root: Path) -> Flask:
 @contextlib.contextmanager
 def running(workdir: Path, threads: int = 8, timeout: float = 30) -> Iterator[tuple[str, int]]:
     """The floor server as a subprocess on a free loopback port; yields its URL and pid."""
+    from tests.support.processes import stop_process
     from tests.support.server import ROOT, free_port
 
     port = free_port()
@@ -102,12 +103,7 @@ def running(workdir: Path, threads: int = 8, timeout: float = 30) -> Iterator[tu
             time.sleep(0.05)
         yield url, process.pid
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 

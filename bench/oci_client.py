@@ -51,8 +51,9 @@ def record(built: Archive, function: str) -> ContextRecord:
     )
 
 
-def with_requests(registry: Registry, config: Path, prefix: str) -> Callable[[Archive], None]:
-    store = OCIStore.from_settings(
+def _store(registry: Registry, config: Path, prefix: str) -> OCIStore:
+    """Our store, pointed at the bench registry the way the function's settings point it."""
+    return OCIStore.from_settings(
         load_settings(
             storage="oci",
             oci_registry=registry.host,
@@ -61,6 +62,10 @@ def with_requests(registry: Registry, config: Path, prefix: str) -> Callable[[Ar
             oci_ca_file=str(registry.ca_path),
         )
     )
+
+
+def with_requests(registry: Registry, config: Path, prefix: str) -> Callable[[Archive], None]:
+    store = _store(registry, config, prefix)
 
     def push(built: Archive) -> None:
         store.put_if_absent(built, record(built, "fix"))
@@ -76,15 +81,7 @@ def with_requests_same_steps(
 
     from function.stores.oci.client import OCI_MANIFEST
 
-    store = OCIStore.from_settings(
-        load_settings(
-            storage="oci",
-            oci_registry=registry.host,
-            oci_repository=prefix,
-            oci_docker_config=str(config),
-            oci_ca_file=str(registry.ca_path),
-        )
-    )
+    store = _store(registry, config, prefix)
     client = store.client
     repository = f"{prefix}/bench/fix"
 

@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -45,15 +44,7 @@ class Cluster:
 
     def __init__(self, kube: KubeAPIServer, tmp_path: Path) -> None:
         self.kube = kube
-        self.namespace = f"auth-{uuid.uuid4().hex[:8]}"
-        with kube.api_client() as client:
-            import kubernetes.client
-
-            kubernetes.client.CoreV1Api(client).create_namespace(
-                kubernetes.client.V1Namespace(
-                    metadata=kubernetes.client.V1ObjectMeta(name=self.namespace)
-                )
-            )
+        self.namespace = kube.new_namespace("auth")
         own = tmp_path / "function-sa.token"
         own.write_text(kube.service_account_token(self.namespace, "build-context"))
         assert kube.ca_file is not None

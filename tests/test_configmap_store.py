@@ -764,11 +764,7 @@ def test_http_created_event_names_the_configmap_that_holds_the_archive(
     server = start_server(**configmap_env(kube, namespace, KUBECONFIG=str(kubeconfig)))
     request = example("python")
 
-    reply = server.send(request)
-    again = server.send(request)
-
-    assert reply.type == "buildcontext.created", reply
-    data = reply.data
+    data, again = server.send_twice(request)
     name = f"{request['lambdaFunction']}-build-context-{data['contentHash']}"
     assert data["storage"] == {
         "backend": "configmap",
@@ -781,7 +777,7 @@ def test_http_created_event_names_the_configmap_that_holds_the_archive(
     assert hashlib.sha256(stored).hexdigest() == data["archiveSha256"]
     assert hashlib.sha256(gzip.decompress(stored)).hexdigest() == data["contentHash"]
     assert set(members(stored)) >= set(data["files"])
-    assert (again.data["reused"], again.data["storage"]) == (True, data["storage"])
+    assert (again["reused"], again["storage"]) == (True, data["storage"])
     metrics = server.session.get(f"{server.url}/metrics", timeout=10).text
     for series, value in (("usage_bytes", len(stored)), ("objects", 1)):
         pattern = rf'build_context_configmap_{series}{{namespace="{namespace}"[^}}]*}} {value}\.0'

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
-import kubernetes.client
 import kubernetes_validate
 import pytest
 import yaml
@@ -148,9 +146,7 @@ def test_every_series_the_dashboard_names_is_exported(server: FunctionServer) ->
 def test_the_configmap_capacity_series_are_exported_by_the_configmap_store(
     kube: KubeAPIServer, tmp_path: Path
 ) -> None:
-    namespace = f"dash-{uuid.uuid4().hex[:8]}"
-    core = kubernetes.client.CoreV1Api(kube.api_client())
-    core.create_namespace({"metadata": {"name": namespace}})
+    namespace = kube.new_namespace("dash")
     server = FunctionServer(
         {"BUILD_CONTEXT_STORAGE": "configmap", **kube.function_env(namespace)}, tmp_path
     ).start()

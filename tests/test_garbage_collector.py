@@ -17,6 +17,7 @@ from kubernetes.client.rest import ApiException
 
 from tests.conftest import StartServer
 from tests.support.kube import KubeAPIServer
+from tests.support.processes import stop_process
 
 pytestmark = pytest.mark.kube
 DEADLINE = 90.0
@@ -47,12 +48,7 @@ def garbage_collector(
     try:
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=15)
 
 
 @pytest.fixture(scope="module")

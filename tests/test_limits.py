@@ -14,7 +14,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import kubernetes.client
 import pytest
 import requests
 
@@ -138,10 +137,7 @@ def test_caps_hold_on_the_s3_store(
 def test_caps_hold_on_the_configmap_store(
     start_server: StartServer, kube: KubeAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    namespace = f"limits-{uuid.uuid4().hex[:8]}"
-    kubernetes.client.CoreV1Api(kube.api_client()).create_namespace(
-        {"metadata": {"name": namespace}}
-    )
+    namespace = kube.new_namespace("limits")
     env = {"BUILD_CONTEXT_STORAGE": "configmap", **kube.function_env(namespace)}
     check_caps(start_server, env, monkeypatch)
     check_byte_cap(start_server, env, monkeypatch)

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import uuid
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import kubernetes.client
 import pytest
 
 from bench import workload
@@ -182,10 +180,7 @@ def test_burst_s3(
 def test_burst_configmap(
     start_server: StartServer, kube: KubeAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    namespace = f"load-{uuid.uuid4().hex[:8]}"
-    kubernetes.client.CoreV1Api(kube.api_client()).create_namespace(
-        {"metadata": {"name": namespace}}
-    )
+    namespace = kube.new_namespace("load")
     assert kube.kubeconfig_path is not None
     check_burst(
         start_server,

@@ -87,6 +87,11 @@ def _settings(data: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings
     return Settings()
 
 
+def _rendered_settings(rendered: list[Manifest], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings the pods of a rendered overlay get from its settings ConfigMap."""
+    return _settings(find(rendered, "ConfigMap", SETTINGS_NAME)["data"], monkeypatch)
+
+
 # --- generated files --------------------------------------------------------------------
 
 
@@ -470,8 +475,7 @@ def test_base_renders_to_the_files_with_the_configmap_store(
             assert {k: v for k, v in doc.items() if k != "metadata"} == {
                 k: v for k, v in source.items() if k != "metadata"
             }, "tests apply rbac.yaml as is: the rendered RBAC must be the same"
-    data = find(rendered, "ConfigMap", SETTINGS_NAME)["data"]
-    settings = _settings(data, monkeypatch)
+    settings = _rendered_settings(rendered, monkeypatch)
     assert settings.storage == "configmap"
     assert settings.auth == "oidc", "only the Trigger and the PingSource may call in a cluster"
 
@@ -481,7 +485,7 @@ def test_s3_overlay_uses_s3_with_secret_credentials_and_no_configmap_rights(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rendered = kustomize(RENDERED["s3"])
-    settings = _settings(find(rendered, "ConfigMap", SETTINGS_NAME)["data"], monkeypatch)
+    settings = _rendered_settings(rendered, monkeypatch)
     assert settings.storage == "s3"
     assert settings.s3_bucket
     for handlers in ("create", "cleanup"):
@@ -500,7 +504,7 @@ def test_oci_overlay_mounts_the_pull_secret_where_the_docker_config_setting_poin
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rendered = kustomize(RENDERED["oci"])
-    settings = _settings(find(rendered, "ConfigMap", SETTINGS_NAME)["data"], monkeypatch)
+    settings = _rendered_settings(rendered, monkeypatch)
     assert (settings.storage, settings.oci_registry) == ("oci", "registry.example.com")
     config = Path(settings.oci_docker_config)
     for handlers in ("create", "cleanup"):

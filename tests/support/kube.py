@@ -14,16 +14,14 @@ from __future__ import annotations
 import functools
 import http.client
 import json
-import os
 import secrets
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +32,7 @@ import yaml
 from kubernetes.client.rest import ApiException
 
 from tests.support.polling import poll_until
+from tests.support.processes import built_bin_dir, free_ports, stop_process
 
 PROBE_ERRORS = (OSError, ValueError, http.client.HTTPException)
 """A start-up probe that fails this way (refused, timed out, cut short, not JSON yet) is retried
@@ -49,26 +48,7 @@ ADMIN_USER = "admin"
 def kube_bin_dir() -> Path:
     """Directory holding kube-apiserver, kubectl, kube-controller-manager and etcd, building
     them if needed."""
-    if env_dir := os.environ.get("KUBE_BIN_DIR"):
-        return Path(env_dir)
-    result = subprocess.run(
-        [str(REPO_ROOT / "scripts" / "kube-binaries")],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-    )
-    return Path(result.stdout.strip().splitlines()[-1])
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    return built_bin_dir("KUBE_BIN_DIR", "kube-binaries")
 
 
 class _PortTaken(RuntimeError):
@@ -102,17 +82,6 @@ def _write_signing_key(path: Path) -> None:
             serialization.NoEncryption(),
         )
     )
-
-
-def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 class KubeAPIServer:
@@ -169,7 +138,7 @@ class KubeAPIServer:
         for attempt in range(3):
             self.workdir = Path(tempfile.mkdtemp(prefix="kube-apiserver-"))
             try:
-                etcd_port, peer_port, apiserver_port = _free_ports(3)
+                etcd_port, peer_port, apiserver_port = free_ports(3)
                 etcd_url = self._start_etcd(etcd_port, peer_port)
                 self._start_apiserver(etcd_url, apiserver_port)
                 self._write_kubeconfig()
@@ -183,8 +152,8 @@ class KubeAPIServer:
                 raise
 
     def stop(self) -> None:
-        _stop_process(self._apiserver)
-        _stop_process(self._etcd)
+        stop_process(self._apiserver)
+        stop_process(self._etcd)
         self._apiserver = self._etcd = None
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -336,6 +305,13 @@ class KubeAPIServer:
 
     def api_client(self) -> kubernetes.client.ApiClient:
         return self.client_for_token(self.token)
+
+    def new_namespace(self, prefix: str) -> str:
+        """A namespace no test used before (namespaces are never finalized here), created."""
+        namespace = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        with self.api_client() as client:
+            kubernetes.client.CoreV1Api(client).create_namespace({"metadata": {"name": namespace}})
+        return namespace
 
     def service_account_token(
         self,

@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import ssl
 import subprocess
 import threading
@@ -35,6 +34,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
 
+from tests.support.processes import built_bin_dir, free_port, stop_process
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 PR_SET_PDEATHSIG = 1
@@ -46,21 +47,7 @@ class RegistryError(RuntimeError):
 
 def registry_bin_dir() -> Path:
     """Directory holding `registry` and `crane`, building them if needed."""
-    if env_dir := os.environ.get("REGISTRY_BIN_DIR"):
-        return Path(env_dir)
-    result = subprocess.run(
-        [str(REPO_ROOT / "scripts" / "registry-binaries")],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-    )
-    return Path(result.stdout.strip().splitlines()[-1])
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    return built_bin_dir("REGISTRY_BIN_DIR", "registry-binaries")
 
 
 def _die_with_parent() -> None:
@@ -272,7 +259,7 @@ class Registry:
         self.start_timeout = start_timeout
         self.bin_dir = registry_bin_dir()
         self.admin = Credentials("builder", secrets.token_hex(12))
-        self.port = _free_port()
+        self.port = free_port()
         self.ca_path: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -368,14 +355,7 @@ class Registry:
             self.tokens.stop()
             self.tokens = None
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
     def kill(self) -> None:
         """An outage as a crash: no chance to finish what is in flight."""

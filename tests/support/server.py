@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -18,16 +17,11 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
 from tests.support.polling import poll_until
+from tests.support.processes import free_port as free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PING = "dev.knative.sources.ping"
 """The event type of a Knative PingSource: what starts a cleanup."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Reply:
@@ -140,6 +134,14 @@ class FunctionServer:
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         return Reply(self.session.post(self.url, headers=headers, data=body, timeout=timeout))
+
+    def send_twice(self, data: Any) -> tuple[Any, Any]:
+        """The same request twice, as a redelivery would send it; the first reply must be
+        `buildcontext.created`. The data of both replies."""
+        reply = self.send(data)
+        again = self.send(data)
+        assert reply.type == "buildcontext.created", reply
+        return reply.data, again.data
 
 
 def encode(

@@ -33,6 +33,19 @@ def _descriptor(media_type: str, blob: bytes, **extra: Any) -> dict[str, Any]:
     return {"mediaType": media_type, "digest": digest, "size": len(blob), **extra}
 
 
+def _identity(record: ContextRecord) -> dict[str, str]:
+    """The annotations both manifests carry: who manages it and which context it is."""
+    return {
+        MANAGED: MANAGED_BY,
+        ANNOTATION + "namespace": record.namespace,
+        ANNOTATION + "function": record.function,
+        ANNOTATION + "runtime": record.runtime,
+        ANNOTATION + "runtime-version": record.runtime_version,
+        ANNOTATION + "content-hash": record.content_hash,
+        ANNOTATION + "archive-sha256": record.archive_sha256,
+    }
+
+
 @dataclass(frozen=True)
 class ContextImage:
     """The reproducible part: config and manifest bytes of one context."""
@@ -64,13 +77,7 @@ class ContextImage:
             }
         )
         annotations = {
-            MANAGED: MANAGED_BY,
-            ANNOTATION + "namespace": record.namespace,
-            ANNOTATION + "function": record.function,
-            ANNOTATION + "runtime": record.runtime,
-            ANNOTATION + "runtime-version": record.runtime_version,
-            ANNOTATION + "content-hash": record.content_hash,
-            ANNOTATION + "archive-sha256": record.archive_sha256,
+            **_identity(record),
             "org.opencontainers.image.title": f"{record.function} build context",
         }
         layer = {
@@ -94,13 +101,7 @@ class ContextImage:
 def record_manifest(record: ContextRecord, context: ContextImage) -> bytes:
     empty = _descriptor(EMPTY_TYPE, EMPTY, data=base64.b64encode(EMPTY).decode())
     annotations = {
-        MANAGED: MANAGED_BY,
-        ANNOTATION + "namespace": record.namespace,
-        ANNOTATION + "function": record.function,
-        ANNOTATION + "runtime": record.runtime,
-        ANNOTATION + "runtime-version": record.runtime_version,
-        ANNOTATION + "content-hash": record.content_hash,
-        ANNOTATION + "archive-sha256": record.archive_sha256,
+        **_identity(record),
         ANNOTATION + "size-bytes": str(record.size_bytes),
         ANNOTATION + "created-at": utc_text(record.created_at),
         ANNOTATION + "expires-at": utc_text(record.expires_at),
