@@ -74,6 +74,14 @@ class Storage(_Model):
     backend: Literal["filesystem", "configmap", "s3"]
 
 
+class SecretFinding(_Model):
+    """Where a credential was found (BUILD_CONTEXT_SECRET_SCAN=warn); never the secret."""
+
+    file: str
+    line: int
+    kind: str
+
+
 class BuildContextCreated(_Model):
     lambda_function: str
     runtime: str
@@ -91,6 +99,11 @@ class BuildContextCreated(_Model):
     overflow: bool = Field(False, description="True when stored in the overflow store.")
     request_id: str
     metadata: dict[str, str]
+    secret_warnings: list[SecretFinding] | None = Field(
+        None,
+        description="Credentials found in the source and let through "
+        "(BUILD_CONTEXT_SECRET_SCAN=warn): file, line and kind only.",
+    )
 
     @field_serializer("created_at", "expires_at")
     def _times(self, value: datetime) -> str:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from . import archive as archives
-from .contract import BuildContextCreated, BuildContextRequest
+from .contract import BuildContextCreated, BuildContextRequest, SecretFinding
 from .errors import CapacityExceeded, ContextTooLarge, FieldError, StorageForbidden
 from .settings import Settings
 from .stores.base import ContextRecord, Store, Stored, utcnow
 from .telemetry import NOOP, Telemetry
 from .validation import ValidRequest, parse, validate
+
+log = logging.getLogger("build_context")
 
 
 @dataclass
@@ -31,6 +34,17 @@ class BuildContextService:
             valid = validate(request, self.settings)
             attributes["runtime"] = valid.runtime.name
             namespace = self._namespace(request)
+        for finding in valid.credential_warnings:
+            log.warning(
+                "credential in the source",
+                extra={
+                    "requestId": request_id,
+                    "function": valid.function,
+                    "file": finding.file,
+                    "line": finding.line,
+                    "kind": finding.kind,
+                },
+            )
         with self.telemetry.stage("render", attributes):
             rendered = valid.runtime.render(
                 valid.runtime_version, valid.dependencies, self.settings
@@ -73,6 +87,11 @@ class BuildContextService:
             overflow=overflowed,
             request_id=request_id,
             metadata=dict(valid.metadata),
+            secret_warnings=[
+                SecretFinding(file=f.file, line=f.line, kind=f.kind)
+                for f in valid.credential_warnings
+            ]
+            or None,
         )
 
     def _namespace(self, request: BuildContextRequest) -> str:

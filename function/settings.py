@@ -138,6 +138,12 @@ class Settings(BaseSettings):
     allow_url_dependencies: bool = Field(
         False, description="Allow URL, VCS and file dependencies (off: only registry packages)."
     )
+    secret_scan: Literal["refuse", "warn", "off"] = Field(
+        "refuse",
+        description="Credentials found in the source (private keys, cloud keys, tokens, "
+        "kubeconfigs, passwords in URLs, high-entropy assignments): `refuse` the request "
+        "(InvalidSource), `warn` (log and list them in the reply), or `off`. README, Secrets.",
+    )
 
     # --- images --------------------------------------------------------------------------
     registry_mirror: str = Field(

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import credentials
 from .contract import BuildContextRequest, OwnerReference
 from .errors import ContextTooLarge, FieldError, InvalidRequest, InvalidSource
 from .runtimes import Runtime, resolve
@@ -32,6 +33,7 @@ class ValidRequest:
     metadata: Mapping[str, str]
     namespace: str | None
     owner: OwnerReference | None
+    credential_warnings: tuple[credentials.Finding, ...] = ()
 
 
 def parse(data: Any) -> BuildContextRequest:
@@ -98,6 +100,7 @@ def validate(request: BuildContextRequest, settings: Settings) -> ValidRequest:
         raise InvalidRequest(message, [FieldError(message, field="dependencies")])
     deps = runtime.dependencies(request.dependencies, settings)
     sources = _sources(request, runtime, settings)
+    warnings = _credentials(request, sources, settings)
     _syntax(sources, runtime, version)
     return ValidRequest(
         request.lambda_function,
@@ -109,6 +112,7 @@ def validate(request: BuildContextRequest, settings: Settings) -> ValidRequest:
         metadata,
         namespace,
         request.owner,
+        warnings,
     )
 
 
@@ -272,3 +276,40 @@ def _syntax(sources: Mapping[str, str], runtime: Runtime, version: str) -> None:
     if problems:
         first = problems[0]
         raise InvalidSource(f"{first.file}: {first.message}", problems)
+
+
+def _credentials(
+    request: BuildContextRequest, sources: Mapping[str, str], settings: Settings
+) -> tuple[credentials.Finding, ...]:
+    """Credentials in the source: refused, or returned as warnings. Never quotes the secret."""
+    if settings.secret_scan == "off":
+        return ()
+    findings = tuple(credentials.scan(sources))
+    if not findings or settings.secret_scan == "warn":
+        return findings
+    problems = [
+        FieldError(
+            f"line {f.line}: {f.kind}; keep credentials out of the source (read them at run time "
+            f"from a mounted Secret or the environment), or mark a false positive with "
+            f"'{credentials.ALLOW_MARKER}' in a comment on that line",
+            field=_source_field(request, f.file),
+            file=f.file,
+            line=f.line,
+        )
+        for f in findings
+    ]
+    first = findings[0]
+    raise InvalidSource(
+        f"{first.file}: line {first.line}: {first.kind} in the source ({len(findings)} "
+        f"finding{'s' if len(findings) > 1 else ''}); remove it and read it at run time from a "
+        f"Secret, or mark a false positive with '{credentials.ALLOW_MARKER}' on that line",
+        problems,
+    )
+
+
+def _source_field(request: BuildContextRequest, path: str) -> str:
+    return (
+        "sourceCode"
+        if request.source_code is not None and path not in request.files
+        else f"files.{path}"
+    )
