@@ -1,4 +1,4 @@
-"""Command line: serve (default) | create | send | cleanup | settings | schemas."""
+"""Command line: serve (default) | create | send | cleanup | verify | settings | schemas."""
 
 from __future__ import annotations
 
@@ -64,6 +64,31 @@ def main(argv: list[str] | None = None) -> int:
         help="also treat contexts created more than this many seconds ago as expired",
     )
 
+    verify = commands.add_parser(
+        "verify",
+        help="check a context archive against its signed provenance (DSSE envelope)",
+        description="Check the envelope's signature with the public key(s), the archive's "
+        "digests against the statement's subjects and file digests, and that the Dockerfile "
+        "and manifests are exactly what build-context renders from the statement's "
+        "parameters. Exit 0 and print a summary when everything holds, else exit 1 and say "
+        "which check failed.",
+    )
+    verify.add_argument("archive", type=Path, help="the context .tar.gz")
+    verify.add_argument("--envelope", "-e", type=Path, required=True, help="the DSSE envelope")
+    verify.add_argument(
+        "--public-key",
+        "-k",
+        type=Path,
+        action="append",
+        default=[],
+        help="PEM public key (Ed25519 or ECDSA P-256); repeat for rotation: any one may verify",
+    )
+    verify.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="accept an envelope without signature (a function run without a signing key)",
+    )
+
     settings_cmd = commands.add_parser(
         "settings", help="print every environment variable with its default and meaning"
     )
@@ -97,6 +122,8 @@ def _run(args: argparse.Namespace) -> int:
         return _send(args)
     if command == "cleanup":
         return _cleanup(args)
+    if command == "verify":
+        return _verify(args)
     if command == "settings":
         from .reference import render
 
@@ -163,6 +190,38 @@ def _create(args: argparse.Namespace) -> int:
         namespace = app.settings.home_namespace
         args.output.write_bytes(store.get(namespace, created.lambda_function, created.content_hash))
     print(json.dumps(created.wire(), indent=2))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from . import provenance
+
+    try:
+        keys = provenance.load_public_keys(args.public_key)
+        archive = args.archive.read_bytes()
+        envelope = args.envelope.read_bytes()
+        verified = provenance.verify(archive, envelope, keys, allow_unsigned=args.allow_unsigned)
+    except OSError as error:
+        print(f"verify: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
+    except provenance.VerificationFailed as error:
+        print(f"verify: REFUSED: {error}", file=sys.stderr)
+        return 1
+    definition = verified.statement["predicate"]["buildDefinition"]
+    external = definition["externalParameters"]
+    summary = {
+        "verified": True,
+        "signed": verified.keyid is not None,
+        "keyid": verified.keyid,
+        "subject": {s["name"]: s["digest"]["sha256"] for s in verified.statement["subject"]},
+        "function": external["function"],
+        "runtime": external["runtime"],
+        "runtimeVersion": external["runtimeVersion"],
+        "dependenciesLocked": external.get("dependenciesLocked", False),
+        "baseImages": [d["uri"] for d in definition.get("resolvedDependencies", [])],
+        "files": len(external["files"]),
+    }
+    print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .cleanup import CleanupService
+from .provenance import SigningKey
 from .service import BuildContextService
 from .settings import Settings, load_settings
 from .stores import Store, open_store
@@ -27,6 +29,9 @@ class App:
     ) -> App:
         """Without `telemetry`, installs this process's exporters (Prometheus, OTLP)."""
         settings = settings or load_settings()
+        signer = (
+            SigningKey.load(Path(settings.signing_key_file)) if settings.signing_key_file else None
+        )
         exporters = None
         if telemetry is None:
             exporters = install_exporters()
@@ -41,7 +46,7 @@ class App:
             if settings.overflow_storage and settings.overflow_storage != settings.storage
             else None
         )
-        service = BuildContextService(settings, primary, overflow, telemetry)
+        service = BuildContextService(settings, primary, overflow, telemetry, signer=signer)
         stores: list[Store] = [primary, *([overflow] if overflow else [])]
         cleanup = CleanupService(stores, settings, telemetry=telemetry)
         telemetry.declare([s.backend for s in stores], settings.handlers in ("all", "cleanup"))

@@ -82,6 +82,20 @@ class SecretFinding(_Model):
     kind: str
 
 
+class Provenance(_Model):
+    """The context's signed provenance: an in-toto Statement in a DSSE envelope."""
+
+    signed: bool = Field(
+        description="false: no signing key is configured (BUILD_CONTEXT_SIGNING_KEY_FILE) and "
+        "the envelope carries no signature."
+    )
+    keyid: str | None = Field(None, description="sha256 of the signing key's public key (DER).")
+    predicate_type: str = Field(description="SLSA Provenance v1.")
+    envelope: dict[str, Any] | None = Field(
+        None, description="Where the DSSE envelope is stored, like `storage` for the archive."
+    )
+
+
 class BuildContextCreated(_Model):
     lambda_function: str
     runtime: str
@@ -99,6 +113,7 @@ class BuildContextCreated(_Model):
     overflow: bool = Field(False, description="True when stored in the overflow store.")
     request_id: str
     metadata: dict[str, str]
+    provenance: Provenance | None = None
     secret_warnings: list[SecretFinding] | None = Field(
         None,
         description="Credentials found in the source and let through "

@@ -98,7 +98,7 @@ def _create(app: App, event: CloudEvent) -> CloudEvent:
     start = time.perf_counter()
     attributes = {"store": app.service.store.backend, "runtime": _runtime_hint(event.data)}
     try:
-        created = app.service.create(event.data, request_id)
+        created = app.service.create(event.data, request_id, event["source"])
     except BuildContextError as error:
         return _failed(app, event, error, attributes, start)
     except Exception as error:

@@ -3,20 +3,53 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from . import archive as archives
-from .contract import BuildContextCreated, BuildContextRequest, SecretFinding
-from .errors import CapacityExceeded, ContextTooLarge, FieldError, StorageForbidden
+from . import provenance
+from .contract import BuildContextCreated, BuildContextRequest, Provenance, SecretFinding
+from .errors import (
+    CapacityExceeded,
+    ContextTooLarge,
+    FieldError,
+    InvalidRequest,
+    StorageForbidden,
+)
 from .settings import Settings
 from .stores.base import ContextRecord, Store, Stored, utcnow
-from .telemetry import NOOP, Telemetry
+from .telemetry import NOOP, Telemetry, redact
 from .validation import ValidRequest, parse, validate
 
 log = logging.getLogger("build_context")
+
+
+@dataclass(frozen=True)
+class Built:
+    """A checked, rendered, packed and signed context, not stored yet."""
+
+    valid: ValidRequest
+    namespace: str
+    archive: archives.Archive
+    envelope: bytes
+    """DSSE envelope (JSON) of the in-toto provenance statement; unsigned without a key."""
+
+
+_EVENT_SOURCE = re.compile(r"[\x21-\x7e]{1,1024}")
+
+
+def _event_source(source: str) -> str:
+    """The request event's `source` goes into the provenance: printable ASCII, bounded."""
+    if source and not _EVENT_SOURCE.fullmatch(source):
+        message = (
+            f"source: the event's source attribute ({redact(source, 60)!r}) must be a URI "
+            "reference of at most 1024 printable ASCII characters without spaces"
+        )
+        raise InvalidRequest(message, [FieldError(message, field="source")])
+    return source
 
 
 @dataclass
@@ -26,14 +59,24 @@ class BuildContextService:
     overflow: Store | None = None
     telemetry: Telemetry = NOOP
     clock: Callable[[], datetime] = utcnow
+    signer: provenance.SigningKey | None = None
 
-    def create(self, data: Any, request_id: str) -> BuildContextCreated:
-        attributes = {"store": self.store.backend, "runtime": "unknown"}
+    def build(
+        self,
+        data: Any,
+        request_id: str,
+        request_source: str = "",
+        attributes: dict[str, str] | None = None,
+    ) -> Built:
+        """Validate, render, pack and sign: everything before the store."""
+        attributes = attributes if attributes is not None else {}
+        started = self.clock()
         with self.telemetry.stage("validate", attributes):
             request = parse(data)
             valid = validate(request, self.settings)
             attributes["runtime"] = valid.runtime.name
             namespace = self._namespace(request)
+            source = _event_source(request_source)
         for finding in valid.credential_warnings:
             log.warning(
                 "credential in the source",
@@ -52,10 +95,35 @@ class BuildContextService:
             files = {**valid.sources, **rendered.files()}
         with self.telemetry.stage("archive", attributes):
             archive = archives.build(files)
+        with self.telemetry.stage("sign", attributes):
+            parameters = provenance.BuildParameters(
+                function=valid.function,
+                runtime=valid.runtime.name,
+                runtime_version=valid.runtime_version,
+                dependencies=valid.dependencies,
+                request_id=request_id,
+                request_source=source,
+            )
+            statement = provenance.statement(
+                archive,
+                {path: text.encode() for path, text in files.items()},
+                parameters,
+                provenance.internal_parameters(self.settings),
+                rendered.dockerfile,
+                started,
+                self.clock(),
+            )
+            envelope = provenance.envelope(statement, self.signer)
+        return Built(valid, namespace, archive, envelope)
+
+    def create(self, data: Any, request_id: str, request_source: str = "") -> BuildContextCreated:
+        attributes = {"store": self.store.backend, "runtime": "unknown"}
+        built = self.build(data, request_id, request_source, attributes)
+        valid, archive = built.valid, built.archive
         now = self.clock()
         record = ContextRecord.for_archive(
             archive,
-            namespace=namespace,
+            namespace=built.namespace,
             function=valid.function,
             runtime=valid.runtime.name,
             runtime_version=valid.runtime_version,
@@ -92,6 +160,11 @@ class BuildContextService:
                 for f in valid.credential_warnings
             ]
             or None,
+            provenance=Provenance(
+                signed=self.signer is not None,
+                keyid=self.signer.keyid if self.signer else None,
+                predicate_type=provenance.PREDICATE_TYPE,
+            ),
         )
 
     def _namespace(self, request: BuildContextRequest) -> str:

@@ -145,6 +145,14 @@ class Settings(BaseSettings):
         "(InvalidSource), `warn` (log and list them in the reply), or `off`. README, Secrets.",
     )
 
+    # --- supply chain --------------------------------------------------------------------
+    signing_key_file: str = Field(
+        "",
+        description="PEM private key (Ed25519 or ECDSA P-256, unencrypted; a mounted Secret) "
+        "that signs each context's provenance. Empty: provenance is stored unsigned and the "
+        "reply says so. docs/deploy.md, Provenance.",
+    )
+
     # --- images --------------------------------------------------------------------------
     registry_mirror: str = Field(
         "",
