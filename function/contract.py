@@ -58,6 +58,11 @@ class BuildContextRequest(_Model):
         description="python: requirement specifiers; nodejs: {name: range}; go: module@version "
         "(or {module: version}).",
     )
+    lock_file: str | None = Field(
+        None,
+        description="Text of the runtime's lock file, to install exactly what it pins: pip "
+        "requirements with --hash (python), package-lock.json (nodejs), go.sum (go).",
+    )
     ttl_seconds: int | None = Field(None, description="Lifetime; capped by configuration.")
     metadata: dict[str, str] = Field(
         default_factory=dict, description="Kept with the context and echoed in the reply."
@@ -111,6 +116,11 @@ class BuildContextCreated(_Model):
     expires_at: datetime
     reused: bool
     overflow: bool = Field(False, description="True when stored in the overflow store.")
+    dependencies_locked: bool = Field(
+        False,
+        description="True when the build installs exactly what a lock file pins (or there "
+        "are no dependencies): the same context then builds the same dependencies.",
+    )
     request_id: str
     metadata: dict[str, str]
     provenance: Provenance | None = None

@@ -41,7 +41,7 @@ BUILD_TYPE = "https://build-context.dev/provenance/context/v1"
 BUILDER_ID = "https://build-context.dev/builder/build-context"
 ARCHIVE_SUBJECT = "context.tar.gz"
 CONTENT_SUBJECT = "context.tar"
-MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
+MAX_ENVELOPE_BYTES = 8 * 1024 * 1024
 MAX_ARCHIVE_BYTES = 64 * 1024 * 1024
 _MAX_UNPACKED_BYTES = 256 * 1024 * 1024
 IMAGE_SETTINGS = ("python", "nodejs", "go_build", "go_runtime")
@@ -165,6 +165,8 @@ class BuildParameters:
     request_id: str
     request_source: str
     lock: Mapping[str, Any] | None = None
+    locked: bool = False
+    """The lock pins everything installed (or nothing is installed)."""
 
     def external(self, files: Mapping[str, bytes]) -> dict[str, Any]:
         return {
@@ -172,7 +174,7 @@ class BuildParameters:
             "runtime": self.runtime,
             "runtimeVersion": self.runtime_version,
             "dependencies": [list(pair) for pair in self.dependencies],
-            "dependenciesLocked": self.lock is not None,
+            "dependenciesLocked": self.locked,
             "lock": self.lock,
             "request": {"id": self.request_id, "source": self.request_source},
             "files": file_digests(files),
@@ -415,7 +417,10 @@ def _check_rendered(files: Mapping[str, bytes], definition: Mapping[str, Any]) -
             **{f"{name}_image": images[name] for name in IMAGE_SETTINGS},
         )
         pinned = tuple((str(n), str(s)) for n, s in external.get("dependencies") or [])
-        rendered = runtime.render(external["runtimeVersion"], pinned, settings)
+        lock = external.get("lock")
+        if lock is not None and not isinstance(lock, dict):
+            raise VerificationFailed("externalParameters.lock is not an object")
+        rendered = runtime.render(external["runtimeVersion"], pinned, settings, lock)
     except Exception as error:  # a tampered statement must end as a refusal, whatever it holds
         raise VerificationFailed(
             f"cannot render from the statement's parameters: {error}"

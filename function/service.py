@@ -90,7 +90,7 @@ class BuildContextService:
             )
         with self.telemetry.stage("render", attributes):
             rendered = valid.runtime.render(
-                valid.runtime_version, valid.dependencies, self.settings
+                valid.runtime_version, valid.dependencies, self.settings, valid.lock
             )
             files = {**valid.sources, **rendered.files()}
         with self.telemetry.stage("archive", attributes):
@@ -103,6 +103,8 @@ class BuildContextService:
                 dependencies=valid.dependencies,
                 request_id=request_id,
                 request_source=source,
+                lock=valid.lock,
+                locked=valid.dependencies_locked,
             )
             statement = provenance.statement(
                 archive,
@@ -153,6 +155,7 @@ class BuildContextService:
             expires_at=stored.record.expires_at,
             reused=stored.reused,
             overflow=overflowed,
+            dependencies_locked=valid.dependencies_locked,
             request_id=request_id,
             metadata=dict(valid.metadata),
             secret_warnings=[

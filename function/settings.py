@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     allow_url_dependencies: bool = Field(
         False, description="Allow URL, VCS and file dependencies (off: only registry packages)."
     )
+    require_locked_dependencies: bool = Field(
+        False,
+        description="Refuse requests whose dependencies come without a `lockFile` "
+        "(hermetic builds). README, Locked dependencies.",
+    )
     secret_scan: Literal["refuse", "warn", "off"] = Field(
         "refuse",
         description="Credentials found in the source (private keys, cloud keys, tokens, "
