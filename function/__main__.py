@@ -73,15 +73,25 @@ def main(argv: list[str] | None = None) -> int:
         "parameters. Exit 0 and print a summary when everything holds, else exit 1 and say "
         "which check failed.",
     )
-    verify.add_argument("archive", type=Path, help="the context .tar.gz")
-    verify.add_argument("--envelope", "-e", type=Path, required=True, help="the DSSE envelope")
+    verify.add_argument("archive", help="the context .tar.gz: a file, or s3://bucket/key")
+    verify.add_argument(
+        "--envelope", "-e", required=True, help="the DSSE envelope: a file, or s3://bucket/key"
+    )
+    verify.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        help="write the archive here once verified (what the builder then reads: an object "
+        "changed in the store after the check is never built)",
+    )
     verify.add_argument(
         "--public-key",
         "-k",
         type=Path,
         action="append",
         default=[],
-        help="PEM public key (Ed25519 or ECDSA P-256); repeat for rotation: any one may verify",
+        help="PEM public key (Ed25519 or ECDSA P-256), or a folder of them; repeat for "
+        "rotation: any one may verify",
     )
     verify.add_argument(
         "--allow-unsigned",
@@ -198,11 +208,14 @@ def _verify(args: argparse.Namespace) -> int:
 
     try:
         keys = provenance.load_public_keys(args.public_key)
-        archive = args.archive.read_bytes()
-        envelope = args.envelope.read_bytes()
+        archive = _read_input(args.archive, provenance.MAX_ARCHIVE_BYTES)
+        envelope = _read_input(args.envelope, provenance.MAX_ENVELOPE_BYTES)
         verified = provenance.verify(archive, envelope, keys, allow_unsigned=args.allow_unsigned)
     except OSError as error:
         print(f"verify: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
+    except KeyError as error:
+        print(f"verify: {error.args[0]}", file=sys.stderr)
         return 2
     except provenance.VerificationFailed as error:
         print(f"verify: REFUSED: {error}", file=sys.stderr)
@@ -221,8 +234,30 @@ def _verify(args: argparse.Namespace) -> int:
         "baseImages": [d["uri"] for d in definition.get("resolvedDependencies", [])],
         "files": len(external["files"]),
     }
+    if args.output:
+        args.output.write_bytes(archive)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _read_input(location: str, limit: int) -> bytes:
+    """A local file, or an S3 object read with the function's S3 settings (endpoint, region,
+    path style) and boto3's credential chain. At most `limit` + 1 bytes, so a larger input is
+    refused by the check instead of filling memory."""
+    if not location.startswith("s3://"):
+        with open(location, "rb") as handle:
+            return handle.read(limit + 1)
+    from .settings import load_settings
+    from .stores.s3 import s3_client
+
+    bucket, _, key = location.removeprefix("s3://").partition("/")
+    client = s3_client(load_settings())
+    try:
+        body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{limit}")["Body"]
+    except client.exceptions.NoSuchKey:
+        raise KeyError(f"{location} does not exist") from None
+    data: bytes = body.read()
+    return data
 
 
 def _cleanup(args: argparse.Namespace) -> int:

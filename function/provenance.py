@@ -433,4 +433,15 @@ def _check_rendered(files: Mapping[str, bytes], definition: Mapping[str, Any]) -
 
 
 def load_public_keys(paths: Sequence[Path]) -> list[VerifyingKey]:
-    return [VerifyingKey.from_pem(path.read_bytes()) for path in paths]
+    """PEM public keys from files, or from every file of a folder (a mounted ConfigMap of the
+    keys in rotation; its `..data` links and hidden files are skipped)."""
+    files = [
+        file
+        for path in paths
+        for file in (
+            sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            if path.is_dir()
+            else [path]
+        )
+    ]
+    return [VerifyingKey.from_pem(file.read_bytes()) for file in files]

@@ -203,11 +203,17 @@ def test_a_changed_byte_in_the_archive_or_the_statement_or_another_key_is_refuse
 def test_rotation_any_of_several_public_keys_verifies(tmp_path: Path) -> None:
     old_private, old_public = write_key(tmp_path, "p256", "old")
     new_private, new_public = write_key(tmp_path, "ed25519", "new")
+    folder = tmp_path / "public-keys"  # as a mounted ConfigMap of the keys in rotation
+    folder.mkdir()
+    (folder / "old.pub").write_bytes(old_public.read_bytes())
+    (folder / "new.pub").write_bytes(new_public.read_bytes())
     for private in (old_private, new_private):
         built = build(tmp_path, example("nodejs"), private)
-        done = verify_cli(built.archive.data, built.envelope, [old_public, new_public], tmp_path)
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["keyid"] == provenance.SigningKey.load(private).keyid
+        keyid = provenance.SigningKey.load(private).keyid
+        for keys in ([old_public, new_public], [folder]):
+            done = verify_cli(built.archive.data, built.envelope, keys, tmp_path)
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["keyid"] == keyid
 
 
 def _repack(built: Built, change: dict[str, str]) -> tuple[bytes, bytes]:
