@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--ttl-seconds", type=int)
     create.add_argument("--request", type=Path, help="a JSON request (event data) to start from")
     create.add_argument("--output", "-o", type=Path, help="also write the archive here")
+    create.add_argument(
+        "--provenance", type=Path, help="also write the provenance envelope (DSSE) here"
+    )
 
     send = commands.add_parser(
         "send",
@@ -195,10 +198,12 @@ def _create(args: argparse.Namespace) -> int:
         return 1
     finally:
         app.close()
+    store = next(s for s in app.stores if s.backend == created.storage.backend)
+    where = (app.settings.home_namespace, created.lambda_function, created.content_hash)
     if args.output:
-        store = next(s for s in app.stores if s.backend == created.storage.backend)
-        namespace = app.settings.home_namespace
-        args.output.write_bytes(store.get(namespace, created.lambda_function, created.content_hash))
+        args.output.write_bytes(store.get(*where))
+    if args.provenance:
+        args.provenance.write_bytes(store.get_provenance(*where))
     print(json.dumps(created.wire(), indent=2))
     return 0
 

@@ -250,6 +250,15 @@ def envelope(body: Mapping[str, Any], key: SigningKey | None) -> bytes:
     ).encode()
 
 
+def signer_keyids(envelope: bytes) -> list[str]:
+    """The keyids an envelope's signatures name (not verified: for the reply only)."""
+    try:
+        signatures = json.loads(envelope).get("signatures") or []
+        return [str(s["keyid"]) for s in signatures if isinstance(s, dict) and s.get("keyid")]
+    except (ValueError, AttributeError, TypeError):
+        return []
+
+
 class VerificationFailed(Exception):
     """The archive, its envelope or the key do not match; the message says which check."""
 

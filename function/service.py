@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable
@@ -116,7 +117,7 @@ class BuildContextService:
                 self.clock(),
             )
             envelope = provenance.envelope(statement, self.signer)
-        return Built(valid, namespace, archive, envelope)
+        return Built(valid, namespace, dataclasses.replace(archive, provenance=envelope), envelope)
 
     def create(self, data: Any, request_id: str, request_source: str = "") -> BuildContextCreated:
         attributes = {"store": self.store.backend, "runtime": "unknown"}
@@ -163,11 +164,28 @@ class BuildContextService:
                 for f in valid.credential_warnings
             ]
             or None,
-            provenance=Provenance(
-                signed=self.signer is not None,
-                keyid=self.signer.keyid if self.signer else None,
-                predicate_type=provenance.PREDICATE_TYPE,
-            ),
+            provenance=self._provenance(stored, built, overflowed),
+        )
+
+    def _provenance(self, stored: Stored, built: Built, overflowed: bool) -> Provenance:
+        """What the stored envelope is: ours, or, for a reused context, the one stored first
+        (perhaps signed with an earlier key, or unsigned)."""
+        envelope = built.envelope
+        if stored.reused:
+            record = stored.record
+            store = self.overflow if overflowed and self.overflow else self.store
+            try:
+                envelope = store.get_provenance(
+                    record.namespace, record.function, record.content_hash
+                )
+            except KeyError:
+                return Provenance(signed=False, predicate_type=provenance.PREDICATE_TYPE)
+        keyids = provenance.signer_keyids(envelope)
+        return Provenance(
+            signed=bool(keyids),
+            keyid=keyids[0] if keyids else None,
+            predicate_type=provenance.PREDICATE_TYPE,
+            envelope=stored.provenance,
         )
 
     def _namespace(self, request: BuildContextRequest) -> str:

@@ -271,7 +271,9 @@ def test_the_reply_says_whether_the_provenance_is_signed(
     assert "keyid" not in unsigned.data["provenance"]
 
     private, _ = write_key(tmp_path, "ed25519")
-    signed = start_server(BUILD_CONTEXT_SIGNING_KEY_FILE=str(private)).send(example("python"))
+    signed = start_server(
+        BUILD_CONTEXT_SIGNING_KEY_FILE=str(private), BUILD_CONTEXT_FS_ROOT=str(tmp_path / "other")
+    ).send(example("python"))
     assert signed.type == "buildcontext.created", signed
     assert signed.data["provenance"]["signed"] is True
     assert signed.data["provenance"]["keyid"] == provenance.SigningKey.load(private).keyid
@@ -306,3 +308,74 @@ def test_an_unusable_signing_key_stops_start_up(
     )
     assert done.returncode == 2
     assert "BUILD_CONTEXT_SIGNING_KEY_FILE" in done.stderr and problem in done.stderr
+
+
+def _cli(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "function", *args],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_the_filesystem_store_keeps_the_envelope_beside_the_archive_and_cleanup_deletes_both(
+    tmp_path: Path,
+) -> None:
+    private, public = write_key(tmp_path, "p256")
+    env = {
+        "BUILD_CONTEXT_FS_ROOT": str(tmp_path / "store"),
+        "BUILD_CONTEXT_SIGNING_KEY_FILE": str(private),
+    }
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(example("go-dependencies")))
+    done = _cli(
+        tmp_path,
+        env,
+        "create",
+        "--request",
+        str(request),
+        "-o",
+        "ctx.tar.gz",
+        "--provenance",
+        "p.json",
+    )
+    assert done.returncode == 0, done.stderr
+    created = json.loads(done.stdout)
+    envelope = Path(created["provenance"]["envelope"]["path"])
+    assert envelope.parent == Path(created["storage"]["path"]).parent
+    assert envelope.read_bytes() == (tmp_path / "p.json").read_bytes()
+    checked = _cli(
+        tmp_path, {}, "verify", created["storage"]["path"], "-e", str(envelope), "-k", str(public)
+    )
+    assert checked.returncode == 0, checked.stderr
+
+    swept = _cli(
+        tmp_path,
+        {**env, "BUILD_CONTEXT_KEEP_LATEST": "0", "BUILD_CONTEXT_CLEANUP_GRACE_SECONDS": "0"},
+        "cleanup",
+        "--ttl-seconds",
+        "0",
+    )
+    assert swept.returncode == 0, swept.stderr
+    assert json.loads(swept.stdout)["stores"][0]["deleted"] == 1
+    assert not envelope.exists() and not envelope.parent.exists()
+
+
+def test_a_reused_context_answers_with_the_envelope_stored_first(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    first_key, _ = write_key(tmp_path, "ed25519", "first")
+    second_key, _ = write_key(tmp_path, "ed25519", "second")
+    root = str(tmp_path / "shared-store")
+    first = start_server(BUILD_CONTEXT_FS_ROOT=root, BUILD_CONTEXT_SIGNING_KEY_FILE=str(first_key))
+    created = first.send(example("python"))
+    assert created.data["reused"] is False
+    second = start_server(
+        BUILD_CONTEXT_FS_ROOT=root, BUILD_CONTEXT_SIGNING_KEY_FILE=str(second_key)
+    )
+    reused = second.send(example("python"))
+    assert reused.data["reused"] is True
+    assert reused.data["provenance"] == created.data["provenance"]
+    assert reused.data["provenance"]["keyid"] == provenance.SigningKey.load(first_key).keyid

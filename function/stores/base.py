@@ -81,6 +81,8 @@ class Stored:
     storage: dict[str, Any]
     context_uri: str | None
     reused: bool
+    provenance: dict[str, Any] | None = None
+    """Where the provenance envelope is, like `storage` (None: the context has none)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,10 @@ class Store(ABC):
     @abstractmethod
     def get(self, namespace: str, function: str, content_hash: str) -> bytes:
         """The archive bytes (KeyError when absent)."""
+
+    def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
+        """The provenance envelope stored with the context (KeyError when absent)."""
+        raise KeyError((namespace, function, content_hash))
 
     @abstractmethod
     def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed]:

@@ -22,6 +22,7 @@ from .base import ContextRecord, Listed, Store, Stored, record_fields, record_fr
 
 ARCHIVE = "context.tar.gz"
 RECORD = "context.json"
+PROVENANCE = "provenance.dsse.json"
 TEMP_PREFIX = ".tmp-"
 
 
@@ -57,8 +58,16 @@ class FilesystemStore(Store):
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _stored(self, record: ContextRecord, reused: bool) -> Stored:
-        path = self.folder(record.namespace, record.function, record.content_hash) / ARCHIVE
-        return Stored(record, {"backend": self.backend, "path": str(path)}, f"tar://{path}", reused)
+        folder = self.folder(record.namespace, record.function, record.content_hash)
+        path = folder / ARCHIVE
+        envelope = folder / PROVENANCE
+        return Stored(
+            record,
+            {"backend": self.backend, "path": str(path)},
+            f"tar://{path}",
+            reused,
+            {"backend": self.backend, "path": str(envelope)} if envelope.exists() else None,
+        )
 
     def put_if_absent(
         self, archive: Archive, record: ContextRecord, owner: OwnerReference | None = None
@@ -77,6 +86,8 @@ class FilesystemStore(Store):
                 try:
                     _write(temp / ARCHIVE, archive.data)
                     _write(temp / RECORD, _encode(record))
+                    if archive.provenance is not None:
+                        _write(temp / PROVENANCE, archive.provenance)
                     _fsync_dir(temp)
                     os.rename(temp, target)
                     _fsync_dir(parent)
@@ -93,6 +104,12 @@ class FilesystemStore(Store):
     def get(self, namespace: str, function: str, content_hash: str) -> bytes:
         try:
             return (self.folder(namespace, function, content_hash) / ARCHIVE).read_bytes()
+        except FileNotFoundError:
+            raise KeyError((namespace, function, content_hash)) from None
+
+    def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
+        try:
+            return (self.folder(namespace, function, content_hash) / PROVENANCE).read_bytes()
         except FileNotFoundError:
             raise KeyError((namespace, function, content_hash)) from None
 

@@ -74,8 +74,8 @@ class FunctionServer:
             try:
                 if requests.get(f"{self.url}/health/readiness", timeout=1).ok:
                     return self
-            except requests.ConnectionError:
-                time.sleep(0.1)
+            except (requests.ConnectionError, requests.Timeout):
+                time.sleep(0.1)  # not listening yet, or too slow to answer on a loaded machine
         self.stop()
         raise RuntimeError(f"server not ready in {timeout}s:\n{self.log()}")
 
