@@ -23,9 +23,9 @@ def _configmap(settings: Settings, telemetry: Telemetry) -> Store:
 
 
 def _s3(settings: Settings, telemetry: Telemetry) -> Store:
-    from .s3 import S3Store
+    from .s3_provenance import AttestedS3Store
 
-    return S3Store.from_settings(settings, telemetry)
+    return AttestedS3Store.from_settings(settings, telemetry)
 
 
 _FACTORIES: dict[str, Callable[[Settings, Telemetry], Store]] = {

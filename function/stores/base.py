@@ -15,6 +15,8 @@ Clock = Callable[[], datetime]
 MANAGED_BY = "build-context"
 RETAIN = "build-context.dev/retain"
 """Label (ConfigMap), object tag (S3) or `retain` field (filesystem) that pins a context."""
+PROVENANCE_FILE = "provenance.dsse.json"
+"""Name of the provenance envelope beside `context.tar.gz` (file, ConfigMap key)."""
 
 
 def utcnow() -> datetime:

@@ -46,7 +46,16 @@ from ..errors import (
 from ..retry import RetryPolicy
 from ..settings import Settings
 from ..telemetry import NOOP, Telemetry
-from .base import MANAGED_BY, RETAIN, ContextRecord, Listed, Store, Stored, parse_time
+from .base import (
+    MANAGED_BY,
+    PROVENANCE_FILE,
+    RETAIN,
+    ContextRecord,
+    Listed,
+    Store,
+    Stored,
+    parse_time,
+)
 
 log = logging.getLogger("build_context.stores.configmap")
 
@@ -135,7 +144,15 @@ def configmap_body(
         "kind": "ConfigMap",
         "metadata": metadata,
         "immutable": True,
-        "binaryData": {KEY: base64.b64encode(archive.data).decode("ascii")},
+        "binaryData": {
+            KEY: base64.b64encode(archive.data).decode("ascii"),
+            # The provenance envelope, mounted beside the archive (docs/deploy.md).
+            **(
+                {PROVENANCE_FILE: base64.b64encode(archive.provenance).decode("ascii")}
+                if archive.provenance is not None
+                else {}
+            ),
+        },
     }
 
 
@@ -325,6 +342,19 @@ class ConfigMapStore(Store):
             raise self._failure(error, "get", namespace, name) from error
         return base64.b64decode((found.get("binaryData") or {})[KEY])
 
+    def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
+        name = configmap_name(function, content_hash)
+        try:
+            found = self._request("get", namespace, "GET", _path(namespace, name), full=True)
+        except ApiException as error:
+            if error.status == 404:
+                raise KeyError((namespace, function, content_hash)) from None
+            raise self._failure(error, "get", namespace, name) from error
+        envelope = (found.get("binaryData") or {}).get(PROVENANCE_FILE)
+        if envelope is None:
+            raise KeyError((namespace, function, content_hash))
+        return base64.b64decode(envelope)
+
     def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed]:
         for namespace in sorted(self.namespaces if namespaces is None else namespaces):
             for item in self._pages(namespace):
@@ -469,9 +499,10 @@ class ConfigMapStore(Store):
 
     def _check_size(self, archive: Archive) -> None:
         limit = min(self.settings.configmap_max_bytes, APISERVER_LIMIT)
-        if archive.size_bytes > limit:
+        size = archive.size_bytes + len(archive.provenance or b"")
+        if size > limit:
             raise ContextTooLarge(
-                f"the archive is {archive.size_bytes} bytes; a ConfigMap holds at most {limit} "
+                f"the archive and its provenance are {size} bytes; a ConfigMap holds at most {limit} "
                 "(BUILD_CONTEXT_CONFIGMAP_MAX_BYTES, under the apiserver's 1 MiB): send fewer "
                 "or smaller files or dependencies, raise the limit (at most 1040000), or set "
                 "BUILD_CONTEXT_OVERFLOW_STORAGE=s3 to store large contexts in S3"
@@ -543,7 +574,7 @@ class ConfigMapStore(Store):
             "configMap": configmap_name(record.function, record.content_hash),
             "key": KEY,
         }
-        return Stored(record, storage, context_uri(), reused)
+        return Stored(record, storage, context_uri(), reused, {**storage, "key": PROVENANCE_FILE})
 
     # --- the apiserver ---------------------------------------------------------------------------
 

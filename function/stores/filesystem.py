@@ -18,11 +18,19 @@ from pathlib import Path
 from ..archive import Archive
 from ..contract import OwnerReference
 from ..errors import ConfigurationError, StorageUnavailable
-from .base import ContextRecord, Listed, Store, Stored, record_fields, record_from_fields
+from .base import (
+    PROVENANCE_FILE,
+    ContextRecord,
+    Listed,
+    Store,
+    Stored,
+    record_fields,
+    record_from_fields,
+)
 
 ARCHIVE = "context.tar.gz"
 RECORD = "context.json"
-PROVENANCE = "provenance.dsse.json"
+PROVENANCE = PROVENANCE_FILE
 TEMP_PREFIX = ".tmp-"
 
 
