@@ -15,6 +15,7 @@ from typing import Any
 
 import kubernetes
 import pytest
+import yaml
 
 from tests.conftest import StartServer
 from tests.support.contexts import ROOT, example
@@ -137,3 +138,41 @@ def test_configmap_holds_the_envelope_beside_the_archive_and_cleanup_deletes_bot
         assert summary["stores"][0]["deleted"] == 1
         left = core.list_namespaced_config_map(namespace).items
         assert where["configMap"] not in [item.metadata.name for item in left]
+
+
+DOCS = ROOT / "docs"
+
+
+def test_every_kaniko_example_uses_one_pinned_image_of_the_maintained_fork() -> None:
+    images = {
+        line.split("image:", 1)[1].strip()
+        for page in (*DOCS.glob("*.md"), ROOT / "README.md")
+        for line in page.read_text().splitlines()
+        if "image:" in line and "kaniko" in line
+    }
+    assert images == {"ghcr.io/osscontainertools/kaniko:v1.28.5"}
+
+
+@pytest.mark.kube
+def test_the_documented_kaniko_job_verifies_the_mounted_context_before_building(
+    kube: KubeAPIServer,
+) -> None:
+    section = (DOCS / "deploy.md").read_text().split("## Building the image from a context", 1)[1]
+    manifest = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    namespace = f"job-{uuid.uuid4().hex[:10]}"
+    with kube.api_client() as client:
+        kubernetes.client.CoreV1Api(client).create_namespace({"metadata": {"name": namespace}})
+        created = kubernetes.client.BatchV1Api(client).create_namespaced_job(
+            namespace,
+            yaml.safe_load(manifest.replace("IMAGE_TAG", "sha256-0123").replace("VERSION", "1")),
+            dry_run="All",
+        )
+    pod = created.spec.template.spec
+    (verify,) = pod.init_containers
+    (kaniko,) = pod.containers
+    mounts = {m.name: m.mount_path for m in verify.volume_mounts}
+    assert verify.args[:5] == ["python", "-m", "function", "verify", "/workspace/context.tar.gz"]
+    assert f"{mounts['context']}/provenance.dsse.json" in verify.args
+    assert mounts["public-keys"] in verify.args
+    assert "--context=tar:///workspace/context.tar.gz" in kaniko.args
+    assert {m.name: m.mount_path for m in kaniko.volume_mounts}["context"] == mounts["context"]

@@ -64,6 +64,8 @@ KEY = "context.tar.gz"
 MOUNT_PATH = "/workspace"
 APISERVER_LIMIT = 1024 * 1024
 """The apiserver rejects a ConfigMap whose data values add up to more (422, FieldValueTooLong)."""
+OBJECT_DATA_LIMIT = 1_040_000
+"""Archive plus provenance envelope: the largest BUILD_CONTEXT_CONFIGMAP_MAX_BYTES allowed."""
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 FUNCTION_LABEL = "build-context.dev/function"
@@ -498,12 +500,16 @@ class ConfigMapStore(Store):
         return namespace
 
     def _check_size(self, archive: Archive) -> None:
+        """The archive against the setting; archive and provenance envelope together against
+        the largest value the setting may take, which keeps the object under the apiserver's
+        limit (the envelope is not the caller's to shrink, but usually a few KB)."""
         limit = min(self.settings.configmap_max_bytes, APISERVER_LIMIT)
-        size = archive.size_bytes + len(archive.provenance or b"")
-        if size > limit:
+        together = archive.size_bytes + len(archive.provenance or b"")
+        if archive.size_bytes > limit or together > OBJECT_DATA_LIMIT:
             raise ContextTooLarge(
-                f"the archive and its provenance are {size} bytes; a ConfigMap holds at most {limit} "
-                "(BUILD_CONTEXT_CONFIGMAP_MAX_BYTES, under the apiserver's 1 MiB): send fewer "
+                f"the archive is {archive.size_bytes} bytes ({together} with its provenance); a "
+                f"ConfigMap holds at most {limit} (BUILD_CONTEXT_CONFIGMAP_MAX_BYTES, under the "
+                f"apiserver's 1 MiB; {OBJECT_DATA_LIMIT} with the provenance): send fewer "
                 "or smaller files or dependencies, raise the limit (at most 1040000), or set "
                 "BUILD_CONTEXT_OVERFLOW_STORAGE=s3 to store large contexts in S3"
             )

@@ -1,8 +1,8 @@
 """The S3 store, with each context's provenance envelope as an object beside its archive:
 `<prefix><namespace>/<function>/<contentHash>.dsse.json` next to `….tar.gz`.
 
-The envelope is written put-if-absent before the archive, so a context never appears without
-it; any envelope under that key attests the same content (the key is the content hash), so a
+The envelope of a new context is written put-if-absent before the archive, so a context never
+appears without it; any envelope under that key attests the same content (the key is the content hash), so a
 concurrent writer's envelope is as good as ours. Cleanup deletes the envelope right after the
 archive; one that fails is logged (`orphaned provenance envelope`) and harmless: listing reads
 only archives, and the next identical context reuses it.
@@ -36,8 +36,11 @@ class AttestedS3Store(S3Store):
         self, archive: Archive, record: ContextRecord, owner: OwnerReference | None = None
     ) -> Stored:
         key = self.key(record.namespace, record.function, record.content_hash)
-        written = archive.provenance is not None and self._put_envelope(
-            envelope_key(key), archive.provenance
+        # A stored context already has its envelope: only a new one writes it (first).
+        written = (
+            archive.provenance is not None
+            and self._head_object(key) is None
+            and self._put_envelope(envelope_key(key), archive.provenance)
         )
         try:
             stored = super().put_if_absent(archive, record, owner)
