@@ -22,7 +22,7 @@ from function.settings import Settings
 from function.stores import open_store
 from tests.conftest import StartServer
 from tests.support.contexts import example, extract, read_member
-from tests.test_contexts import _run_dockerfile_steps
+from tests.test_contexts import HADOLINT, _run_dockerfile_steps
 
 H1 = "h1:" + "A" * 43 + "="
 SHA = "a" * 64
@@ -311,3 +311,29 @@ def test_go_builds_read_only_from_go_sum_and_refuses_a_tampered_sum(tmp_path: Pa
     tampered = lock.replace(info["Sum"], "h1:" + _flip(info["Sum"][3:-1]) + "=")
     with pytest.raises(AssertionError, match=r"checksum mismatch|SECURITY ERROR"):
         _install(tmp_path, {**request, "lockFile": tampered}, "tampered")
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {**PY, "dependencies": ["tenacity"], "lockFile": f"tenacity==9.0.0 --hash=sha256:{SHA}\n"},
+        {**NODE, "dependencies": {"ms": "^2.1.3"}, "lockFile": json.dumps(_npm_lock())},
+        {
+            **GO,
+            "dependencies": ["github.com/google/uuid@v1.6.0"],
+            "lockFile": f"github.com/google/uuid v1.6.0 {H1}\n"
+            f"github.com/google/uuid v1.6.0/go.mod {H1}\n",
+        },
+    ],
+    ids=["python", "nodejs", "go"],
+)
+def test_locked_dockerfiles_pass_hadolint(tmp_path: Path, request_: dict[str, Any]) -> None:
+    context = _context(tmp_path, request_, "ctx")
+    lint = subprocess.run(
+        [HADOLINT, "--no-color", "--format", "json", "--failure-threshold", "style", "Dockerfile"],
+        cwd=context,
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(lint.stdout or "[]") == [], lint.stdout
+    assert lint.returncode == 0, lint.stderr
