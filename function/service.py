@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from . import archive as archives
-from . import provenance
+from . import credentials, provenance
 from .contract import BuildContextCreated, BuildContextRequest, Provenance, SecretFinding
 from .errors import (
     CapacityExceeded,
@@ -23,7 +23,7 @@ from .errors import (
 from .settings import Settings
 from .stores.base import ContextRecord, Store, Stored, utcnow
 from .telemetry import NOOP, Telemetry, redact
-from .validation import ValidRequest, parse, validate
+from .validation import ValidRequest, check_credentials, parse, validate
 
 log = logging.getLogger("build_context")
 
@@ -37,6 +37,7 @@ class Built:
     archive: archives.Archive
     envelope: bytes
     """DSSE envelope (JSON) of the in-toto provenance statement; unsigned without a key."""
+    secret_warnings: tuple[credentials.Finding, ...] = ()
 
 
 _EVENT_SOURCE = re.compile(r"[\x21-\x7e]{1,1024}")
@@ -78,7 +79,17 @@ class BuildContextService:
             attributes["runtime"] = valid.runtime.name
             namespace = self._namespace(request)
             source = _event_source(request_source)
-        for finding in valid.credential_warnings:
+        with self.telemetry.stage("render", attributes):
+            rendered = valid.runtime.render(
+                valid.runtime_version, valid.dependencies, self.settings, valid.lock
+            )
+            files = {**valid.sources, **rendered.files()}
+            # The manifests carry the request's dependencies (a URL dependency may hold a
+            # token) into the context: no secret there either.
+            warnings = valid.credential_warnings + check_credentials(
+                rendered.manifests, self.settings, lambda _: "dependencies"
+            )
+        for finding in warnings:
             log.warning(
                 "credential in the source",
                 extra={
@@ -89,11 +100,6 @@ class BuildContextService:
                     "kind": finding.kind,
                 },
             )
-        with self.telemetry.stage("render", attributes):
-            rendered = valid.runtime.render(
-                valid.runtime_version, valid.dependencies, self.settings, valid.lock
-            )
-            files = {**valid.sources, **rendered.files()}
         with self.telemetry.stage("archive", attributes):
             archive = archives.build(files)
         with self.telemetry.stage("sign", attributes):
@@ -117,7 +123,9 @@ class BuildContextService:
                 self.clock(),
             )
             envelope = provenance.envelope(statement, self.signer)
-        return Built(valid, namespace, dataclasses.replace(archive, provenance=envelope), envelope)
+        return Built(
+            valid, namespace, dataclasses.replace(archive, provenance=envelope), envelope, warnings
+        )
 
     def create(self, data: Any, request_id: str, request_source: str = "") -> BuildContextCreated:
         attributes = {"store": self.store.backend, "runtime": "unknown"}
@@ -160,8 +168,7 @@ class BuildContextService:
             request_id=request_id,
             metadata=dict(valid.metadata),
             secret_warnings=[
-                SecretFinding(file=f.file, line=f.line, kind=f.kind)
-                for f in valid.credential_warnings
+                SecretFinding(file=f.file, line=f.line, kind=f.kind) for f in built.secret_warnings
             ]
             or None,
             provenance=self._provenance(stored, built, overflowed),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -317,10 +317,17 @@ def _syntax(sources: Mapping[str, str], runtime: Runtime, version: str) -> None:
 def _credentials(
     request: BuildContextRequest, sources: Mapping[str, str], settings: Settings
 ) -> tuple[credentials.Finding, ...]:
-    """Credentials in the source: refused, or returned as warnings. Never quotes the secret."""
+    return check_credentials(sources, settings, lambda path: _source_field(request, path))
+
+
+def check_credentials(
+    files: Mapping[str, str], settings: Settings, field_of: Callable[[str], str]
+) -> tuple[credentials.Finding, ...]:
+    """Credentials in these files: refused (InvalidSource), or returned as warnings, by
+    BUILD_CONTEXT_SECRET_SCAN. File, line and kind only: never the secret."""
     if settings.secret_scan == "off":
         return ()
-    findings = tuple(credentials.scan(sources))
+    findings = tuple(credentials.scan(files))
     if not findings or settings.secret_scan == "warn":
         return findings
     problems = [
@@ -328,7 +335,7 @@ def _credentials(
             f"line {f.line}: {f.kind}; keep credentials out of the source (read them at run time "
             f"from a mounted Secret or the environment), or mark a false positive with "
             f"'{credentials.ALLOW_MARKER}' in a comment on that line",
-            field=_source_field(request, f.file),
+            field=field_of(f.file),
             file=f.file,
             line=f.line,
         )

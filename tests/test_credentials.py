@@ -10,6 +10,7 @@ import base64
 import json
 import secrets
 import string
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -257,3 +258,26 @@ def test_off_does_not_scan(start_server: StartServer) -> None:
     )
     assert reply.type == "buildcontext.created", reply
     assert "secretWarnings" not in reply.data
+
+
+def test_a_credential_in_a_url_dependency_is_refused_too(tmp_path: Path) -> None:
+    """Dependencies reach the context through the rendered manifest: scanned there too."""
+    from function.errors import InvalidSource
+    from function.service import BuildContextService
+    from function.settings import Settings
+    from function.stores import open_store
+
+    settings = Settings(fs_root=tmp_path, allow_url_dependencies=True)
+    service = BuildContextService(settings, open_store("filesystem", settings))
+    token = f"ghp_{_random(ALNUM, 36)}"
+    request = {
+        "lambdaFunction": "private-dep",
+        "sourceCode": "import tools\n",
+        "dependencies": [f"tools @ git+https://x-access-token:{token}@github.com/org/tools.git"],
+    }
+    with pytest.raises(InvalidSource) as refused:
+        service.build(request, "req-1")
+    (error,) = refused.value.errors
+    assert (error.field, error.file) == ("dependencies", "requirements.txt")
+    assert token not in refused.value.message and token not in error.message
+    assert service.build({**request, "dependencies": ["tools"]}, "req-2").secret_warnings == ()
