@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .cleanup import CleanupService
 from .provenance import SigningKey
@@ -18,7 +19,7 @@ from .telemetry import Exporters, Telemetry, install_exporters
 class App:
     settings: Settings
     service: BuildContextService
-    stores: list[Store]
+    stores: list[Store[Any]]
     telemetry: Telemetry
     cleanup: CleanupService
     exporters: Exporters | None = None
@@ -47,7 +48,7 @@ class App:
             else None
         )
         service = BuildContextService(settings, primary, overflow, telemetry, signer=signer)
-        stores: list[Store] = [primary, *([overflow] if overflow else [])]
+        stores: list[Store[Any]] = [primary, *([overflow] if overflow else [])]
         cleanup = CleanupService(stores, settings, telemetry=telemetry)
         telemetry.declare([s.backend for s in stores], settings.handlers in ("all", "cleanup"))
         return cls(settings, service, stores, telemetry, cleanup, exporters)

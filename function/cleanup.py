@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import heapq
 import logging
-import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Protocol, cast, runtime_checkable
+from datetime import datetime, timedelta
+from typing import Any
 
 from .contract import CleanupCompleted, CleanupRequest, StoreCleanupSummary
 from .settings import Settings
-from .stores.base import Clock, ContextRecord, Listed, Store, utcnow
+from .stores.base import Clock, ContextRecord, Deletion, Listed, Store, utcnow
 from .telemetry import NOOP, Telemetry
 
 log = logging.getLogger("build_context.cleanup")
@@ -40,25 +38,6 @@ ACTIVE, PINNED, KEEP_LATEST, GRACE, REFRESHED = (
 
 def context_key(record: ContextRecord) -> ContextKey:
     return (record.namespace, record.function, record.content_hash)
-
-
-@runtime_checkable
-class DeletesInBatches(Protocol):
-    """A store that deletes many contexts per call (S3 DeleteObjects), each still re-checked.
-
-    Returns one outcome per item, in order: True deleted, False kept, or the item's exception.
-    """
-
-    def delete_many(
-        self, items: Sequence[Listed], still_expired: Callable[[ContextRecord], bool]
-    ) -> Sequence[bool | Exception]: ...
-
-
-@runtime_checkable
-class LeavesTemporaries(Protocol):
-    """A store whose crashed writes can leave invisible temporaries behind (the filesystem)."""
-
-    def stale_temporaries(self) -> Iterator[Path]: ...
 
 
 @dataclass(frozen=True)
@@ -121,7 +100,7 @@ class _Tally:
 class CleanupService:
     def __init__(
         self,
-        stores: Sequence[Store],
+        stores: Sequence[Store[Any]],
         settings: Settings,
         clock: Clock = utcnow,
         telemetry: Telemetry = NOOP,
@@ -130,7 +109,7 @@ class CleanupService:
         self.settings = settings
         self.clock = clock
         self.telemetry = telemetry
-        self.namespaces = frozenset({settings.home_namespace, *settings.extra_namespaces})
+        self.namespaces = settings.namespaces
 
     def run(
         self, request: CleanupRequest | None = None, dry_run: bool = False, request_id: str = ""
@@ -161,7 +140,7 @@ class CleanupService:
         self._record(completed, request_id)
         return completed
 
-    def _clean(self, store: Store, policy: Policy) -> StoreCleanupSummary:
+    def _clean(self, store: Store[Any], policy: Policy) -> StoreCleanupSummary:
         tally = _Tally(store.backend)
         start = time.perf_counter()
         try:
@@ -173,7 +152,7 @@ class CleanupService:
                 extra={"store": store.backend},
             )
             return tally.summary(time.perf_counter() - start)
-        batch: list[Listed] = []
+        batch: list[Listed[Any]] = []
         try:
             for item in store.list(self.namespaces):
                 tally.scanned += 1
@@ -198,11 +177,12 @@ class CleanupService:
             )
         if batch:
             self._delete(store, batch, policy, newest, tally)
-        if _offers(store, "stale_temporaries"):
-            self._remove_leftovers(cast(LeavesTemporaries, store), policy, tally)
+        swept = store.sweep_leftovers(policy.now - policy.grace, policy.dry_run)
+        tally.leftovers += swept.removed
+        tally.errors += swept.errors
         return tally.summary(time.perf_counter() - start)
 
-    def _newest(self, store: Store) -> frozenset[ContextKey]:
+    def _newest(self, store: Store[Any]) -> frozenset[ContextKey]:
         """The newest `keep_latest` contexts of each function (by createdAt), in bounded memory."""
         keep = self.settings.keep_latest
         if keep == 0:
@@ -224,24 +204,23 @@ class CleanupService:
 
     def _delete(
         self,
-        store: Store,
-        batch: Sequence[Listed],
+        store: Store[Any],
+        batch: Sequence[Listed[Any]],
         policy: Policy,
         newest: frozenset[ContextKey],
         tally: _Tally,
     ) -> None:
         listed = {context_key(item.record): item.record for item in batch}
-        verdicts: dict[ContextKey, bool] = {}
 
         def still_expired(current: ContextRecord) -> bool:
-            key = context_key(current)
-            before = listed.get(key)
-            verdict = before is not None and policy.still_deletable(current, before, newest)
-            verdicts[key] = verdict
-            return verdict
+            before = listed.get(context_key(current))
+            return before is not None and policy.still_deletable(current, before, newest)
 
-        for item, outcome in zip(batch, self._outcomes(store, batch, still_expired), strict=True):
-            key = context_key(item.record)
+        try:
+            outcomes = store.delete_many(batch, still_expired)
+        except Exception as error:
+            outcomes = [error] * len(batch)
+        for item, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 tally.errors += 1
                 log.warning(
@@ -249,50 +228,13 @@ class CleanupService:
                     exc_info=outcome,
                     extra=_where(store, item.record),
                 )
-            elif outcome:
+            elif outcome is Deletion.DELETED:
                 tally.deleted += 1
                 log.debug("cleanup: deleted", extra=_where(store, item.record))
-            elif key in verdicts:
+            elif outcome is Deletion.KEPT:
                 tally.retained[REFRESHED] += 1
             else:
                 tally.gone += 1
-
-    @staticmethod
-    def _outcomes(
-        store: Store, batch: Sequence[Listed], still_expired: Callable[[ContextRecord], bool]
-    ) -> Iterable[bool | Exception]:
-        if _offers(store, "delete_many"):
-            try:
-                return list(cast(DeletesInBatches, store).delete_many(batch, still_expired))
-            except Exception as error:
-                return [error] * len(batch)
-        outcomes: list[bool | Exception] = []
-        for item in batch:
-            try:
-                outcomes.append(store.delete(item, still_expired))
-            except Exception as error:
-                outcomes.append(error)
-        return outcomes
-
-    def _remove_leftovers(self, store: LeavesTemporaries, policy: Policy, tally: _Tally) -> None:
-        """Temporaries of crashed writes and deletes, once older than the grace period."""
-        for path in store.stale_temporaries():
-            try:
-                changed = datetime.fromtimestamp(path.lstat().st_mtime, UTC)
-                if policy.now - changed < policy.grace:
-                    continue
-                if not policy.dry_run:
-                    _remove(path)
-                tally.leftovers += 1
-            except FileNotFoundError:
-                continue
-            except OSError:
-                tally.errors += 1
-                log.warning(
-                    "cleanup: could not remove a leftover temporary",
-                    exc_info=True,
-                    extra={"store": tally.store, "path": str(path)},
-                )
 
     def _record(self, completed: CleanupCompleted, request_id: str) -> None:
         """Metrics and the one log line of a run; a dry run is counted but sets no last-run."""
@@ -326,33 +268,10 @@ class CleanupService:
         )
 
 
-def _offers(store: Store, method: str) -> bool:
-    """Whether the store has `method`, also when a wrapper passes it on through `__getattr__`
-    (TracedStore): since Python 3.12, isinstance on a runtime protocol no longer sees those."""
-    return callable(getattr(store, method, None))
-
-
-def _where(store: Store, record: ContextRecord) -> dict[str, str]:
+def _where(store: Store[Any], record: ContextRecord) -> dict[str, str]:
     return {
         "store": store.backend,
         "namespace": record.namespace,
         "function": record.function,
         "contentHash": record.content_hash,
     }
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, onerror=_ignore_missing)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _ignore_missing(
-    function: Callable[..., object],
-    path: str,
-    exc_info: tuple[type[BaseException], BaseException, object],
-) -> None:
-    """Another run may be removing the same leftover right now."""
-    if not isinstance(exc_info[1], FileNotFoundError):
-        raise exc_info[1]

@@ -143,17 +143,21 @@ class ErrorDetail(_Model):
     column: int | None = None
 
 
+FailureReason = Literal[
+    "InvalidRequest",
+    "UnsupportedRuntime",
+    "InvalidSource",
+    "ContextTooLarge",
+    "StorageUnavailable",
+    "StorageForbidden",
+    "InternalError",
+]
+"""The `reason` of a `buildcontext.failed` event; each is one class in errors.py."""
+
+
 class BuildContextFailed(_Model):
     lambda_function: str | None = None
-    reason: Literal[
-        "InvalidRequest",
-        "UnsupportedRuntime",
-        "InvalidSource",
-        "ContextTooLarge",
-        "StorageUnavailable",
-        "StorageForbidden",
-        "InternalError",
-    ]
+    reason: FailureReason
     message: str
     retryable: bool
     errors: list[ErrorDetail] = Field(default_factory=list)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar, get_args
+
+from .contract import FailureReason
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,7 @@ class FieldError:
 
 
 class BuildContextError(Exception):
-    reason = "InternalError"
+    reason: ClassVar[FailureReason] = "InternalError"
     retryable = False
 
     def __init__(self, message: str, errors: list[FieldError] | None = None) -> None:
@@ -80,15 +83,4 @@ class ConfigurationError(Exception):
         return f"{text}. {self.fix}" if self.fix else text
 
 
-REASONS = tuple(
-    cls.reason
-    for cls in (
-        InvalidRequest,
-        UnsupportedRuntime,
-        InvalidSource,
-        ContextTooLarge,
-        StorageUnavailable,
-        StorageForbidden,
-        InternalError,
-    )
-)
+REASONS: tuple[FailureReason, ...] = get_args(FailureReason)

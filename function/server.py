@@ -18,9 +18,9 @@ import waitress
 from . import func, workers
 from .app import App
 from .settings import Settings
+from .telemetry import WSGIApp
 
 log = logging.getLogger("build_context.server")
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 CONNECTION_LIMIT = 500
 """Open connections waitress serves at once (its default is 100). Callers keep connections
 alive, so at the limit waitress stops accepting and new requests wait in the backlog until an

@@ -57,8 +57,8 @@ def _event_source(source: str) -> str:
 @dataclass
 class BuildContextService:
     settings: Settings
-    store: Store
-    overflow: Store | None = None
+    store: Store[Any]
+    overflow: Store[Any] | None = None
     telemetry: Telemetry = NOOP
     clock: Callable[[], datetime] = utcnow
     signer: provenance.SigningKey | None = None
@@ -198,7 +198,7 @@ class BuildContextService:
     def _namespace(self, request: BuildContextRequest) -> str:
         home = self.settings.home_namespace
         wanted = request.namespace or home
-        if wanted != home and wanted not in self.settings.extra_namespaces:
+        if wanted not in self.settings.namespaces:
             message = (
                 f"namespace: {wanted!r} is not allowed; this function writes to {home!r}"
                 + (

@@ -224,6 +224,11 @@ class Settings(BaseSettings):
         return frozenset(n.strip() for n in self.allowed_namespaces.split(",") if n.strip())
 
     @cached_property
+    def namespaces(self) -> frozenset[str]:
+        """Every namespace this function writes to: the one allow-list, checked by the service."""
+        return frozenset({self.home_namespace, *self.extra_namespaces})
+
+    @cached_property
     def home_namespace(self) -> str:
         if self.namespace:
             return self.namespace

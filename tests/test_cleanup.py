@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,17 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.trace import NoOpTracerProvider
 
 from function.archive import Archive
-from function.cleanup import CleanupService, DeletesInBatches, context_key
+from function.cleanup import CleanupService, context_key
 from function.contract import CleanupCompleted, CleanupRequest, StoreCleanupSummary
-from function.stores.base import ContextRecord, Listed, Store, Stored
+from function.stores.base import (
+    ContextRecord,
+    Deletion,
+    Listed,
+    Outcomes,
+    StillExpired,
+    Store,
+    Stored,
+)
 from function.stores.filesystem import FilesystemStore
 from function.telemetry import Telemetry
 from tests.conftest import StartServer
@@ -239,7 +247,7 @@ def test_two_runs_at_once_delete_each_context_once_and_keep_the_rest(
     assert sum(s.deleted for s in summaries) == deletable, "each context deleted exactly once"
 
 
-class ReusesJustBeforeDelete(Store):
+class ReusesJustBeforeDelete(Store[Any]):
     """Test double around the real store: right before each delete, a request on another
     client (another thread, the store's own locking) reuses that very context."""
 
@@ -257,14 +265,14 @@ class ReusesJustBeforeDelete(Store):
     def get(self, namespace: str, function: str, content_hash: str) -> bytes:
         return self.inner.get(namespace, function, content_hash)
 
-    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed]:
+    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[Any]]:
         return self.inner.list(namespaces)
 
-    def delete(self, item: Listed, still_expired: Callable[[ContextRecord], bool]) -> bool:
+    def delete(self, item: Listed[Any], still_expired: StillExpired) -> Deletion:
         self.request_reuses(item)
         return self.inner.delete(item, still_expired)
 
-    def request_reuses(self, item: Listed) -> None:
+    def request_reuses(self, item: Listed[Any]) -> None:
         request = threading.Thread(
             target=lambda: self.reused.append(
                 self.under_test.reuse(item.record, self.at, client=self.request_client)
@@ -278,12 +286,9 @@ class ReusesJustBeforeBatchDelete(ReusesJustBeforeDelete):
     """The same for a store that deletes a page at a time (S3): each context of the page is
     reused right before the page's delete."""
 
-    def delete_many(
-        self, items: Sequence[Listed], still_expired: Callable[[ContextRecord], bool]
-    ) -> Sequence[bool | Exception]:
+    def delete_many(self, items: Sequence[Listed[Any]], still_expired: StillExpired) -> Outcomes:
         for item in items:
             self.request_reuses(item)
-        assert isinstance(self.inner, DeletesInBatches)
         return self.inner.delete_many(items, still_expired)
 
 
@@ -293,7 +298,7 @@ def test_a_context_reused_during_the_run_is_not_deleted(
 ) -> None:
     clock = SimulatedClock()
     contexts = [store.put(f"fn-{i // 2}", T0 - (20 - i % 2) * DAY) for i in range(40)]
-    batches = isinstance(store.client, DeletesInBatches)
+    batches = type(store.client).delete_many is not Store.delete_many
     racing = (ReusesJustBeforeBatchDelete if batches else ReusesJustBeforeDelete)(store, at=T0)
     assert batches == (store.backend == "s3")
     service = CleanupService([racing], store.settings(), clock=clock)

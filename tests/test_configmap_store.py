@@ -47,7 +47,7 @@ from function.errors import (
     StorageUnavailable,
 )
 from function.settings import load_settings
-from function.stores.base import RETAIN, ContextRecord
+from function.stores.base import RETAIN, ContextRecord, Deletion
 from function.stores.configmap import (
     APISERVER_LIMIT,
     KEY,
@@ -56,6 +56,7 @@ from function.stores.configmap import (
     configmap_body,
     configmap_name,
 )
+from function.stores.failures import Rejected
 from function.telemetry import Telemetry
 from tests.conftest import StartServer
 from tests.support.contexts import example, members
@@ -121,10 +122,10 @@ def open_configmaps(
 ) -> ConfigMapStore:
     with kube.client_for_token(token or kube.token) as client:
         configuration = client.configuration
-    return ConfigMapStore(
+    return ConfigMapStore.from_settings(
         load_settings(storage="configmap", namespace=namespace, **{**FAST_RETRIES, **settings}),
-        configuration,
         telemetry or Telemetry(meter_provider=MeterProvider(), tracer_provider=TracerProvider()),
+        configuration=configuration,
         meter_provider=meter_provider or MeterProvider(),
         sleep=sleep or Recorder(),
         monotonic=monotonic or SimulatedMonotonic(),
@@ -362,20 +363,21 @@ def test_the_longest_function_name_gives_valid_names_and_labels(
 # --- namespaces and owners --------------------------------------------------------------------
 
 
-def test_only_the_home_and_allowed_namespaces_are_written(
+def test_a_context_is_written_in_its_record_s_namespace_and_listed_from_the_allowed_ones(
     kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str
 ) -> None:
+    """Which namespaces a request may name is checked once, by the service (see
+    test_http_namespace_allow_list); the store writes where the record says."""
     other, elsewhere = new_namespace(admin), new_namespace(admin)
     store = open_configmaps(kube, namespace, allowed_namespaces=other)
     context = built()
 
     stored = store.put_if_absent(context, record(other, context))
-    with pytest.raises(StorageForbidden, match="BUILD_CONTEXT_ALLOWED_NAMESPACES"):
-        store.put_if_absent(context, record(elsewhere, context))
+    store.put_if_absent(context, record(elsewhere, context))
 
     assert stored.storage["namespace"] == other
     assert names(admin, other) == [stored.storage["configMap"]]
-    assert names(admin, elsewhere) == []
+    assert [item.record.namespace for item in store.list()] == [other]
 
 
 def test_a_missing_namespace_is_a_forbidden_store_with_the_fix(
@@ -416,7 +418,8 @@ def test_an_owner_the_apiserver_rejects_is_an_internal_error_with_its_message(
     with pytest.raises(InternalError) as failed:
         store.put_if_absent(context, record(namespace, context), owner)
 
-    assert type(failed.value) is InternalError
+    assert type(failed.value) is Rejected, "not a StorageConflict: the apiserver said why"
+    assert failed.value.reason == "InternalError"
     assert "(422)" in failed.value.message and "ownerReferences" in failed.value.message
     assert names(admin, namespace) == []
 
@@ -452,7 +455,7 @@ def test_the_namespace_cap_routes_new_contexts_away_but_still_reuses_stored_ones
     assert gauge(reader, "build_context.configmap.objects") == {namespace: 2}
 
     (listed,) = [item for item in store.list() if item.record.content_hash == second.content_hash]
-    assert store.delete(listed, lambda current: True)
+    assert store.delete(listed, lambda current: True) is Deletion.DELETED
     store.put_if_absent(third, record(namespace, third))
     assert gauge(reader, "build_context.configmap.usage") == {namespace: 2 * size}
 
@@ -544,7 +547,12 @@ def test_delete_rechecks_the_fresh_record_and_loses_to_a_refresh(
     deleted = store.delete(item, lambda current: True)
     again = store.delete(item, lambda current: True)
 
-    assert (kept, still_kept, deleted, again) == (False, False, True, False)
+    assert (kept, still_kept, deleted, again) == (
+        Deletion.KEPT,
+        Deletion.KEPT,
+        Deletion.DELETED,
+        Deletion.GONE,
+    )
     assert seen[0].expires_at == T0 + 2 * WEEK
     assert names(admin, namespace) == []
 
@@ -585,7 +593,7 @@ def test_the_roles_grant_what_the_store_calls_and_nothing_more(
     deleted = cleanup.delete(item, lambda current: current.expires_at == T0 + 2 * WEEK)
 
     assert reused.reused is True
-    assert deleted is True
+    assert deleted is Deletion.DELETED
     for handlers, token in tokens.items():
         with kube.client_for_token(token) as client:
             rules = kubernetes.client.AuthorizationV1Api(client).create_self_subject_rules_review(
@@ -665,10 +673,10 @@ def store_at(url: str, reader: InMemoryMetricReader, sleep: Recorder, **settings
     telemetry = Telemetry(
         meter_provider=MeterProvider(metric_readers=[reader]), tracer_provider=TracerProvider()
     )
-    return ConfigMapStore(
+    return ConfigMapStore.from_settings(
         load_settings(storage="configmap", namespace="team-a", **{**FAST_RETRIES, **settings}),
-        configuration,
         telemetry,
+        configuration=configuration,
         meter_provider=MeterProvider(),
         sleep=sleep,
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from function import archive
-from function.stores.base import ContextRecord
+from function.stores.base import ContextRecord, Deletion
 from function.stores.filesystem import FilesystemStore
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -84,6 +84,8 @@ def test_delete_rechecks_the_freshest_record(tmp_path: Path) -> None:
     (item,) = store.list()
     store.put_if_absent(BUILT, record(BUILT, NOW + timedelta(days=1)))
     later = NOW + timedelta(minutes=5)
-    assert store.delete(item, lambda fresh: fresh.expired(later)) is False
-    assert store.delete(item, lambda fresh: fresh.expired(later + timedelta(days=2))) is True
+    assert store.delete(item, lambda fresh: fresh.expired(later)) is Deletion.KEPT
+    assert store.delete(item, lambda fresh: fresh.expired(later + timedelta(days=2))) is (
+        Deletion.DELETED
+    )
     assert list(store.list()) == []

@@ -39,9 +39,9 @@ from function.errors import (
     StorageUnavailable,
 )
 from function.settings import load_settings
-from function.stores import open_store, s3
-from function.stores.base import RETAIN, ContextRecord, Listed
-from function.stores.s3 import S3Store
+from function.stores import open_store
+from function.stores.base import RETAIN, ContextRecord, Deletion, Listed
+from function.stores.s3 import ClaimTimes, S3Store
 from function.stores.traced import TracedStore
 from function.telemetry import Telemetry
 from tests.conftest import StartServer
@@ -134,6 +134,7 @@ def open_s3(
     endpoint: str | None = None,
     identity: str = "admin",
     telemetry: Telemetry | None = None,
+    parts: dict[str, Any] | None = None,
     **settings: Any,
 ) -> S3Store:
     credentials = seaweed.admin if identity == "admin" else seaweed.restricted
@@ -148,7 +149,9 @@ def open_s3(
         s3_region=seaweed.region,
         **{**FAST_RETRIES, **settings},
     )
-    store = S3Store.from_settings(loaded, telemetry or Recorder().telemetry, session)
+    store = S3Store.from_settings(
+        loaded, telemetry or Recorder().telemetry, session, **(parts or {})
+    )
     store.check()
     return store
 
@@ -559,7 +562,7 @@ def test_a_shared_bucket_lists_and_deletes_only_our_objects(
         b.content_hash for b in ours
     )
     assert [item.record.namespace for item in in_team_b] == ["team-b"]
-    assert deleted == [True, True, True]
+    assert deleted == [Deletion.DELETED] * 3
     assert sorted(keys(admin, bucket)) == sorted(foreign)
     occupied = replace(record(ours[0]), content_hash="f" * 64)
     with pytest.raises(StorageConflict, match="not written by build-context"):
@@ -584,8 +587,8 @@ def test_delete_rechecks_the_freshest_record_and_honours_the_retain_tag(
     def expired(r: ContextRecord) -> bool:
         return not r.retain and r.expired(later)
 
-    assert store.delete(listed[refreshed.content_hash], expired) is False
-    assert store.delete(listed[pinned.content_hash], expired) is False
+    assert store.delete(listed[refreshed.content_hash], expired) is Deletion.KEPT
+    assert store.delete(listed[pinned.content_hash], expired) is Deletion.KEPT
     assert len(keys(admin, bucket)) == 2
     assert {item.record.content_hash: item.record.retain for item in store.list()} == {
         refreshed.content_hash: False,
@@ -597,12 +600,12 @@ def test_delete_rechecks_the_freshest_record_and_honours_the_retain_tag(
     ], "a refresh keeps the pin"
 
 
-def test_delete_of_an_object_gone_meanwhile_is_false(store: S3Store, admin: Any) -> None:
+def test_delete_of_an_object_gone_meanwhile_says_gone(store: S3Store, admin: Any) -> None:
     built = small()
     stored = store.put_if_absent(built, record(built))
     [item] = store.list()
     admin.delete_object(Bucket=stored.storage["bucket"], Key=stored.storage["key"])
-    assert store.delete(item, lambda r: True) is False
+    assert store.delete(item, lambda r: True) is Deletion.GONE
 
 
 def test_refresh_recreates_an_object_deleted_by_cleanup_meanwhile(
@@ -671,7 +674,7 @@ def test_a_reuse_racing_cleanups_delete_is_never_lost(
         [deleted] = store.delete_many([item], still_expired)
     racer.join()
 
-    assert deleted is True
+    assert deleted is Deletion.DELETED
     assert sent == {"delete": ["DeleteObject"] * 2, "delete_many": ["DeleteObjects"] * 2}[how]
     assert outcome[0].reused is False, "the request found its context deleted and wrote it again"
     assert admin.get_object(Bucket=bucket, Key=key)["Body"].read() == built.data
@@ -681,7 +684,7 @@ def test_a_reuse_racing_cleanups_delete_is_never_lost(
     assert keys(admin, bucket) == [key], "the claim is released"
 
 
-def expired_contexts(store: S3Store, count: int) -> list[Listed]:
+def expired_contexts(store: S3Store, count: int) -> list[Listed[Any]]:
     """`count` contexts of functions fn-0, fn-1, ..., in that order; all expired by LATER."""
     for i in range(count):
         built = small(f"print({i})\n")
@@ -721,7 +724,8 @@ def test_delete_many_rechecks_each_context_and_deletes_the_page_in_one_call(
 
     outcomes = store.delete_many(items, expired_later)
 
-    assert list(outcomes) == [True, True, True, False, False, False, False]
+    kept, gone = [Deletion.KEPT] * 2, [Deletion.GONE] * 2
+    assert list(outcomes) == [Deletion.DELETED] * 3 + kept + gone
     assert sent.count("DeleteObjects") == 2, "one call deletes the page, one releases the claims"
     assert md5_checked == [True, True]
     assert "DeleteObject" not in sent and sent.count("PutObject") == 7, "a claim per context"
@@ -741,7 +745,7 @@ def test_delete_many_keeps_a_context_overwritten_after_its_recheck(
             admin.put_object(Bucket=bucket, Key=key, Body=b"rewritten", Metadata=metadata)
 
     store.client.meta.events.register("before-parameter-build.s3.DeleteObjects", overwrite)
-    assert list(store.delete_many([item], expired_later)) == [False]
+    assert list(store.delete_many([item], expired_later)) == [Deletion.KEPT]
     assert admin.get_object(Bucket=bucket, Key=key)["Body"].read() == b"rewritten"
     assert keys(admin, bucket) == [key], "the claim is released"
 
@@ -776,39 +780,39 @@ def test_a_key_s3_did_not_delete_is_counted_and_logged_and_the_rest_go(
 
 
 def test_delete_many_splits_a_page_beyond_the_delete_objects_limit(
-    store: S3Store, admin: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+    seaweed: SeaweedS3, admin: Any, bucket: str
 ) -> None:
+    store = open_s3(seaweed, bucket, parts={"delete_batch_limit": 2})
     items = expired_contexts(store, 5)
-    monkeypatch.setattr(s3, "DELETE_BATCH_LIMIT", 2)
     sent = calls(store, "DeleteObjects")
-    assert list(store.delete_many(items, expired_later)) == [True] * 5
+    assert list(store.delete_many(items, expired_later)) == [Deletion.DELETED] * 5
     assert len(sent) == 6, "three calls delete 2 + 2 + 1 contexts, three release the claims"
     assert keys(admin, bucket) == []
 
 
 def test_delete_many_sends_no_delete_once_the_claims_are_older_than_the_hold(
-    store: S3Store, admin: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+    seaweed: SeaweedS3, admin: Any, bucket: str
 ) -> None:
     """A delete sent later could land after a request took the claim for stale."""
+    store = open_s3(seaweed, bucket, parts={"claim_times": ClaimTimes(hold=0.0)})
     items = expired_contexts(store, 3)
-    monkeypatch.setattr(s3, "CLAIM_HOLD_SECONDS", 0.0)
     deleting: list[str] = []
 
     def record_keys(params: dict[str, Any], **_: Any) -> None:
         deleting.extend(o["Key"] for o in params["Delete"]["Objects"])
 
     store.client.meta.events.register("before-parameter-build.s3.DeleteObjects", record_keys)
-    assert list(store.delete_many(items, expired_later)) == [False] * 3
+    assert list(store.delete_many(items, expired_later)) == [Deletion.KEPT] * 3
     assert len(deleting) == 3 and all(key.endswith(".deleting") for key in deleting)
     assert sorted(keys(admin, bucket)) == sorted(item.handle.key for item in items)
 
 
 def test_cleanup_through_the_traced_store_deletes_a_page_in_one_span(
-    store: S3Store, admin: Any
+    seaweed: SeaweedS3, bucket: str, admin: Any
 ) -> None:
-    expired_contexts(store, 4)
     recorder = Recorder()
-    store.telemetry = recorder.telemetry
+    store = open_s3(seaweed, bucket, telemetry=recorder.telemetry)
+    expired_contexts(store, 4)
     settings = load_settings(namespace="team-a", keep_latest=0, cleanup_grace_seconds=0)
     traced = TracedStore(store, recorder.telemetry)
     [summary] = CleanupService([traced], settings, lambda: LATER).run().stores

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..archive import Archive
 from ..contract import OwnerReference, utc_text
 
 Clock = Callable[[], datetime]
+StillExpired = Callable[["ContextRecord"], bool]
+"""Cleanup's verdict on the freshest record: True while it may still be deleted."""
+H = TypeVar("H")
 MANAGED_BY = "build-context"
 RETAIN = "build-context.dev/retain"
 """Label (ConfigMap), object tag (S3) or `retain` field (filesystem) that pins a context."""
@@ -88,14 +92,38 @@ class Stored:
 
 
 @dataclass(frozen=True)
-class Listed:
+class Listed(Generic[H]):
     """A context found by `list`, with whatever the store needs to delete it safely."""
 
     record: ContextRecord
-    handle: Any
+    handle: H
 
 
-class Store(ABC):
+class Deletion(enum.Enum):
+    """What `delete` did with one listed context."""
+
+    DELETED = "deleted"
+    KEPT = "kept"
+    """The freshest record no longer qualifies: refreshed, pinned or rewritten meanwhile."""
+    GONE = "gone"
+    """Already deleted, or being deleted right now, by someone else (another cleanup run)."""
+
+
+Outcomes = list[Deletion | Exception]
+"""One per item of a `delete_many`, in order: what `delete` did, or the item's exception."""
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What a leftovers sweep found: removed (or, in a dry run, would remove) and failed."""
+
+    removed: int = 0
+    errors: int = 0
+
+
+class Store(ABC, Generic[H]):
+    """Backends fill in the four primitives; the rest has defaults that a backend may beat."""
+
     backend: str
 
     def check(self) -> None:
@@ -116,15 +144,32 @@ class Store(ABC):
         raise KeyError((namespace, function, content_hash))
 
     @abstractmethod
-    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed]:
+    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[H]]:
         """Every context we manage, page by page, with flat memory."""
 
     @abstractmethod
-    def delete(self, item: Listed, still_expired: Callable[[ContextRecord], bool]) -> bool:
+    def delete(self, item: Listed[H], still_expired: StillExpired) -> Deletion:
         """Delete unless the stored record changed meanwhile so that it no longer qualifies.
 
-        `still_expired` is re-evaluated on the freshest record; returns True when deleted.
+        `still_expired` is re-evaluated on the freshest record, never on the listed one.
         """
+
+    def delete_many(self, items: Sequence[Listed[H]], still_expired: StillExpired) -> Outcomes:
+        """`delete` for a page; one at a time here, a store with a batch call does better."""
+        outcomes: Outcomes = []
+        for item in items:
+            try:
+                outcomes.append(self.delete(item, still_expired))
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes
+
+    def sweep_leftovers(self, older_than: datetime, dry_run: bool) -> Swept:
+        """Remove what crashed writes left behind, last changed before `older_than`.
+
+        Nothing here: only a store whose writes can leave temporaries (the filesystem) has any.
+        """
+        return Swept()
 
     def close(self) -> None:
         """Release clients and connections."""

@@ -9,24 +9,33 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..archive import Archive
 from ..contract import OwnerReference
 from ..errors import ConfigurationError, StorageUnavailable
+from ..settings import Settings
+from ..telemetry import NOOP, Telemetry
 from .base import (
     PROVENANCE_FILE,
     ContextRecord,
+    Deletion,
     Listed,
+    StillExpired,
     Store,
     Stored,
+    Swept,
     record_fields,
     record_from_fields,
 )
+
+log = logging.getLogger("build_context.stores.filesystem")
 
 ARCHIVE = "context.tar.gz"
 RECORD = "context.json"
@@ -34,11 +43,15 @@ PROVENANCE = PROVENANCE_FILE
 TEMP_PREFIX = ".tmp-"
 
 
-class FilesystemStore(Store):
+class FilesystemStore(Store[Path]):
     backend = "filesystem"
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, telemetry: Telemetry = NOOP) -> FilesystemStore:
+        return cls(settings.fs_root)
 
     def check(self) -> None:
         try:
@@ -121,7 +134,7 @@ class FilesystemStore(Store):
         except FileNotFoundError:
             raise KeyError((namespace, function, content_hash)) from None
 
-    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed]:
+    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[Path]]:
         for ns in _subfolders(self.root):
             if namespaces is not None and ns.name not in namespaces:
                 continue
@@ -132,20 +145,41 @@ class FilesystemStore(Store):
                     except (OSError, ValueError, KeyError):
                         continue
 
-    def delete(self, item: Listed, still_expired: Callable[[ContextRecord], bool]) -> bool:
-        folder: Path = item.handle
+    def delete(self, item: Listed[Path], still_expired: StillExpired) -> Deletion:
+        folder = item.handle
         record = item.record
         with self._locked(record.namespace, record.function) as parent:
             try:
                 current = _read(folder)
             except FileNotFoundError:
-                return False
+                return Deletion.GONE
             if not still_expired(current):
-                return False
+                return Deletion.KEPT
             trash = parent / f"{TEMP_PREFIX}trash-{uuid.uuid4().hex}"
             os.rename(folder, trash)
         shutil.rmtree(trash, ignore_errors=True)
-        return True
+        return Deletion.DELETED
+
+    def sweep_leftovers(self, older_than: datetime, dry_run: bool) -> Swept:
+        """Temporaries of crashed writes and deletes, once last changed before `older_than`."""
+        removed = errors = 0
+        for path in self.stale_temporaries():
+            try:
+                if datetime.fromtimestamp(path.lstat().st_mtime, UTC) > older_than:
+                    continue
+                if not dry_run:
+                    _remove(path)
+                removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError:
+                errors += 1
+                log.warning(
+                    "cleanup: could not remove a leftover temporary",
+                    exc_info=True,
+                    extra={"store": self.backend, "path": str(path)},
+                )
+        return Swept(removed, errors)
 
     def stale_temporaries(self) -> Iterator[Path]:
         """Leftovers of crashed writes (invisible to readers, removed by cleanup)."""
@@ -188,3 +222,20 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, onerror=_ignore_missing)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _ignore_missing(
+    function: Callable[..., object],
+    path: str,
+    exc_info: tuple[type[BaseException], BaseException, object],
+) -> None:
+    """Another run may be removing the same leftover right now."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]

@@ -2,24 +2,23 @@
 `<prefix><namespace>/<function>/<contentHash>.dsse.json` next to `….tar.gz`.
 
 The envelope of a new context is written put-if-absent before the archive, so a context never
-appears without it; any envelope under that key attests the same content (the key is the content hash), so a
-concurrent writer's envelope is as good as ours. Cleanup deletes the envelope right after the
-archive; one that fails is logged (`orphaned provenance envelope`) and harmless: listing reads
-only archives, and the next identical context reuses it.
+appears without it; any envelope under that key attests the same content (the key is the
+content hash), so a concurrent writer's envelope is as good as ours. Cleanup deletes the
+envelope right after the archive; one that fails is logged (`orphaned provenance envelope`) and
+harmless: listing reads only archives, and the next identical context reuses it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
-
-from botocore.exceptions import BotoCoreError, ClientError
+from collections.abc import Sequence
 
 from ..archive import Archive
 from ..contract import OwnerReference
-from .base import ContextRecord, Listed, Stored
-from .s3 import _MISSING, _TAKEN, SUFFIX, S3Store
+from .base import ContextRecord, Deletion, Listed, Outcomes, StillExpired, Stored
+from .failures import NotFound, StoreError
+from .s3 import Head, S3Store
+from .s3.codec import SUFFIX
 
 log = logging.getLogger("build_context.s3")
 
@@ -39,8 +38,10 @@ class AttestedS3Store(S3Store):
         # A stored context already has its envelope: only a new one writes it (first).
         written = (
             archive.provenance is not None
-            and self._head_object(key) is None
-            and self._put_envelope(envelope_key(key), archive.provenance)
+            and self.objects.head_object(key) is None
+            and self.objects.put_new(
+                envelope_key(key), archive.provenance, ContentType=ENVELOPE_TYPE
+            )
         )
         try:
             stored = super().put_if_absent(archive, record, owner)
@@ -48,69 +49,35 @@ class AttestedS3Store(S3Store):
             if written:
                 self._forget_envelope(envelope_key(key))
             raise
-        return self._with_envelope(stored)
+        where = {**stored.storage, "key": envelope_key(str(stored.storage["key"]))}
+        return Stored(stored.record, stored.storage, stored.context_uri, stored.reused, where)
 
     def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
         key = envelope_key(self.key(namespace, function, content_hash))
         try:
-            data: bytes = self._call(
-                "get_object",
-                key,
-                lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(),
-                allow=_MISSING,
-            )
-            return data
-        except ClientError:
+            data: bytes = self.objects.send("get_object", key)["Body"].read()
+        except NotFound:
             raise KeyError((namespace, function, content_hash)) from None
+        return data
 
-    def delete(self, item: Listed, still_expired: Callable[[ContextRecord], bool]) -> bool:
-        deleted = super().delete(item, still_expired)
-        if deleted:
+    def delete(self, item: Listed[Head], still_expired: StillExpired) -> Deletion:
+        deletion = super().delete(item, still_expired)
+        if deletion is Deletion.DELETED:
             self._forget_envelope(envelope_key(item.handle.key))
-        return deleted
+        return deletion
 
-    def delete_many(
-        self, items: Sequence[Listed], still_expired: Callable[[ContextRecord], bool]
-    ) -> Sequence[bool | Exception]:
+    def delete_many(self, items: Sequence[Listed[Head]], still_expired: StillExpired) -> Outcomes:
         outcomes = super().delete_many(items, still_expired)
         for item, outcome in zip(items, outcomes, strict=True):
-            if outcome is True:
+            if outcome is Deletion.DELETED:
                 self._forget_envelope(envelope_key(item.handle.key))
         return outcomes
 
-    def _with_envelope(self, stored: Stored) -> Stored:
-        where = {**stored.storage, "key": envelope_key(str(stored.storage["key"]))}
-        return Stored(stored.record, stored.storage, stored.context_uri, stored.reused, where)
-
-    def _put_envelope(self, key: str, envelope: bytes) -> bool:
-        """True when this call wrote it; False when one was there already."""
-        try:
-            self._call(
-                "put_object",
-                key,
-                lambda: self.client.put_object(
-                    Bucket=self.bucket,
-                    Key=key,
-                    Body=envelope,
-                    ContentType=ENVELOPE_TYPE,
-                    IfNoneMatch="*",
-                    **self.encryption,
-                ),
-                allow=frozenset({_TAKEN}),
-            )
-        except ClientError:
-            return False
-        return True
-
     def _forget_envelope(self, key: str) -> None:
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-        except (ClientError, BotoCoreError) as error:
+            self.objects.send("delete_object", key)
+        except StoreError as error:
             log.warning(
                 "orphaned provenance envelope",
-                extra={"bucket": self.bucket, "key": key, "error": _describe(error)},
+                extra={"bucket": self.bucket, "key": key, "error": str(error)[:200]},
             )
-
-
-def _describe(error: Any) -> str:
-    return f"{type(error).__name__}: {str(error)[:200]}"

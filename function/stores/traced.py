@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 
 from opentelemetry import trace
 
 from ..archive import Archive
 from ..contract import OwnerReference
 from ..telemetry import Telemetry
-from .base import ContextRecord, Listed, Store, Stored
+from .base import ContextRecord, Deletion, H, Listed, Outcomes, StillExpired, Store, Stored, Swept
 
 
-class TracedStore(Store):
-    def __init__(self, inner: Store, telemetry: Telemetry) -> None:
+class TracedStore(Store[H]):
+    def __init__(self, inner: Store[H], telemetry: Telemetry) -> None:
         self.inner = inner
         self.backend = inner.backend
         self.telemetry = telemetry
@@ -39,7 +38,7 @@ class TracedStore(Store):
         with self.telemetry.storage_call(self.backend, "get_provenance"):
             return self.inner.get_provenance(namespace, function, content_hash)
 
-    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed]:
+    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[H]]:
         """One span over the whole listing; not made current, so the caller's work between
         pages is not parented to it."""
         span = self.telemetry.tracer.start_span(
@@ -59,31 +58,26 @@ class TracedStore(Store):
             span.set_attribute("build_context.listed", count)
             span.end()
 
-    def delete(self, item: Listed, still_expired: Callable[[ContextRecord], bool]) -> bool:
+    def delete(self, item: Listed[H], still_expired: StillExpired) -> Deletion:
         with self.telemetry.storage_call(self.backend, "delete") as span:
             deleted = self.inner.delete(item, still_expired)
-            span.set_attribute("build_context.deleted", deleted)
+            span.set_attribute("build_context.deleted", deleted is Deletion.DELETED)
             return deleted
+
+    def delete_many(self, items: Sequence[Listed[H]], still_expired: StillExpired) -> Outcomes:
+        with self.telemetry.storage_call(self.backend, "delete_many") as span:
+            outcomes = self.inner.delete_many(items, still_expired)
+            span.set_attribute("build_context.items", len(outcomes))
+            span.set_attribute(
+                "build_context.deleted", sum(o is Deletion.DELETED for o in outcomes)
+            )
+            return outcomes
+
+    def sweep_leftovers(self, older_than: datetime, dry_run: bool) -> Swept:
+        with self.telemetry.storage_call(self.backend, "sweep_leftovers") as span:
+            swept = self.inner.sweep_leftovers(older_than, dry_run)
+            span.set_attribute("build_context.removed", swept.removed)
+            return swept
 
     def close(self) -> None:
         self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:
-        """Backend-specific extras (S3's `delete_many`, the filesystem's `stale_temporaries`)
-        pass through; calling one is a span too."""
-        if name == "inner":
-            raise AttributeError(name)
-        value = getattr(self.inner, name)
-        if name.startswith("_") or not callable(value):
-            return value
-
-        @functools.wraps(value)
-        def traced(*args: Any, **kwargs: Any) -> Any:
-            with self.telemetry.storage_call(self.backend, name) as span:
-                result = value(*args, **kwargs)
-                if name == "delete_many":
-                    span.set_attribute("build_context.items", len(result))
-                    span.set_attribute("build_context.deleted", sum(o is True for o in result))
-                return result
-
-        return traced

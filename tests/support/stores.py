@@ -208,7 +208,9 @@ class ConfigMapUnderTest(StoreUnderTest):
         configuration = admin_client.configuration
 
         def client() -> Store:
-            return ConfigMapStore(load_settings(**settings), configuration)
+            return ConfigMapStore.from_settings(
+                load_settings(**settings), configuration=configuration
+            )
 
         super().__init__(client(), client, settings)
         self.client.check()

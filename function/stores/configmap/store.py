@@ -1,0 +1,302 @@
+"""The ConfigMap store: a facade over the apiserver calls, the codec and the capacity guard."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes.client
+from opentelemetry import metrics
+
+from ...archive import Archive
+from ...contract import OwnerReference, utc_text
+from ...errors import ConfigurationError, StorageConflict, StorageForbidden, StorageUnavailable
+from ...retry import RetryPolicy
+from ...settings import Settings
+from ...telemetry import NOOP, Telemetry
+from ..base import (
+    PROVENANCE_FILE,
+    ContextRecord,
+    Deletion,
+    Listed,
+    StillExpired,
+    Store,
+    Stored,
+)
+from ..calls import StorageCalls
+from ..failures import Conflict, NotFound
+from . import errors
+from .api import ConfigMapApi, load_configuration
+from .capacity import CapacityGuard, Caps, Usage
+from .codec import (
+    EXPIRES_AT,
+    KEY,
+    configmap_body,
+    configmap_name,
+    context_uri,
+    owner_reference,
+    record_from_metadata,
+)
+
+log = logging.getLogger("build_context.stores.configmap")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_RACES = 5
+"""How often a put re-reads after losing a race (a concurrent refresh or a cleanup delete)."""
+
+
+@dataclass(frozen=True)
+class ConfigMapHandle:
+    """What `delete` needs: the object as it was listed."""
+
+    name: str
+    uid: str
+    resource_version: str
+
+
+class _Gone(Exception):
+    """The ConfigMap disappeared between two of our calls (a cleanup run deleted it)."""
+
+
+class ConfigMapStore(Store[ConfigMapHandle]):
+    backend = "configmap"
+
+    def __init__(
+        self,
+        configuration: kubernetes.client.Configuration,
+        home_namespace: str,
+        caps: Caps,
+        *,
+        namespaces: frozenset[str] = frozenset(),
+        retry: RetryPolicy | None = None,
+        threads: int = 8,
+        page_size: int = 500,
+        telemetry: Telemetry = NOOP,
+        meter_provider: metrics.MeterProvider | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.home_namespace = home_namespace
+        self.namespaces = frozenset({home_namespace, *namespaces})
+        """What `list` reads by default; which namespaces a request may use is the service's
+        to check (BUILD_CONTEXT_ALLOWED_NAMESPACES), once."""
+        self.telemetry = telemetry
+        calls = StorageCalls(
+            self.backend, errors.BOUNDARY, telemetry, retry or RetryPolicy(), sleep
+        )
+        self.api = ConfigMapApi(configuration, calls, threads, page_size)
+        self.capacity = CapacityGuard(
+            caps, lambda ns, probe: self.api.pages(ns, probe), meter_provider, monotonic
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        telemetry: Telemetry = NOOP,
+        *,
+        configuration: kubernetes.client.Configuration | None = None,
+        **parts: Any,
+    ) -> ConfigMapStore:
+        """`parts` are the constructor's keyword arguments not taken from settings (tests)."""
+        return cls(
+            configuration or load_configuration(),
+            settings.home_namespace,
+            Caps(
+                settings.configmap_max_bytes,
+                settings.configmap_namespace_max_bytes,
+                settings.configmap_namespace_max_count,
+                settings.configmap_usage_refresh_seconds,
+            ),
+            namespaces=settings.namespaces,
+            retry=RetryPolicy.from_settings(settings),
+            threads=settings.threads,
+            page_size=settings.cleanup_page_size,
+            telemetry=telemetry,
+            **parts,
+        )
+
+    def check(self) -> None:
+        """Refuse to start without the right to list ConfigMaps at home; a down apiserver is
+        only logged, since requests fail retryably until it is back."""
+        home = self.home_namespace
+        if not _DNS_LABEL.match(home):
+            raise ConfigurationError("BUILD_CONTEXT_NAMESPACE", f"{home!r} is not a namespace name")
+        try:
+            self.capacity.refresh(home, probe=True)
+        except StorageForbidden as error:
+            raise ConfigurationError("BUILD_CONTEXT_NAMESPACE", error.message) from None
+        except StorageUnavailable as error:
+            log.warning(
+                "configmap store: apiserver not reachable at start-up; requests fail "
+                "retryably until it is",
+                extra={"namespace": home, "error": error.message},
+            )
+
+    def put_if_absent(
+        self, archive: Archive, record: ContextRecord, owner: OwnerReference | None = None
+    ) -> Stored:
+        namespace = record.namespace
+        self.capacity.check_size(archive.size_bytes, len(archive.provenance or b""))
+        name = configmap_name(record.function, record.content_hash)
+        body = configmap_body(archive, record, owner)
+        for _ in range(_RACES):
+            if not self.capacity.reserve(namespace, archive.size_bytes):
+                existing = self.api.read_metadata(namespace, name)
+                if existing is None:
+                    raise self.capacity.exceeded(namespace, archive.size_bytes)
+            else:
+                try:
+                    created = self.api.create(namespace, body)
+                    return self._stored(record_from_metadata(created), False)
+                except Conflict:
+                    self.capacity.release(namespace, archive.size_bytes)
+                except BaseException:
+                    self.capacity.release(namespace, archive.size_bytes)
+                    raise
+                existing = self.api.read_metadata(namespace, name)
+                if existing is None:
+                    continue
+            try:
+                return self._reuse(namespace, existing, record, owner)
+            except _Gone:
+                continue
+        raise StorageUnavailable(
+            f"ConfigMap {namespace}/{name} kept being deleted while being stored; "
+            "is a cleanup run deleting fresh contexts? Retry the request."
+        )
+
+    def get(self, namespace: str, function: str, content_hash: str) -> bytes:
+        try:
+            found = self.api.read(namespace, configmap_name(function, content_hash))
+        except NotFound:
+            raise KeyError((namespace, function, content_hash)) from None
+        return base64.b64decode((found.get("binaryData") or {})[KEY])
+
+    def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
+        try:
+            found = self.api.read(namespace, configmap_name(function, content_hash))
+        except NotFound:
+            raise KeyError((namespace, function, content_hash)) from None
+        envelope = (found.get("binaryData") or {}).get(PROVENANCE_FILE)
+        if envelope is None:
+            raise KeyError((namespace, function, content_hash))
+        return base64.b64decode(envelope)
+
+    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[ConfigMapHandle]]:
+        for namespace in sorted(self.namespaces if namespaces is None else namespaces):
+            for item in self.api.pages(namespace):
+                metadata = item["metadata"]
+                try:
+                    record = record_from_metadata(metadata)
+                except (KeyError, ValueError) as error:
+                    log.warning(
+                        "configmap store: skipping a ConfigMap with our label but no record",
+                        extra={
+                            "namespace": namespace,
+                            "configMap": metadata.get("name"),
+                            "error": str(error),
+                        },
+                    )
+                    continue
+                handle = ConfigMapHandle(
+                    metadata["name"], metadata["uid"], metadata["resourceVersion"]
+                )
+                yield Listed(record, handle)
+
+    def delete(self, item: Listed[ConfigMapHandle], still_expired: StillExpired) -> Deletion:
+        """Re-read; delete only that very version (uid + resourceVersion preconditions), so a
+        refresh between our read and our delete makes the delete fail instead."""
+        name, namespace = item.handle.name, item.record.namespace
+        current = self.api.read_metadata(namespace, name)
+        if current is None:
+            return Deletion.GONE
+        try:
+            record = record_from_metadata(current)
+        except (KeyError, ValueError):
+            return Deletion.KEPT
+        if not still_expired(record):
+            return Deletion.KEPT
+        preconditions = {"uid": current["uid"], "resourceVersion": current["resourceVersion"]}
+        try:
+            self.api.delete(namespace, name, preconditions)
+        except NotFound:
+            return Deletion.GONE
+        except Conflict:
+            return Deletion.KEPT
+        self.capacity.release(namespace, record.size_bytes)
+        return Deletion.DELETED
+
+    def usage(self, namespace: str) -> Usage:
+        return self.capacity.usage(namespace)
+
+    def close(self) -> None:
+        self.capacity.close()
+        self.api.close()
+
+    # --- the steps of a put ------------------------------------------------------------------
+
+    def _reuse(
+        self,
+        namespace: str,
+        existing: dict[str, Any],
+        record: ContextRecord,
+        owner: OwnerReference | None,
+    ) -> Stored:
+        """Same content already stored: push its expiry forward (metadata stays mutable on an
+        immutable ConfigMap), add the owner if missing, never touch the bytes."""
+        for _ in range(_RACES):
+            current = self._ours(existing, record)
+            refreshed = current.refreshed(record.expires_at)
+            patch: dict[str, Any] = {"resourceVersion": existing["resourceVersion"]}
+            if refreshed.expires_at != current.expires_at:
+                patch["annotations"] = {EXPIRES_AT: utc_text(refreshed.expires_at)}
+            references = list(existing.get("ownerReferences") or [])
+            if owner is not None and all(r.get("uid") != owner.uid for r in references):
+                patch["ownerReferences"] = [*references, owner_reference(owner)]
+            if len(patch) == 1:
+                return self._stored(current, True)
+            try:
+                patched = self.api.patch_metadata(namespace, existing["name"], patch)
+                return self._stored(record_from_metadata(patched), True)
+            except (NotFound, Conflict):
+                pass
+            found = self.api.read_metadata(namespace, existing["name"])
+            if found is None:
+                raise _Gone()
+            existing = found
+        raise StorageUnavailable(
+            f"ConfigMap {namespace}/{existing['name']} kept changing while its expiry was "
+            "being refreshed; retry the request"
+        )
+
+    def _ours(self, existing: Mapping[str, Any], record: ContextRecord) -> ContextRecord:
+        name = existing.get("name")
+        try:
+            current = record_from_metadata(existing)
+        except (KeyError, ValueError) as error:
+            raise StorageConflict(
+                f"ConfigMap {record.namespace}/{name} exists but is not a build context of "
+                f"ours ({error}); it is left alone: delete or rename it"
+            ) from None
+        if (current.function, current.content_hash) != (record.function, record.content_hash):
+            raise StorageConflict(
+                f"ConfigMap {record.namespace}/{name} holds context {current.content_hash} of "
+                f"function {current.function!r}, not {record.content_hash}; it is never "
+                "overwritten: delete it if it is stale"
+            )
+        return current
+
+    def _stored(self, record: ContextRecord, reused: bool) -> Stored:
+        storage = {
+            "backend": self.backend,
+            "namespace": record.namespace,
+            "configMap": configmap_name(record.function, record.content_hash),
+            "key": KEY,
+        }
+        return Stored(record, storage, context_uri(), reused, {**storage, "key": PROVENANCE_FILE})
