@@ -24,6 +24,8 @@ log = logging.getLogger("build_context.s3")
 
 ENVELOPE_SUFFIX = ".dsse.json"
 ENVELOPE_TYPE = "application/vnd.dsse.envelope.v1+json"
+_BATCH = 1000
+"""Keys per DeleteObjects call: the S3 limit."""
 
 
 def envelope_key(archive_key: str) -> str:
@@ -67,10 +69,25 @@ class AttestedS3Store(S3Store):
         return deletion
 
     def delete_many(self, items: Sequence[Listed[Head]], still_expired: StillExpired) -> Outcomes:
+        """The archives as the S3 store deletes them, then their envelopes in DeleteObjects
+        batches (one call per 1000, like the archives)."""
         outcomes = super().delete_many(items, still_expired)
-        for item, outcome in zip(items, outcomes, strict=True):
-            if outcome is Deletion.DELETED:
-                self._forget_envelope(envelope_key(item.handle.key))
+        keys = [
+            envelope_key(item.handle.key)
+            for item, outcome in zip(items, outcomes, strict=True)
+            if outcome is Deletion.DELETED
+        ]
+        for start in range(0, len(keys), _BATCH):
+            batch = keys[start : start + _BATCH]
+            try:
+                answer = self.objects.delete_objects([{"Key": k} for k in batch], quiet=True)
+                failed = [str(e.get("Key")) for e in answer.get("Errors", [])]
+            except StoreError:
+                failed = batch
+            for key in failed:
+                log.warning(
+                    "orphaned provenance envelope", extra={"bucket": self.bucket, "key": key}
+                )
         return outcomes
 
     def _forget_envelope(self, key: str) -> None:
