@@ -26,7 +26,7 @@ from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
 from in_toto_attestation.v1 import statement_pb2
 from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import VerificationError
-from securesystemslib.signer import SSlibKey
+from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from function import archive as archives
 from function import provenance
@@ -121,7 +121,7 @@ def test_signed_context_verifies_with_ours_and_an_independent_verifier(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     ).hexdigest()
-    accepted = envelope.verify([SSlibKey.from_crypto(public_key, keyid=keyid)], 1)  # type: ignore[arg-type]
+    accepted = envelope.verify([SSlibKey.from_crypto(public_key, keyid=keyid)], 1)
     assert list(accepted) == [keyid]
     assert envelope.payload_type == "application/vnd.in-toto+json"
 
