@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import uuid
 import zlib
@@ -31,7 +32,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 
 from function import archive as archives
-from function.service import BuildContextService
+from function.create import CreateService
 from function.settings import load_settings
 from function.stores import open_store
 from function.telemetry import Telemetry
@@ -39,6 +40,7 @@ from function.validation import parse, validate
 from function.workers import process_count
 from tests.support.server import FunctionServer
 
+from . import floor as floor_server
 from . import stores, workload
 from .load import MemoryWatch, Run, Table, percentiles, send
 
@@ -93,8 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default="archive,stages,http",
-        help="sections to run, of archive,stages,http (default: all)",
+        default="ratios,archive,stages,http",
+        help="sections to run, of ratios,archive,stages,http (default: all)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="alternating rounds of the function against the floor (default 7; --quick: 1)",
     )
     parser.add_argument(
         "--profile",
@@ -111,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
 
     print(machine())
+    if "ratios" in sections:
+        ratio_section(Shape(args.threads, args.processes), args.rounds, args.quick)
     if "archive" in sections:
         archive_section(args.quick)
     if "stages" in sections:
@@ -143,6 +153,111 @@ def machine() -> str:
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}; "
         f"load average {load} at start\n"
     )
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One row of the ratio table: what is read from a run."""
+
+    label: str
+    read: Callable[[Run, float], float]
+    """From the run and the server's CPU seconds per request."""
+    latency: bool
+    """True: lower is better (ratio function/floor); False: a rate (ratio floor/function)."""
+
+
+def _p50(run: Run, cpu: float) -> float:
+    return percentiles(run.latencies)[0]
+
+
+def _p95(run: Run, cpu: float) -> float:
+    return percentiles(run.latencies)[1]
+
+
+def _rate(run: Run, cpu: float) -> float:
+    return run.throughput
+
+
+def _cpu(run: Run, cpu: float) -> float:
+    return cpu
+
+
+def ratio_section(shape: Shape, rounds: int | None, quick: bool) -> None:
+    """The function (filesystem store on TMPDIR's disk) against the floor (bench/floor.py), in
+    alternating rounds: each scenario runs on both servers back to back, in turns first, so a
+    noisy neighbour hits both alike. Medians over rounds; the cost ratio is function/floor for
+    latency and floor/function for throughput, so for every row lower is better (goal <= 1.5)."""
+    rounds = rounds or (1 if quick else 7)
+    scenarios = [
+        ("small", 20 if quick else 60, 1, [Measure("one at a time, 1 KB: p50", _p50, True)]),
+        (
+            "small",
+            150,
+            150,
+            [
+                Measure("150 at once, 1 KB: p95", _p95, True),
+                Measure("150 at once, 1 KB: req/s", _rate, False),
+                Measure("150 at once, 1 KB: server CPU per request", _cpu, True),
+            ],
+        ),
+        (
+            "mixed",
+            150,
+            150,
+            [
+                Measure("150 at once, mixed 1 KB-900 KB: p95", _p95, True),
+                Measure("150 at once, mixed 1 KB-900 KB: req/s", _rate, False),
+                Measure("150 at once, mixed: server CPU per request", _cpu, True),
+            ],
+        ),
+    ]
+    print(
+        f"\n## Against the floor (filesystem store under {tempfile.gettempdir()}; function: "
+        f"{shape.describe()}; floor: one Flask process under waitress, 8 threads; median of "
+        f"{rounds} alternating rounds)\n"
+    )
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    with (
+        running_server("filesystem", shape) as (server, _),
+        floor_server.running(server.workdir) as (floor_url, floor_pid),
+    ):
+        assert server.process is not None
+        pids = {"function": server.process.pid, "floor": floor_pid}
+        warm = send(floor_url, workload.mixed(40, seed=_seed()), concurrency=10)
+        if warm.failures:
+            raise SystemExit(f"floor warm-up failed: {warm.failures[0]}")
+        for index in range(rounds):
+            for kind, count, concurrency, measures in scenarios:
+                requests = _requests(kind, count)
+                order = [("function", server.url), ("floor", floor_url)]
+                for who, url in order if index % 2 == 0 else reversed(order):
+                    with MemoryWatch(pids[who]) as watch:
+                        run = send(url, requests, concurrency)
+                    if run.failures:
+                        raise SystemExit(f"{who} failed: {run.failures[0]}")
+                    cpu = watch.cpu_seconds / len(run.replies)
+                    for measure in measures:
+                        values[measure.label][who].append(measure.read(run, cpu))
+    table = Table(["measure", "function", "floor", "cost ratio", "ratio per round (min-max)"])
+    print(table.header())
+    for _, _, _, measures in scenarios:
+        for measure in measures:
+            ours, least = values[measure.label]["function"], values[measure.label]["floor"]
+            per_round = [
+                (a / b if measure.latency else b / a) for a, b in zip(ours, least, strict=True)
+            ]
+            mine, theirs = statistics.median(ours), statistics.median(least)
+            ratio = mine / theirs if measure.latency else theirs / mine
+            show = _ms if measure.latency else (lambda v: f"{v:,.0f}")
+            print(
+                table.add(
+                    measure.label,
+                    show(mine),
+                    show(theirs),
+                    f"**{ratio:.2f}x**",
+                    f"{min(per_round):.2f}-{max(per_round):.2f}x",
+                )
+            )
 
 
 def timed(fn: Callable[[], object], budget: float, minimum: int = 5) -> float:
@@ -249,13 +364,13 @@ def stage_section(names: Sequence[str], quick: bool) -> None:
             settings = load_settings()
             clock = StageClock()
             store = open_store(settings.storage, settings, clock)
-            service = BuildContextService(settings, store, telemetry=clock)
+            service = CreateService(settings, store, telemetry=clock)
             sizes: dict[str, list[float]] = defaultdict(list)
             totals: list[float] = []
             for request in workload.mixed(count, seed=_seed()):
                 marks = {s: len(clock.samples[s]) for s in STAGES}
                 start = time.perf_counter()
-                service.create(request.data, str(uuid.uuid4()))
+                service.run(request.data, str(uuid.uuid4()))
                 totals.append(time.perf_counter() - start)
                 for stage in STAGES:
                     sizes[f"{stage}/{request.size}"] += clock.samples[stage][marks[stage] :]

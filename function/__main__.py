@@ -138,12 +138,12 @@ def _run(args: argparse.Namespace) -> int:
     if command == "verify":
         return _verify(args)
     if command == "settings":
-        from .reference import render
+        from .docs import render
 
         print(render(args.format), end="")
         return 0
     if command == "schemas":
-        from .reference import write_schemas
+        from .docs import write_schemas
 
         for path in write_schemas(args.folder):
             print(path)
@@ -183,7 +183,7 @@ def _create(args: argparse.Namespace) -> int:
         data["metadata"] = dict(m.split("=", 1) for m in args.metadata)
     app = App.from_settings(settings)
     try:
-        created = app.service.create(data, f"cli-{uuid.uuid4()}")
+        created = app.create.run(data, f"cli-{uuid.uuid4()}")
     except BuildContextError as error:
         print(
             json.dumps(

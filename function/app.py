@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .cleanup import CleanupService
+from .create import CreateService
 from .provenance import SigningKey
-from .service import BuildContextService
 from .settings import Settings, load_settings
 from .stores import Store, open_store
 from .stores.traced import TracedStore
@@ -18,7 +18,7 @@ from .telemetry import Exporters, Telemetry, install_exporters
 @dataclass
 class App:
     settings: Settings
-    service: BuildContextService
+    create: CreateService
     stores: list[Store[Any]]
     telemetry: Telemetry
     cleanup: CleanupService
@@ -47,11 +47,11 @@ class App:
             if settings.overflow_storage and settings.overflow_storage != settings.storage
             else None
         )
-        service = BuildContextService(settings, primary, overflow, telemetry, signer=signer)
+        create = CreateService(settings, primary, overflow, telemetry, signer=signer)
         stores: list[Store[Any]] = [primary, *([overflow] if overflow else [])]
         cleanup = CleanupService(stores, settings, telemetry=telemetry)
         telemetry.declare([s.backend for s in stores], settings.handlers in ("all", "cleanup"))
-        return cls(settings, service, stores, telemetry, cleanup, exporters)
+        return cls(settings, create, stores, telemetry, cleanup, exporters)
 
     def close(self) -> None:
         for store in self.stores:

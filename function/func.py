@@ -96,9 +96,9 @@ _PING_DATA = (
 def _create(app: App, event: CloudEvent) -> CloudEvent:
     request_id = event["id"]
     start = time.perf_counter()
-    attributes = {"store": app.service.store.backend, "runtime": _runtime_hint(event.data)}
+    attributes = {"store": app.create.store.backend, "runtime": _runtime_hint(event.data)}
     try:
-        created = app.service.create(event.data, request_id, event["source"])
+        created = app.create.run(event.data, request_id, event["source"])
     except BuildContextError as error:
         return _failed(app, event, error, attributes, start)
     except Exception as error:

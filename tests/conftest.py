@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,6 +40,14 @@ def seaweed() -> Iterator[SeaweedS3]:
     instance = start_seaweed_s3()
     yield instance
     instance.stop()
+
+
+@pytest.fixture
+def bucket(seaweed: SeaweedS3) -> str:
+    """A new, empty bucket on the shared SeaweedFS server."""
+    name = f"ctx-{uuid.uuid4().hex[:12]}"
+    seaweed.client().create_bucket(Bucket=name)
+    return name
 
 
 @pytest.fixture(scope="session")

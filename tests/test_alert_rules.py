@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from tests.support.contexts import example
-from tests.support.server import FunctionServer
-from tests.test_telemetry import PING, Scrape, break_storage, scrape
+from tests.support.server import PING, FunctionServer, break_storage
+from tests.support.telemetry import Scrape, scrape
 
 ROOT = Path(__file__).parents[1]
 RULE = ROOT / "config" / "prometheusrule.yaml"

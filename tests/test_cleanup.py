@@ -52,6 +52,7 @@ from tests.support.stores import (
     SimulatedClock,
     StoreUnderTest,
 )
+from tests.support.telemetry import metrics_of
 
 GRACE = timedelta(seconds=300)
 
@@ -71,7 +72,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnder
 def cleanup(
     store: StoreUnderTest,
     clock: SimulatedClock,
-    client: Store | None = None,
+    client: Store[Any] | None = None,
     telemetry: Telemetry | None = None,
     **settings: Any,
 ) -> CleanupService:
@@ -221,7 +222,7 @@ def test_two_runs_at_once_delete_each_context_once_and_keep_the_rest(
     start = threading.Barrier(2)
     results: list[CleanupCompleted] = []
 
-    def run(client: Store) -> None:
+    def run(client: Store[Any]) -> None:
         service = cleanup(store, clock, client=client, cleanup_page_size=7)
         start.wait()
         results.append(service.run())
@@ -472,19 +473,16 @@ def test_metrics_are_recorded(store: StoreUnderTest) -> None:
 def _points(reader: InMemoryMetricReader) -> dict[str, dict[tuple[tuple[str, Any], ...], Any]]:
     """name -> {attributes without store: value (sum) or count (histogram)}, non-zero only."""
     found: dict[str, dict[tuple[tuple[str, Any], ...], Any]] = {}
-    data = reader.get_metrics_data()
-    for resource in data.resource_metrics if data else []:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if not metric.name.startswith("build_context.cleanup."):
-                    continue
-                for point in metric.data.data_points:
-                    value = getattr(point, "value", None)
-                    value = getattr(point, "count", value)
-                    if value:
-                        attributes = dict(point.attributes or {})
-                        key = tuple(sorted((k, v) for k, v in attributes.items() if k != "store"))
-                        found.setdefault(metric.name, {})[key] = value
+    for metric in metrics_of(reader):
+        if not metric.name.startswith("build_context.cleanup."):
+            continue
+        for point in metric.data.data_points:
+            value = getattr(point, "value", None)
+            value = getattr(point, "count", value)
+            if value:
+                attributes = dict(point.attributes or {})
+                key = tuple(sorted((k, v) for k, v in attributes.items() if k != "store"))
+                found.setdefault(metric.name, {})[key] = value
     return found
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from function.reference import schemas
+from function.docs import schemas
 from tests.support.contexts import EXAMPLES, ROOT
 from tests.support.server import FunctionServer
 
@@ -118,7 +118,7 @@ def test_published_schemas_are_generated_from_the_models() -> None:
 
 
 def test_readme_lists_every_setting_as_generated() -> None:
-    from function.reference import render
+    from function.docs import render
 
     readme = (ROOT / "README.md").read_text()
     table = readme.split("<!-- settings:start -->\n", 1)[1].split("<!-- settings:end -->", 1)[0]

@@ -9,6 +9,7 @@ fixed status.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import json
@@ -59,38 +60,22 @@ from function.stores.configmap import (
 from function.stores.failures import Rejected
 from function.telemetry import Telemetry
 from tests.conftest import StartServer
+from tests.support.clocks import SimulatedMonotonic, SleepRecorder
 from tests.support.contexts import example, members
 from tests.support.kube import KubeAPIServer
 from tests.support.rbac import apply_rbac
+from tests.support.records import FAST_RETRIES, FAST_RETRIES_ENV, incompressible
+from tests.support.records import record as context_record
 from tests.support.seaweed import SeaweedS3
 from tests.support.server import free_port
+from tests.support.telemetry import data_points, total
 
 pytestmark = pytest.mark.kube
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 WEEK = timedelta(days=7)
-FAST_RETRIES = {"retry_attempts": 3, "retry_base_delay_seconds": 0.01}
+record = functools.partial(context_record, created=T0, ttl=WEEK, function="disk-cleanup")
 LAMBDA_OWNER = {"apiVersion": "lambda.knative.io/v1alpha1", "kind": "LambdaFunction"}
-
-
-class SimulatedMonotonic:
-    """The store's monotonic clock (usage refresh), moved by the test instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Recorder:
-    """The store's `sleep`: records backoff delays instead of waiting."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +101,7 @@ def open_configmaps(
     token: str | None = None,
     telemetry: Telemetry | None = None,
     meter_provider: MeterProvider | None = None,
-    sleep: Recorder | None = None,
+    sleep: SleepRecorder | None = None,
     monotonic: SimulatedMonotonic | None = None,
     **settings: Any,
 ) -> ConfigMapStore:
@@ -127,42 +112,13 @@ def open_configmaps(
         telemetry or Telemetry(meter_provider=MeterProvider(), tracer_provider=TracerProvider()),
         configuration=configuration,
         meter_provider=meter_provider or MeterProvider(),
-        sleep=sleep or Recorder(),
+        sleep=sleep or SleepRecorder(),
         monotonic=monotonic or SimulatedMonotonic(),
     )
 
 
 def built(text: str = "print('hello')\n") -> Archive:
     return archive.build({"remediation.py": text, "Dockerfile": "FROM python:3.13-slim\n"})
-
-
-def incompressible(size: int) -> Archive:
-    """Random bytes standing in for a large archive: the store only moves bytes."""
-    data = os.urandom(size)
-    digest = hashlib.sha256(data).hexdigest()
-    return Archive(data, digest, digest, ())
-
-
-def record(
-    namespace: str,
-    context: Archive,
-    function: str = "disk-cleanup",
-    created: datetime = T0,
-    ttl: timedelta = WEEK,
-    request_id: str = "req-1",
-    metadata: dict[str, str] | None = None,
-) -> ContextRecord:
-    return ContextRecord.for_archive(
-        context,
-        namespace=namespace,
-        function=function,
-        runtime="python",
-        runtime_version="3.13",
-        created_at=created,
-        ttl=ttl,
-        request_id=request_id,
-        metadata=metadata,
-    )
 
 
 def read(admin: kubernetes.client.CoreV1Api, namespace: str, name: str) -> Any:
@@ -174,15 +130,7 @@ def names(admin: kubernetes.client.CoreV1Api, namespace: str) -> list[str]:
 
 
 def gauge(reader: InMemoryMetricReader, name: str) -> dict[str, int]:
-    data = reader.get_metrics_data()
-    found: dict[str, int] = {}
-    for resource in data.resource_metrics if data else []:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name == name:
-                    for point in metric.data.data_points:
-                        found[str(point.attributes["namespace"])] = int(point.value)
-    return found
+    return {str(p.attributes["namespace"]): int(p.value) for p in data_points(reader, name)}
 
 
 # --- create, reuse, refresh -------------------------------------------------------------------
@@ -193,7 +141,7 @@ def test_a_context_is_one_immutable_configmap_with_its_record_in_labels_and_anno
 ) -> None:
     store = open_configmaps(kube, namespace)
     context = built()
-    wanted = record(namespace, context, metadata={"incident": "INC-42", "team": "sre"})
+    wanted = record(context, namespace=namespace, metadata={"incident": "INC-42", "team": "sre"})
 
     stored = store.put_if_absent(context, wanted)
 
@@ -238,16 +186,17 @@ def test_same_content_is_reused_and_only_a_later_expiry_is_patched(
 ) -> None:
     store = open_configmaps(kube, namespace)
     context = built()
-    first = store.put_if_absent(context, record(namespace, context))
+    first = store.put_if_absent(context, record(context, namespace=namespace))
     name = first.storage["configMap"]
     version = read(admin, namespace, name).metadata.resource_version
 
     later = store.put_if_absent(
-        context, record(namespace, context, created=T0 + timedelta(days=2), request_id="req-2")
+        context,
+        record(context, namespace=namespace, created=T0 + timedelta(days=2), request_id="req-2"),
     )
     patched = read(admin, namespace, name)
     earlier = store.put_if_absent(
-        context, record(namespace, context, ttl=timedelta(days=1), request_id="req-3")
+        context, record(context, namespace=namespace, ttl=timedelta(days=1), request_id="req-3")
     )
 
     assert later.reused is True
@@ -270,7 +219,7 @@ def test_the_archive_bytes_can_never_be_changed(
 ) -> None:
     store = open_configmaps(kube, namespace)
     context = built()
-    name = store.put_if_absent(context, record(namespace, context)).storage["configMap"]
+    name = store.put_if_absent(context, record(context, namespace=namespace)).storage["configMap"]
 
     with pytest.raises(ApiException) as refused:
         admin.patch_namespaced_config_map(
@@ -287,16 +236,16 @@ def test_a_name_clash_with_other_content_is_an_error_never_an_overwrite(
 ) -> None:
     store = open_configmaps(kube, namespace)
     context, other = built("a = 1\n"), built("a = 2\n")
-    squatter = configmap_body(other, record(namespace, other), None)
+    squatter = configmap_body(other, record(other, namespace=namespace), None)
     squatter["metadata"]["name"] = configmap_name("disk-cleanup", context.content_hash)
     admin.create_namespaced_config_map(namespace, squatter)
     foreign = {"metadata": {"name": configmap_name("other-fn", context.content_hash)}}
     admin.create_namespaced_config_map(namespace, {**foreign, "data": {"a": "b"}})
 
     with pytest.raises(StorageConflict, match="never overwritten"):
-        store.put_if_absent(context, record(namespace, context))
+        store.put_if_absent(context, record(context, namespace=namespace))
     with pytest.raises(StorageConflict, match="not a build context of ours"):
-        store.put_if_absent(context, record(namespace, context, function="other-fn"))
+        store.put_if_absent(context, record(context, namespace=namespace, function="other-fn"))
 
     kept = read(admin, namespace, squatter["metadata"]["name"])
     assert base64.b64decode(kept.binary_data[KEY]) == other.data
@@ -314,10 +263,10 @@ def test_our_size_limit_stops_an_archive_before_the_apiserver_would(
     store = open_configmaps(kube, namespace, configmap_max_bytes=1_040_000)
     largest, too_large = incompressible(1_040_000), incompressible(APISERVER_LIMIT + 1)
 
-    stored = store.put_if_absent(largest, record(namespace, largest))
+    stored = store.put_if_absent(largest, record(largest, namespace=namespace))
     with pytest.raises(ContextTooLarge) as refused:
-        store.put_if_absent(too_large, record(namespace, too_large))
-    body = configmap_body(too_large, record(namespace, too_large), None)
+        store.put_if_absent(too_large, record(too_large, namespace=namespace))
+    body = configmap_body(too_large, record(too_large, namespace=namespace), None)
     with pytest.raises(ApiException) as rejected:
         admin.create_namespaced_config_map(namespace, body)
 
@@ -338,7 +287,7 @@ def test_the_default_limit_keeps_a_margin_under_one_mebibyte(
     context = incompressible(1_000_001)
 
     with pytest.raises(ContextTooLarge, match="at most 1000000"):
-        store.put_if_absent(context, record(namespace, context))
+        store.put_if_absent(context, record(context, namespace=namespace))
 
 
 def test_the_longest_function_name_gives_valid_names_and_labels(
@@ -349,7 +298,7 @@ def test_the_longest_function_name_gives_valid_names_and_labels(
     assert len(function) == 63
     context = built()
 
-    stored = store.put_if_absent(context, record(namespace, context, function=function))
+    stored = store.put_if_absent(context, record(context, namespace=namespace, function=function))
 
     configmap = read(admin, namespace, stored.storage["configMap"])
     assert len(configmap.metadata.name) <= 253
@@ -372,8 +321,8 @@ def test_a_context_is_written_in_its_record_s_namespace_and_listed_from_the_allo
     store = open_configmaps(kube, namespace, allowed_namespaces=other)
     context = built()
 
-    stored = store.put_if_absent(context, record(other, context))
-    store.put_if_absent(context, record(elsewhere, context))
+    stored = store.put_if_absent(context, record(context, namespace=other))
+    store.put_if_absent(context, record(context, namespace=elsewhere))
 
     assert stored.storage["namespace"] == other
     assert names(admin, other) == [stored.storage["configMap"]]
@@ -387,7 +336,7 @@ def test_a_missing_namespace_is_a_forbidden_store_with_the_fix(
     context = built()
 
     with pytest.raises(StorageForbidden, match="create the namespace"):
-        store.put_if_absent(context, record("never-created", context))
+        store.put_if_absent(context, record(context, namespace="never-created"))
 
 
 def test_the_owning_function_becomes_the_owner_reference(
@@ -397,9 +346,9 @@ def test_the_owning_function_becomes_the_owner_reference(
     owner = OwnerReference(**LAMBDA_OWNER, name="disk-cleanup", uid=str(uuid.uuid4()))
     owned, unowned = built("a = 1\n"), built("a = 2\n")
 
-    first = store.put_if_absent(owned, record(namespace, owned), owner)
-    second = store.put_if_absent(unowned, record(namespace, unowned))
-    store.put_if_absent(unowned, record(namespace, unowned), owner)
+    first = store.put_if_absent(owned, record(owned, namespace=namespace), owner)
+    second = store.put_if_absent(unowned, record(unowned, namespace=namespace))
+    store.put_if_absent(unowned, record(unowned, namespace=namespace), owner)
 
     for stored in (first, second):
         references = read(admin, namespace, stored.storage["configMap"]).metadata.owner_references
@@ -416,7 +365,7 @@ def test_an_owner_the_apiserver_rejects_is_an_internal_error_with_its_message(
     context = built()
 
     with pytest.raises(InternalError) as failed:
-        store.put_if_absent(context, record(namespace, context), owner)
+        store.put_if_absent(context, record(context, namespace=namespace), owner)
 
     assert type(failed.value) is Rejected, "not a StorageConflict: the apiserver said why"
     assert failed.value.reason == "InternalError"
@@ -439,12 +388,12 @@ def test_the_namespace_cap_routes_new_contexts_away_but_still_reuses_stored_ones
         configmap_namespace_max_bytes=2 * size + size // 2,
     )
     first, second, third = (incompressible(size) for _ in range(3))
-    store.put_if_absent(first, record(namespace, first))
-    store.put_if_absent(second, record(namespace, second))
+    store.put_if_absent(first, record(first, namespace=namespace))
+    store.put_if_absent(second, record(second, namespace=namespace))
 
     with pytest.raises(CapacityExceeded) as full:
-        store.put_if_absent(third, record(namespace, third))
-    reused = store.put_if_absent(first, record(namespace, first, request_id="req-2"))
+        store.put_if_absent(third, record(third, namespace=namespace))
+    reused = store.put_if_absent(first, record(first, namespace=namespace, request_id="req-2"))
 
     assert full.value.retryable is True
     assert f"holds 2 build-context ConfigMaps with {2 * size} bytes" in full.value.message
@@ -456,17 +405,17 @@ def test_the_namespace_cap_routes_new_contexts_away_but_still_reuses_stored_ones
 
     (listed,) = [item for item in store.list() if item.record.content_hash == second.content_hash]
     assert store.delete(listed, lambda current: True) is Deletion.DELETED
-    store.put_if_absent(third, record(namespace, third))
+    store.put_if_absent(third, record(third, namespace=namespace))
     assert gauge(reader, "build_context.configmap.usage") == {namespace: 2 * size}
 
 
 def test_the_count_cap_applies_too(kube: KubeAPIServer, namespace: str) -> None:
     store = open_configmaps(kube, namespace, configmap_namespace_max_count=1)
     first, second = built("a = 1\n"), built("a = 2\n")
-    store.put_if_absent(first, record(namespace, first))
+    store.put_if_absent(first, record(first, namespace=namespace))
 
     with pytest.raises(CapacityExceeded, match="BUILD_CONTEXT_CONFIGMAP_NAMESPACE_MAX_COUNT"):
-        store.put_if_absent(second, record(namespace, second))
+        store.put_if_absent(second, record(second, namespace=namespace))
 
 
 def test_usage_comes_from_a_periodic_metadata_list_not_one_per_request(
@@ -485,19 +434,19 @@ def test_usage_comes_from_a_periodic_metadata_list_not_one_per_request(
         configmap_usage_refresh_seconds=30,
     )
     ours = [built(f"n = {i}\n") for i in range(4)]
-    store.put_if_absent(ours[0], record(namespace, ours[0]))
+    store.put_if_absent(ours[0], record(ours[0], namespace=namespace))
     # Another replica's context, unseen until the refresh; with it, ours[3] is one byte too many.
     neighbour = incompressible(100_000 - sum(c.size_bytes for c in ours) + 1)
     admin.create_namespaced_config_map(
-        namespace, configmap_body(neighbour, record(namespace, neighbour), None)
+        namespace, configmap_body(neighbour, record(neighbour, namespace=namespace), None)
     )
 
-    store.put_if_absent(ours[1], record(namespace, ours[1]))
+    store.put_if_absent(ours[1], record(ours[1], namespace=namespace))
     clock.now += 29
-    store.put_if_absent(ours[2], record(namespace, ours[2]))
+    store.put_if_absent(ours[2], record(ours[2], namespace=namespace))
     clock.now += 2
     with pytest.raises(CapacityExceeded):
-        store.put_if_absent(ours[3], record(namespace, ours[3]))
+        store.put_if_absent(ours[3], record(ours[3], namespace=namespace))
 
     lists = [s for s in spans.get_finished_spans() if s.name == "kube list configmaps"]
     assert len(lists) == 2
@@ -515,7 +464,7 @@ def test_list_pages_through_our_configmaps_only_and_reads_pins(
     store = open_configmaps(kube, namespace, cleanup_page_size=2)
     contexts = [built(f"n = {i}\n") for i in range(5)]
     records = [
-        store.put_if_absent(c, record(namespace, c, function=f"fn-{i}")).record
+        store.put_if_absent(c, record(c, namespace=namespace, function=f"fn-{i}")).record
         for i, c in enumerate(contexts)
     ]
     admin.create_namespaced_config_map(namespace, {"metadata": {"name": "app-settings"}})
@@ -533,17 +482,22 @@ def test_delete_rechecks_the_fresh_record_and_loses_to_a_refresh(
 ) -> None:
     store = open_configmaps(kube, namespace)
     context = built()
-    store.put_if_absent(context, record(namespace, context))
+    store.put_if_absent(context, record(context, namespace=namespace))
     (item,) = store.list()
 
     def refreshed_meanwhile(current: ContextRecord) -> bool:
         """Runs between the re-read and the delete: a request reuses the context right then."""
-        store.put_if_absent(context, record(namespace, context, created=T0 + WEEK))
+        store.put_if_absent(context, record(context, namespace=namespace, created=T0 + WEEK))
         return True
 
     kept = store.delete(item, refreshed_meanwhile)
     seen: list[ContextRecord] = []
-    still_kept = store.delete(item, lambda current: seen.append(current) or False)
+
+    def remember(current: ContextRecord) -> bool:
+        seen.append(current)
+        return False
+
+    still_kept = store.delete(item, remember)
     deleted = store.delete(item, lambda current: True)
     again = store.delete(item, lambda current: True)
 
@@ -583,12 +537,12 @@ def test_the_roles_grant_what_the_store_calls_and_nothing_more(
 
     create.check()
     cleanup.check()
-    create.put_if_absent(context, record(namespace, context))
+    create.put_if_absent(context, record(context, namespace=namespace))
     reused = create.put_if_absent(
-        context, record(namespace, context, ttl=2 * WEEK, request_id="req-2"), owner
+        context, record(context, namespace=namespace, ttl=2 * WEEK, request_id="req-2"), owner
     )
     with pytest.raises(StorageForbidden, match=f"namespace '{other}'"):
-        create.put_if_absent(context, record(other, context))
+        create.put_if_absent(context, record(context, namespace=other))
     (item,) = cleanup.list()
     deleted = cleanup.delete(item, lambda current: current.expires_at == T0 + 2 * WEEK)
 
@@ -667,7 +621,7 @@ class ApiServerDouble:
         self.server.server_close()
 
 
-def store_at(url: str, reader: InMemoryMetricReader, sleep: Recorder, **settings: Any) -> Any:
+def store_at(url: str, reader: InMemoryMetricReader, sleep: SleepRecorder, **settings: Any) -> Any:
     configuration = kubernetes.client.Configuration()
     configuration.host = url
     telemetry = Telemetry(
@@ -683,27 +637,18 @@ def store_at(url: str, reader: InMemoryMetricReader, sleep: Recorder, **settings
 
 
 def retries_counted(reader: InMemoryMetricReader) -> int:
-    data = reader.get_metrics_data()
-    return sum(
-        int(point.value)
-        for resource in (data.resource_metrics if data else [])
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        if metric.name == "build_context.storage.retries"
-        for point in metric.data.data_points
-        if point.attributes.get("store") == "configmap"
-    )
+    return total(reader, "build_context.storage.retries", store="configmap")
 
 
 @pytest.mark.parametrize("status", [503, 429, 500])
 def test_an_overloaded_apiserver_is_retried_then_a_retryable_failure(status: int) -> None:
     double = ApiServerDouble(status)
-    reader, sleep = InMemoryMetricReader(), Recorder()
+    reader, sleep = InMemoryMetricReader(), SleepRecorder()
     store = store_at(double.url, reader, sleep, retry_attempts=4)
     context = built()
     try:
         with pytest.raises(StorageUnavailable) as failed:
-            store.put_if_absent(context, record("team-a", context))
+            store.put_if_absent(context, record(context, namespace="team-a"))
     finally:
         store.close()
         double.close()
@@ -717,12 +662,12 @@ def test_an_overloaded_apiserver_is_retried_then_a_retryable_failure(status: int
 
 
 def test_a_refused_connection_is_retried_then_a_retryable_failure() -> None:
-    reader, sleep = InMemoryMetricReader(), Recorder()
+    reader, sleep = InMemoryMetricReader(), SleepRecorder()
     store = store_at(f"http://127.0.0.1:{free_port()}", reader, sleep, retry_attempts=3)
     context = built()
 
     with pytest.raises(StorageUnavailable) as failed:
-        store.put_if_absent(context, record("team-a", context))
+        store.put_if_absent(context, record(context, namespace="team-a"))
 
     assert (len(sleep.delays), retries_counted(reader)) == (2, 2)
     assert failed.value.retryable is True
@@ -734,12 +679,12 @@ def test_a_refused_connection_is_retried_then_a_retryable_failure() -> None:
 
 def test_a_client_error_is_not_retried() -> None:
     double = ApiServerDouble(400)
-    reader, sleep = InMemoryMetricReader(), Recorder()
+    reader, sleep = InMemoryMetricReader(), SleepRecorder()
     store = store_at(double.url, reader, sleep)
     context = built()
     try:
         with pytest.raises(InternalError, match="test double says 400"):
-            store.put_if_absent(context, record("team-a", context))
+            store.put_if_absent(context, record(context, namespace="team-a"))
     finally:
         double.close()
 
@@ -754,7 +699,7 @@ def test_a_hung_apiserver_cannot_hold_a_request_past_the_deadline() -> None:
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
     hung.listen(8)
-    reader, sleep = InMemoryMetricReader(), Recorder()
+    reader, sleep = InMemoryMetricReader(), SleepRecorder()
     store = store_at(
         f"http://127.0.0.1:{hung.getsockname()[1]}", reader, sleep, retry_deadline_seconds=1.0
     )
@@ -762,7 +707,7 @@ def test_a_hung_apiserver_cannot_hold_a_request_past_the_deadline() -> None:
     started = time.monotonic()
     try:
         with pytest.raises(StorageUnavailable) as failed:
-            store.put_if_absent(context, record("team-a", context))
+            store.put_if_absent(context, record(context, namespace="team-a"))
     finally:
         hung.close()
 
@@ -777,8 +722,8 @@ def configmap_env(kube: KubeAPIServer, namespace: str, **extra: str) -> dict[str
     return {
         "BUILD_CONTEXT_STORAGE": "configmap",
         **kube.function_env(namespace),
-        "BUILD_CONTEXT_RETRY_ATTEMPTS": "2",
-        "BUILD_CONTEXT_RETRY_BASE_DELAY_SECONDS": "0.01",
+        **FAST_RETRIES_ENV,
+        "BUILD_CONTEXT_RETRY_ATTEMPTS": "2",  # one retry: the unreachable-apiserver test counts it
         **extra,
     }
 
@@ -932,7 +877,7 @@ def test_the_documented_kaniko_job_mounts_a_stored_context_where_context_uri_poi
     manifest = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     store = open_configmaps(kube, namespace)
     context = built()
-    stored = store.put_if_absent(context, record(namespace, context))
+    stored = store.put_if_absent(context, record(context, namespace=namespace))
     filled = (
         manifest.replace("NAMESPACE", namespace)
         .replace("CONFIGMAP", stored.storage["configMap"])

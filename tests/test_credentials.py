@@ -263,13 +263,13 @@ def test_off_does_not_scan(start_server: StartServer) -> None:
 
 def test_a_credential_in_a_url_dependency_is_refused_too(tmp_path: Path) -> None:
     """Dependencies reach the context through the rendered manifest: scanned there too."""
+    from function.create import CreateService
     from function.errors import InvalidSource
-    from function.service import BuildContextService
     from function.settings import Settings
     from function.stores import open_store
 
     settings = Settings(fs_root=tmp_path, allow_url_dependencies=True)
-    service = BuildContextService(settings, open_store("filesystem", settings))
+    service = CreateService(settings, open_store("filesystem", settings))
     token = f"ghp_{_random(ALNUM, 36)}"
     request = {
         "lambdaFunction": "private-dep",

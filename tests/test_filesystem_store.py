@@ -5,30 +5,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from function import archive
-from function.stores.base import ContextRecord, Deletion
+from function.stores.base import Deletion
 from function.stores.filesystem import FilesystemStore
-
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def record(built: archive.Archive, at: datetime = NOW, ttl: int = 60) -> ContextRecord:
-    return ContextRecord.for_archive(
-        built,
-        namespace="ns",
-        function="fn",
-        runtime="python",
-        runtime_version="3.13",
-        created_at=at,
-        ttl=timedelta(seconds=ttl),
-        request_id="r",
-    )
-
+from tests.support.records import NOW, record
 
 BUILT = archive.build({"remediation.py": "print(1)\n", "Dockerfile": "FROM x\n"})
 
@@ -39,8 +24,8 @@ def test_put_then_reuse_pushes_expiry_forward(tmp_path: Path) -> None:
     later = store.put_if_absent(BUILT, record(BUILT, NOW + timedelta(hours=1)))
     assert (first.reused, later.reused) == (False, True)
     assert later.record.created_at == NOW
-    assert later.record.expires_at == NOW + timedelta(hours=1, seconds=60)
-    assert store.get("ns", "fn", BUILT.content_hash) == BUILT.data
+    assert later.record.expires_at == NOW + timedelta(hours=2)
+    assert store.get("team-a", "fix-it", BUILT.content_hash) == BUILT.data
     earlier = store.put_if_absent(BUILT, record(BUILT, NOW - timedelta(days=1)))
     assert earlier.record.expires_at == later.record.expires_at, "expiry never moves back"
 
@@ -59,7 +44,7 @@ def test_a_crash_mid_write_leaves_no_visible_context(
     monkeypatch.undo()
     assert list(store.list()) == []
     with pytest.raises(KeyError):
-        store.get("ns", "fn", BUILT.content_hash)
+        store.get("team-a", "fix-it", BUILT.content_hash)
     assert not list(store.stale_temporaries())
 
 
@@ -83,9 +68,68 @@ def test_delete_rechecks_the_freshest_record(tmp_path: Path) -> None:
     store.put_if_absent(BUILT, record(BUILT))
     (item,) = store.list()
     store.put_if_absent(BUILT, record(BUILT, NOW + timedelta(days=1)))
-    later = NOW + timedelta(minutes=5)
+    later = NOW + timedelta(hours=2)  # the listed record expired, the fresh one did not
     assert store.delete(item, lambda fresh: fresh.expired(later)) is Deletion.KEPT
     assert store.delete(item, lambda fresh: fresh.expired(later + timedelta(days=2))) is (
         Deletion.DELETED
     )
     assert list(store.list()) == []
+
+
+def test_every_write_is_fsynced_before_the_reply_recording_spy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The order of fsyncs and renames, recorded by a spy on os (no crash test can run here):
+    archive, record and the temporary folder are durable before the rename makes the context
+    visible, and the function folder after it; a refresh makes its folder durable too."""
+    store = FilesystemStore(tmp_path)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def rename(src: str | Path, dst: str | Path) -> None:
+        real_rename(src, dst)
+        events.append(("rename", str(dst)))
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        real_replace(src, dst)
+        events.append(("replace", str(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
+    stored = store.put_if_absent(BUILT, record(BUILT))
+    folder = Path(stored.storage["path"]).parent
+    renamed = events.index(("rename", str(folder)))
+    before = {Path(path).name for kind, path in events[:renamed] if kind == "fsync"}
+    assert {"context.tar.gz", "context.json"} <= before
+    assert any(name.startswith(".tmp-") for name in before), "the temporary folder"
+    assert ("fsync", str(folder.parent)) in events[renamed:], "the function folder"
+
+    events.clear()
+    store.put_if_absent(BUILT, record(BUILT, NOW + timedelta(hours=1)))
+    replaced = events.index(("replace", str(folder / "context.json")))
+    assert ("fsync", str(folder)) in events[replaced:], "the refreshed record's folder"
+    store.close()
+
+
+def test_a_failed_fsync_leaves_no_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FilesystemStore(tmp_path)
+    real_fsync = os.fsync
+
+    def failing(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("context.json"):
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(Exception, match="Input/output error"):
+        store.put_if_absent(BUILT, record(BUILT))
+    monkeypatch.undo()
+    assert list(store.list()) == []
+    assert not list(store.stale_temporaries()), "the temporary folder is removed"
+    assert store.put_if_absent(BUILT, record(BUILT)).reused is False
+    store.close()

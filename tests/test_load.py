@@ -13,6 +13,7 @@ import uuid
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import kubernetes.client
 import pytest
@@ -77,7 +78,7 @@ def warm_up(server: FunctionServer) -> set[tuple[str, str]]:
 
 def in_process_store(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> tuple[Store, Settings]:
+) -> tuple[Store[Any], Settings]:
     """A second client on the server's storage, with a cleanup policy that keeps nothing."""
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -136,7 +137,7 @@ def check_stored_once(replies: list[Reply]) -> dict[str, Reply]:
     return contexts
 
 
-def check_extracts(store: Store, namespace: str, contexts: dict[str, Reply]) -> None:
+def check_extracts(store: Store[Any], namespace: str, contexts: dict[str, Reply]) -> None:
     """Each archive, read back through a second client, is the reply's and holds the source."""
     for reply in contexts.values():
         data = reply.data
@@ -149,7 +150,7 @@ def check_extracts(store: Store, namespace: str, contexts: dict[str, Reply]) -> 
         assert read_member(archive, ENTRY[reply.request.runtime]) == reply.request.entry_source
 
 
-def check_cleanup(store: Store, settings: Settings, expected: int) -> None:
+def check_cleanup(store: Store[Any], settings: Settings, expected: int) -> None:
     """Cleanup, with its clock past every TTL, deletes exactly what the requests created."""
     moment = max(i.record.expires_at for i in store.list()) + timedelta(seconds=1)
     completed = CleanupService([store], settings, clock=lambda: moment).run()
@@ -171,10 +172,8 @@ def test_burst_filesystem(
 
 @pytest.mark.s3
 def test_burst_s3(
-    start_server: StartServer, seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch
+    start_server: StartServer, seaweed: SeaweedS3, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bucket = f"load-{uuid.uuid4().hex[:12]}"
-    seaweed.client().create_bucket(Bucket=bucket)
     env = {"BUILD_CONTEXT_STORAGE": "s3", **seaweed.function_env(bucket)}
     check_burst(start_server, env, monkeypatch)
 

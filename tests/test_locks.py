@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from function import provenance
+from function.create import CreateService
 from function.errors import BuildContextError
-from function.service import BuildContextService
 from function.settings import Settings
 from function.stores import open_store
 from tests.conftest import StartServer
@@ -29,9 +29,9 @@ SHA = "a" * 64
 INTEGRITY = "sha512-" + "B" * 86 + "=="
 
 
-def service(tmp_path: Path, **settings: Any) -> BuildContextService:
+def service(tmp_path: Path, **settings: Any) -> CreateService:
     loaded = Settings(fs_root=tmp_path / "store", **settings)
-    return BuildContextService(loaded, open_store("filesystem", loaded))
+    return CreateService(loaded, open_store("filesystem", loaded))
 
 
 def refused(tmp_path: Path, request: dict[str, Any], **settings: Any) -> BuildContextError:

@@ -27,7 +27,7 @@ import yaml
 from kubernetes.client.rest import ApiException
 
 from function import contract
-from function.reference import render
+from function.docs import render
 from function.settings import Settings, env_name
 from tests.support.kube import REPO_ROOT, KubeAPIServer, kube_apiserver, kube_bin_dir, load_crds
 from tests.support.manifests import (

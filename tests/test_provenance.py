@@ -30,7 +30,7 @@ from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from function import archive as archives
 from function import provenance
-from function.service import BuildContextService, Built
+from function.create import Built, CreateService
 from function.settings import Settings
 from function.stores import open_store
 from tests.conftest import StartServer
@@ -66,7 +66,7 @@ def write_key(folder: Path, kind: str, name: str = "key") -> tuple[Path, Path]:
 
 def build(tmp_path: Path, request: dict[str, Any], key: Path | None, **settings: Any) -> Built:
     loaded = Settings(fs_root=tmp_path / "store", **settings)
-    service = BuildContextService(
+    service = CreateService(
         loaded,
         open_store("filesystem", loaded),
         signer=provenance.SigningKey.load(key) if key else None,

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import http.client
 import logging
-import os
 import socket
 import threading
 import tracemalloc
@@ -14,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -23,11 +22,6 @@ import boto3
 import kubernetes.client
 import pytest
 import yaml
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from function import archive
 from function.archive import Archive
@@ -47,85 +41,23 @@ from function.telemetry import Telemetry
 from tests.conftest import StartServer
 from tests.support.contexts import ROOT, example, members
 from tests.support.kube import KubeAPIServer
+from tests.support.records import FAST_RETRIES, FAST_RETRIES_ENV, NOW, incompressible, record
 from tests.support.seaweed import SeaweedS3
 from tests.support.server import free_port
+from tests.support.telemetry import TelemetryRecorder
 
 pytestmark = pytest.mark.s3
 
 MIB = 1024 * 1024
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-FAST_RETRIES = {"retry_attempts": 3, "retry_base_delay_seconds": 0.001}
-
-
-def incompressible(size: int) -> Archive:
-    """Random bytes standing in for a large archive: the store only moves bytes."""
-    data = os.urandom(size)
-    digest = hashlib.sha256(data).hexdigest()
-    return Archive(data, digest, digest, ())
-
-
-def record(
-    built: Archive,
-    at: datetime = NOW,
-    ttl: timedelta = timedelta(hours=1),
-    function: str = "fix-it",
-    namespace: str = "team-a",
-    **changes: Any,
-) -> ContextRecord:
-    fields: dict[str, Any] = {"request_id": "req-1", **changes}
-    return ContextRecord(
-        namespace=namespace,
-        function=function,
-        runtime="python",
-        runtime_version="3.13",
-        content_hash=built.content_hash,
-        archive_sha256=built.archive_sha256,
-        size_bytes=built.size_bytes,
-        created_at=at,
-        expires_at=at + ttl,
-        **fields,
-    )
 
 
 def small(text: str = "print(1)\n") -> Archive:
     return archive.build({"remediation.py": text, "Dockerfile": "FROM python:3.13-slim\n"})
 
 
-class Recorder:
-    """Telemetry with in-memory SDK readers: what an exporter would have received."""
-
-    def __init__(self) -> None:
-        self.metrics = InMemoryMetricReader()
-        self.spans = InMemorySpanExporter()
-        tracer_provider = TracerProvider()
-        tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
-        self.telemetry = Telemetry(MeterProvider(metric_readers=[self.metrics]), tracer_provider)
-
-    def retries(self) -> int:
-        data = self.metrics.get_metrics_data()
-        return sum(
-            int(point.value)
-            for resource in (data.resource_metrics if data else [])
-            for scope in resource.scope_metrics
-            for metric in scope.metrics
-            if metric.name == "build_context.storage.retries"
-            for point in metric.data.data_points
-        )
-
-    def span_names(self) -> list[str]:
-        return [span.name for span in self.spans.get_finished_spans()]
-
-
 @pytest.fixture
 def admin(seaweed: SeaweedS3) -> Any:
     return seaweed.client()
-
-
-@pytest.fixture
-def bucket(admin: Any) -> str:
-    name = f"ctx-{uuid.uuid4().hex[:12]}"
-    admin.create_bucket(Bucket=name)
-    return name
 
 
 def open_s3(
@@ -150,7 +82,7 @@ def open_s3(
         **{**FAST_RETRIES, **settings},
     )
     store = S3Store.from_settings(
-        loaded, telemetry or Recorder().telemetry, session, **(parts or {})
+        loaded, telemetry or TelemetryRecorder().telemetry, session, **(parts or {})
     )
     store.check()
     return store
@@ -380,7 +312,7 @@ class FaultyS3Proxy:
                     self.end_headers()
                     self.wfile.write(error)
                     return
-                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                upstream = http.client.HTTPConnection(str(target.hostname), target.port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
@@ -418,7 +350,7 @@ def test_throttling_is_retried_with_backoff_until_it_succeeds(
     def fault(method: str, query: dict[str, list[str]]) -> str | None:
         return "slow-down" if method == "PUT" and next(throttled, False) else None
 
-    recorder = Recorder()
+    recorder = TelemetryRecorder()
     built = small()
     with FaultyS3Proxy(seaweed.endpoint_url, fault) as proxy:
         store = open_s3(seaweed, bucket, proxy.url, telemetry=recorder.telemetry)
@@ -437,7 +369,7 @@ def test_a_multipart_upload_failing_midway_is_aborted_and_leaves_nothing(
     def fault(method: str, query: dict[str, list[str]]) -> str | None:
         return "slow-down" if query.get("partNumber") == ["2"] else None
 
-    recorder = Recorder()
+    recorder = TelemetryRecorder()
     built = incompressible(11 * MIB)
     with FaultyS3Proxy(seaweed.endpoint_url, fault) as proxy:
         store = open_s3(
@@ -477,7 +409,7 @@ def test_access_denied_is_storage_forbidden_without_retries(seaweed: SeaweedS3, 
     """The restricted identity may only read: start-up warns, the upload is refused."""
     if seaweed.restricted_bucket not in {b["Name"] for b in admin.list_buckets()["Buckets"]}:
         admin.create_bucket(Bucket=seaweed.restricted_bucket)
-    recorder = Recorder()
+    recorder = TelemetryRecorder()
     store = open_s3(
         seaweed, seaweed.restricted_bucket, identity="restricted", telemetry=recorder.telemetry
     )
@@ -495,7 +427,7 @@ def test_access_denied_is_storage_forbidden_without_retries(seaweed: SeaweedS3, 
 def test_an_unreachable_endpoint_is_retried_then_storage_unavailable(
     seaweed: SeaweedS3,
 ) -> None:
-    recorder = Recorder()
+    recorder = TelemetryRecorder()
     store = open_s3(
         seaweed, "nowhere", f"http://127.0.0.1:{free_port()}", telemetry=recorder.telemetry
     )
@@ -668,6 +600,7 @@ def test_a_reuse_racing_cleanups_delete_is_never_lost(
     def still_expired(r: ContextRecord) -> bool:
         return r.expired(NOW + timedelta(hours=2))
 
+    deleted: Deletion | Exception
     if how == "delete":
         deleted = store.delete(item, still_expired)
     else:
@@ -810,7 +743,7 @@ def test_delete_many_sends_no_delete_once_the_claims_are_older_than_the_hold(
 def test_cleanup_through_the_traced_store_deletes_a_page_in_one_span(
     seaweed: SeaweedS3, bucket: str, admin: Any
 ) -> None:
-    recorder = Recorder()
+    recorder = TelemetryRecorder()
     store = open_s3(seaweed, bucket, telemetry=recorder.telemetry)
     expired_contexts(store, 4)
     settings = load_settings(namespace="team-a", keep_latest=0, cleanup_grace_seconds=0)
@@ -844,8 +777,7 @@ def s3_env(
     return {
         "BUILD_CONTEXT_STORAGE": "s3",
         **seaweed.function_env(bucket, credentials),
-        "BUILD_CONTEXT_RETRY_ATTEMPTS": "3",
-        "BUILD_CONTEXT_RETRY_BASE_DELAY_SECONDS": "0.01",
+        **FAST_RETRIES_ENV,
         **extra,
     }
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -21,13 +20,6 @@ MIB = 1024 * 1024
 @pytest.fixture
 def s3(seaweed: SeaweedS3) -> Any:
     return seaweed.client()
-
-
-@pytest.fixture
-def bucket(s3: Any) -> str:
-    name = f"smoke-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name)
-    return name
 
 
 def error_code(excinfo: pytest.ExceptionInfo[ClientError]) -> str:

@@ -39,6 +39,7 @@ from function.stores.failures import (
 from function.stores.s3 import errors as s3_errors
 from function.stores.s3.codec import METADATA_BUDGET, Layout, object_metadata
 from function.telemetry import Telemetry
+from tests.support.telemetry import data_points
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HASH = "ab" * 32
@@ -163,8 +164,10 @@ def test_kube_messages_name_the_fix() -> None:
     forbidden = kube_errors.translate(api_exception(403), 1, kube_call("patch"))
     down = kube_errors.translate(api_exception(503, "etcd leader changed"), 4, kube_call())
     refused = kube_errors.translate(
-        urllib3.exceptions.NewConnectionError(None, "refused"), 4, kube_call()
-    )  # type: ignore[arg-type]
+        urllib3.exceptions.NewConnectionError(None, "refused"),  # type: ignore[arg-type]
+        4,
+        kube_call(),
+    )
 
     assert forbidden is not None and "knative/base/rbac.yaml" in forbidden.message
     assert "create, get, list, patch" in forbidden.message
@@ -215,15 +218,7 @@ def test_a_call_is_retried_counted_and_logged_then_typed(caplog: pytest.LogCaptu
     ]
     assert retried[0].__dict__["where"] == "here"
     assert retried[0].__dict__["error"] == "described slow"
-    data = reader.get_metrics_data()
-    counted = [
-        point.value
-        for resource in (data.resource_metrics if data else [])
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        if metric.name == "build_context.storage.retries"
-        for point in metric.data.data_points
-    ]
+    counted = [point.value for point in data_points(reader, "build_context.storage.retries")]
     assert counted == [2]
 
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-import shutil
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,71 +21,24 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client.parser import text_string_to_metric_families
 
 from function.errors import InvalidRequest, StorageUnavailable
 from function.retry import RetryPolicy
 from function.telemetry import Telemetry
 from tests.conftest import StartServer
 from tests.support.contexts import example
-from tests.support.server import FunctionServer, encode
+from tests.support.server import PING, FunctionServer, break_storage, encode
+from tests.support.telemetry import data_points, scrape, total
 from tests.test_http import FAILURES
 
 DOCS = Path(__file__).parents[1] / "docs" / "observability.md"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN}-01"
-PING = "dev.knative.sources.ping"
-
-
-@dataclass(frozen=True)
-class Sample:
-    name: str
-    labels: dict[str, str]
-    value: float
-
-
-@dataclass(frozen=True)
-class Scrape:
-    text: str
-    samples: list[Sample]
-
-    def value(self, name: str, **labels: str) -> float:
-        """Sum of the samples named `name` whose labels include `labels`."""
-        return sum(
-            s.value
-            for s in self.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-        )
-
-    def families(self) -> dict[str, str]:
-        """Our metric families as exposed (`# TYPE name type`): name -> type."""
-        found = re.findall(r"^# TYPE (build_context_\w+) (\w+)$", self.text, re.MULTILINE)
-        return dict(found)
-
-
-def scrape(server: FunctionServer) -> Scrape:
-    response = requests.get(f"{server.url}/metrics", timeout=10)
-    assert response.status_code == 200, response.text
-    assert response.headers["Content-Type"].startswith("text/plain"), response.headers
-    samples = [
-        Sample(s.name, dict(s.labels), s.value)
-        for family in text_string_to_metric_families(response.text)
-        for s in family.samples
-        if s.name.startswith("build_context_")
-    ]
-    return Scrape(response.text, samples)
 
 
 def outcome_lines(server: FunctionServer, request_id: str) -> list[dict[str, Any]]:
     return [line for line in server.log_lines() if line.get("requestId") == request_id]
-
-
-def break_storage(server: FunctionServer) -> None:
-    """A storage outage: the store's root folder becomes a file."""
-    root = Path(server.env["BUILD_CONTEXT_FS_ROOT"])
-    shutil.rmtree(root)
-    root.write_text("not a folder any more")
 
 
 def test_metrics_are_served_on_the_function_port_with_the_documented_names(
@@ -204,7 +155,9 @@ def test_logs_hold_no_source_code_and_no_credentials(server: FunctionServer) -> 
     assert marker not in scrape(server).text
 
 
-def _traced_request(server: FunctionServer, extensions: dict[str, str], headers: dict[str, str]):
+def _traced_request(
+    server: FunctionServer, extensions: dict[str, str], headers: dict[str, str]
+) -> tuple[str, str]:
     request_id = str(uuid.uuid4())
     ce_headers, body = encode(example("nodejs"), id=request_id, extensions=extensions)
     response = requests.post(server.url, headers={**ce_headers, **headers}, data=body, timeout=30)
@@ -331,20 +284,6 @@ def test_the_log_level_is_configurable(start_server: StartServer) -> None:
     assert [line["level"] for line in outcome_lines(server, "loud-1")] == ["ERROR"]
 
 
-def data_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
-    """The data points of one instrument, as the in-process SDK reader holds them."""
-    data = reader.get_metrics_data()
-    assert data is not None
-    return [
-        point
-        for rm in data.resource_metrics
-        for sm in rm.scope_metrics
-        for metric in sm.metrics
-        if metric.name == name
-        for point in metric.data.data_points
-    ]
-
-
 class FlakyStorageCallDouble:
     """Test double of one storage call that fails `failures` times with a transient error."""
 
@@ -373,12 +312,8 @@ def test_transient_storage_errors_are_retried_with_bounded_backoff_and_counted()
             sleep=delays.append,
         )
 
-    def retries() -> float:
-        return sum(
-            point.value
-            for point in data_points(reader, "build_context.storage.retries")
-            if point.attributes == {"store": "s3"}
-        )
+    def retries() -> int:
+        return total(reader, "build_context.storage.retries", store="s3")
 
     assert call(FlakyStorageCallDouble(failures=2)) == "stored"
     assert retries() == 2 and len(delays) == 2

@@ -10,44 +10,24 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 import pytest
-import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from function.settings import load_settings
 from function.workers import usable_cpus
 from tests.conftest import StartServer
 from tests.support.contexts import example
+from tests.support.polling import wait_for
 from tests.support.server import FunctionServer, Reply
+from tests.support.telemetry import scrape
 
 
 def workers_of(server: FunctionServer) -> list[psutil.Process]:
     assert server.process is not None
     return psutil.Process(server.process.pid).children()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
-def scrape(server: FunctionServer) -> dict[str, dict[str, float]]:
-    """One scrape on a new connection: metric sample name -> worker label -> summed value."""
-    text = requests.get(f"{server.url}/metrics", timeout=10).text
-    values: dict[str, dict[str, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            by_worker = values.setdefault(sample.name, {})
-            worker = sample.labels.get("worker", "")
-            by_worker[worker] = by_worker.get(worker, 0.0) + sample.value
-    return values
 
 
 def send_apart(server: FunctionServer, count: int) -> list[Reply]:
@@ -77,7 +57,7 @@ def test_processes_share_the_port_and_every_scrape_counts_all_of_them(
     }
     assert answered_by <= {0, 1} and answered_by, answered_by
     for _ in range(10):  # new connections: the scrape lands on either worker
-        metrics = scrape(server)
+        metrics = scrape(server, prefix="").per_label("worker")
         assert set(metrics["process_resident_memory_bytes"]) == {"0", "1"}
         assert sum(metrics["build_context_requests_total"].values()) == 24
         assert set(metrics["build_context_requests_total"]) == {str(w) for w in answered_by}
@@ -87,7 +67,7 @@ def test_one_process_has_no_worker_label(start_server: StartServer) -> None:
     server = start_server(BUILD_CONTEXT_PROCESSES="1")
     assert workers_of(server) == []
     assert server.send(example("go")).type == "buildcontext.created"
-    metrics = scrape(server)
+    metrics = scrape(server, prefix="").per_label("worker")
     assert metrics["build_context_requests_total"] == {"": 1.0}
 
 
@@ -107,7 +87,12 @@ def test_a_worker_that_dies_is_replaced_and_the_port_keeps_answering(
     assert [r.type for r in replies] == ["buildcontext.created"] * 12
     exited = [line for line in server.log_lines() if line["message"] == "worker exited"]
     assert [(line["pid"], line["exitCode"]) for line in exited] == [(victim.pid, -signal.SIGKILL)]
-    wait_for(lambda: set(scrape(server)["process_resident_memory_bytes"]) == {"0", "1"})
+    wait_for(
+        lambda: (
+            set(scrape(server, prefix="").per_label("worker")["process_resident_memory_bytes"])
+            == {"0", "1"}
+        )
+    )
 
 
 def test_a_worker_that_cannot_start_stops_the_server_with_its_reason(tmp_path: Path) -> None:
@@ -213,7 +198,7 @@ def test_a_scrape_merges_what_siblings_answer_and_skips_what_they_cannot(
         return registry
 
     worker = Worker(index=0, count=2, folder=tmp_path, supervisor=os.getppid())
-    answer = generate_latest(registry_counting(5))
+    answer = generate_latest(registry_counting(5))  # type: ignore[no-untyped-call]
     replies = {"answers": answer, "cut short": answer[: len(answer) // 2]}
     peer = None
     if sibling in replies:

@@ -2,6 +2,12 @@
 
 A context appears by renaming a finished temporary folder into place, so a crash never leaves
 a visible partial context; a per-function lock file serialises put, refresh and delete.
+
+Durability: the archive, the record and the temporary folder are fsynced before the rename, and
+the function folder after it, so a context a reply announces survives a crash. The three fsyncs
+before the rename are independent and run at once (two of them on a small thread pool): the
+filesystem then commits them in one journal transaction instead of three in a row, which took a
+new context from four disk commits to about two (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import json
 import logging
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,6 +49,8 @@ ARCHIVE = "context.tar.gz"
 RECORD = "context.json"
 PROVENANCE = PROVENANCE_FILE
 TEMP_PREFIX = ".tmp-"
+SYNC_THREADS = 16
+"""Threads that fsync beside the request threads: two per new context in flight."""
 
 
 class FilesystemStore(Store[Path]):
@@ -48,6 +58,36 @@ class FilesystemStore(Store[Path]):
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def _syncer(self) -> ThreadPoolExecutor:
+        """Created on first use, so a process that forks after opening the store has its own."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fs-fsync")
+            return self._pool
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+    def _fsync_together(self, first: Path, *others: Path) -> None:
+        """fsync every path, concurrently; raises the first failure once all have finished."""
+        futures = [self._syncer().submit(_fsync_path, path) for path in others]
+        errors: list[BaseException] = []
+        try:
+            _fsync_path(first)
+        except OSError as exc:
+            errors.append(exc)
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
     @classmethod
     def from_settings(cls, settings: Settings, telemetry: Telemetry = NOOP) -> FilesystemStore:
@@ -101,17 +141,20 @@ class FilesystemStore(Store[Path]):
                     refreshed = current.refreshed(record.expires_at)
                     if refreshed != current:
                         _write_atomic(target / RECORD, _encode(refreshed), parent)
+                        _fsync_path(target)
                     return self._stored(refreshed, reused=True)
                 temp = parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
                 temp.mkdir()
                 try:
-                    _write(temp / ARCHIVE, archive.data)
-                    _write(temp / RECORD, _encode(record))
+                    (temp / ARCHIVE).write_bytes(archive.data)
+                    (temp / RECORD).write_bytes(_encode(record))
+                    files = [temp / ARCHIVE, temp / RECORD]
                     if archive.provenance is not None:
-                        _write(temp / PROVENANCE, archive.provenance)
-                    _fsync_dir(temp)
+                        (temp / PROVENANCE).write_bytes(archive.provenance)
+                        files.append(temp / PROVENANCE)
+                    self._fsync_together(*files, temp)
                     os.rename(temp, target)
-                    _fsync_dir(parent)
+                    _fsync_path(parent)
                 except BaseException:
                     shutil.rmtree(temp, ignore_errors=True)
                     raise
@@ -216,7 +259,8 @@ def _write_atomic(path: Path, data: bytes, folder: Path) -> None:
     os.replace(temp, path)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a folder by path (a folder: the names in it)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -11,6 +11,8 @@ Deployments, Pods or Services.
 
 from __future__ import annotations
 
+import functools
+import http.client
 import json
 import os
 import secrets
@@ -27,8 +29,16 @@ from pathlib import Path
 from types import TracebackType
 
 import kubernetes.client
+import urllib3
 import yaml
 from kubernetes.client.rest import ApiException
+
+from tests.support.polling import poll_until
+
+PROBE_ERRORS = (OSError, ValueError, http.client.HTTPException)
+"""A start-up probe that fails this way (refused, timed out, cut short, not JSON yet) is retried
+until the deadline: a busy machine makes a server slow to answer, not broken."""
+API_ERRORS = (ApiException, urllib3.exceptions.HTTPError)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO_ROOT.parent / "shared" / "crds"
@@ -192,8 +202,7 @@ class KubeAPIServer:
     def _wait_until(
         self, proc: subprocess.Popen[bytes], name: str, ready: Callable[[], bool]
     ) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
+        def up() -> bool:
             if proc.poll() is not None:
                 error = self._startup_error(
                     f"{name} exited with code {proc.returncode} during startup"
@@ -201,10 +210,10 @@ class KubeAPIServer:
                 if "address already in use" in str(error):
                     raise _PortTaken(str(error))
                 raise error
-            if ready():
-                return
-            time.sleep(0.25)
-        raise self._startup_error(f"{name} not ready after {self.startup_timeout:.0f}s")
+            return ready()
+
+        if not poll_until(up, self.startup_timeout, interval=0.25, transient=PROBE_ERRORS):
+            raise self._startup_error(f"{name} not ready after {self.startup_timeout:.0f}s")
 
     def _start_etcd(self, client_port: int, peer_port: int) -> str:
         assert self.workdir is not None and self.bin_dir is not None
@@ -227,12 +236,9 @@ class KubeAPIServer:
         )
 
         def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"{client_url}/health", timeout=2) as resp:
-                    health: object = json.load(resp).get("health")
-                    return health == "true"
-            except (OSError, ValueError):
-                return False
+            with urllib.request.urlopen(f"{client_url}/health", timeout=2) as resp:
+                health: object = json.load(resp).get("health")
+                return health == "true"
 
         self._wait_until(self._etcd, "etcd", healthy)
         return client_url
@@ -273,13 +279,10 @@ class KubeAPIServer:
         def ready() -> bool:
             if not ca_file.exists():
                 return False
-            try:
-                context = ssl.create_default_context(cafile=str(ca_file))
-                with urllib.request.urlopen(request, timeout=2, context=context) as resp:
-                    status: int = resp.status
-                    return status == 200
-            except OSError:
-                return False
+            context = ssl.create_default_context(cafile=str(ca_file))
+            with urllib.request.urlopen(request, timeout=2, context=context) as resp:
+                status: int = resp.status
+                return status == 200
 
         self._wait_until(self._apiserver, "kube-apiserver", ready)
 
@@ -387,10 +390,10 @@ def load_crds(
             names.append(doc["metadata"]["name"])
     deadline = time.monotonic() + timeout
     for name in names:
-        while not _crd_established(api, name):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"CRD {name} not Established after {timeout:.0f}s")
-            time.sleep(0.2)
+        established = functools.partial(_crd_established, api, name)
+        left = max(0.0, deadline - time.monotonic())
+        if not poll_until(established, left, interval=0.2, transient=API_ERRORS):
+            raise TimeoutError(f"CRD {name} not Established after {timeout:.0f}s")
     return names
 
 

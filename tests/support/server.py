@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,11 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
+from tests.support.polling import poll_until
+
 ROOT = Path(__file__).resolve().parents[2]
+PING = "dev.knative.sources.ping"
+"""The event type of a Knative PingSource: what starts a cleanup."""
 
 
 def free_port() -> int:
@@ -67,17 +71,31 @@ class FunctionServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
+            assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited {self.process.returncode}:\n{self.log()}")
-            try:
-                if requests.get(f"{self.url}/health/readiness", timeout=1).ok:
-                    return self
-            except (requests.ConnectionError, requests.Timeout):
-                time.sleep(0.1)  # not listening yet, or too slow to answer on a loaded machine
+            return self._serving() and requests.get(f"{self.url}/health/readiness", timeout=2).ok
+
+        # A connection refused (not bound yet), a read timeout (bound, workers still starting,
+        # or a busy machine) or a reset all mean "not yet"; only the deadline or an exit ends it.
+        # With several processes, one worker answers readiness before its siblings have
+        # started: wait for the supervisor's own "serving" line too, or a test that kills a
+        # worker may kill one the supervisor must count as unable to start.
+        if poll_until(ready, timeout, transient=(requests.RequestException,)):
+            return self
         self.stop()
         raise RuntimeError(f"server not ready in {timeout}s:\n{self.log()}")
+
+    def _serving(self) -> bool:
+        """The process we started logged `serving`: every worker (if any) accepts requests.
+        Above log level INFO there is no such line, and readiness alone has to do."""
+        if self.env.get("BUILD_CONTEXT_LOG_LEVEL", "INFO").upper() not in ("DEBUG", "INFO"):
+            return True
+        return any(
+            line.get("message") == "serving" and "worker" not in line for line in self.log_lines()
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -137,3 +155,10 @@ def encode(
     }
     headers, body = (to_structured if structured else to_binary)(CloudEvent(attributes, data))
     return dict(headers), body
+
+
+def break_storage(server: FunctionServer) -> None:
+    """A storage outage: the store's root folder becomes a file."""
+    root = Path(server.env["BUILD_CONTEXT_FS_ROOT"])
+    shutil.rmtree(root)
+    root.write_text("not a folder any more")

@@ -24,6 +24,8 @@ from function.archive import Archive
 from function.settings import Settings, load_settings
 from function.stores.base import ContextRecord, Store, record_fields
 from function.stores.filesystem import RECORD, FilesystemStore
+from tests.support.records import FAST_RETRIES
+from tests.support.records import record as context_record
 
 HOME = "team-a"
 EXTRA = "team-b"
@@ -50,8 +52,8 @@ class StoreUnderTest:
 
     def __init__(
         self,
-        client: Store,
-        second_client: Callable[[], Store],
+        client: Store[Any],
+        second_client: Callable[[], Store[Any]],
         settings: dict[str, Any],
     ) -> None:
         self.client = client
@@ -67,7 +69,7 @@ class StoreUnderTest:
     def settings(self, **overrides: Any) -> Settings:
         return load_settings(**{**self._settings, **overrides})
 
-    def second_client(self) -> Store:
+    def second_client(self) -> Store[Any]:
         """Another, independent client on the same storage: what a second pod would hold."""
         return self._second_client()
 
@@ -81,21 +83,19 @@ class StoreUnderTest:
         ttl: timedelta = WEEK,
         namespace: str = HOME,
         built: Archive | None = None,
-        client: Store | None = None,
+        client: Store[Any] | None = None,
     ) -> ContextRecord:
         built = built or self.built(function)
         self._archives[built.content_hash] = built
-        record = ContextRecord.for_archive(
+        wanted = context_record(
             built,
+            created,
+            ttl,
             namespace=namespace,
             function=function,
-            runtime="python",
-            runtime_version="3.13",
-            created_at=created,
-            ttl=ttl,
             request_id=f"req-{function}",
         )
-        return (client or self.client).put_if_absent(built, record).record
+        return (client or self.client).put_if_absent(built, wanted).record
 
     def put_many(self, specs: list[tuple[str, datetime, timedelta]]) -> list[ContextRecord]:
         """Many contexts at once (threads: the stores are I/O bound)."""
@@ -105,7 +105,7 @@ class StoreUnderTest:
                 pool.map(lambda spec, b: self.put(spec[0], spec[1], spec[2], built=b), specs, built)
             )
 
-    def reuse(self, record: ContextRecord, at: datetime, client: Store | None = None) -> bool:
+    def reuse(self, record: ContextRecord, at: datetime, client: Store[Any] | None = None) -> bool:
         """What a request with identical content does: put again; True when it was reused."""
         fresh = replace(record, created_at=at, expires_at=at + WEEK, retain=False)
         built = self._archives[record.content_hash]
@@ -207,7 +207,7 @@ class ConfigMapUnderTest(StoreUnderTest):
         }
         configuration = admin_client.configuration
 
-        def client() -> Store:
+        def client() -> Store[Any]:
             return ConfigMapStore.from_settings(
                 load_settings(**settings), configuration=configuration
             )
@@ -277,10 +277,10 @@ class S3UnderTest(StoreUnderTest):
             "s3_region": seaweed.region,
             "namespace": HOME,
             "allowed_namespaces": EXTRA,
-            "retry_base_delay_seconds": 0.01,
+            "retry_base_delay_seconds": FAST_RETRIES["retry_base_delay_seconds"],
         }
 
-        def open_client() -> Store:
+        def open_client() -> Store[Any]:
             session = boto3.session.Session(
                 aws_access_key_id=seaweed.admin.access_key,
                 aws_secret_access_key=seaweed.admin.secret_key,

@@ -1,4 +1,6 @@
-"""The use-cases. They know the Store interface, never a backend."""
+"""The create use-case: request -> validated -> rendered -> archived -> stored -> reply data.
+
+It knows the Store interface, never a backend (the cleanup use-case is cleanup.py)."""
 
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def _event_source(source: str) -> str:
 
 
 @dataclass
-class BuildContextService:
+class CreateService:
     settings: Settings
     store: Store[Any]
     overflow: Store[Any] | None = None
@@ -127,7 +129,7 @@ class BuildContextService:
             valid, namespace, dataclasses.replace(archive, provenance=envelope), envelope, warnings
         )
 
-    def create(self, data: Any, request_id: str, request_source: str = "") -> BuildContextCreated:
+    def run(self, data: Any, request_id: str, request_source: str = "") -> BuildContextCreated:
         attributes = {"store": self.store.backend, "runtime": "unknown"}
         built = self.build(data, request_id, request_source, attributes)
         valid, archive = built.valid, built.archive

@@ -1,4 +1,5 @@
-"""Documents generated from the models: the settings reference and the contract's JSON Schemas."""
+"""Documents generated from the models: the settings reference (README table, env file,
+ConfigMap) and the contract's JSON Schemas (`python -m function settings | schemas`)."""
 
 from __future__ import annotations
 

@@ -1,37 +1,21 @@
-"""OpenTelemetry instruments, spans and exporters; structured JSON logging.
+"""The instruments and spans of a request, a stage and a storage call (OpenTelemetry API only).
 
 `Telemetry` uses only the OpenTelemetry API, so the core runs and is tested without any
-exporter (`NOOP`). `install_exporters` picks the SDK providers once per process: Prometheus
-always (served on `/metrics` by the HTTP server), OTLP when the standard `OTEL_EXPORTER_OTLP_*`
-variables ask for it. See docs/observability.md.
+exporter (`NOOP`); exporters.py installs the SDK providers of a serving process.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import re
-import socket
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
-_SCOPE = "build-context"
+SCOPE = "build-context"
 _PROPAGATOR = TraceContextTextMapPropagator()
-log = logging.getLogger("build_context")
 
 # Bucket bounds include the story's targets (hash 0.1 s, storage 1 s, creation 5 s), so the
 # p95 alerts compare against a bucket edge instead of an interpolation.
@@ -52,8 +36,8 @@ class Telemetry:
         server does so when no trace exporter would ever send them (13 % of a small request's
         CPU). Stage durations are recorded either way."""
         self.stage_spans = stage_spans
-        meter = (meter_provider or metrics.get_meter_provider()).get_meter(_SCOPE)
-        self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(_SCOPE)
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter(SCOPE)
+        self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(SCOPE)
         self.requests = meter.create_counter(
             "build_context.requests",
             unit="{request}",
@@ -192,154 +176,3 @@ class Telemetry:
 
 
 NOOP = Telemetry(metrics.NoOpMeterProvider(), trace.NoOpTracerProvider())
-
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-
-
-def redact(text: str, limit: int = 500) -> str:
-    """Drop credentials of URLs (`scheme://user:token@host`) and cap the length."""
-    text = _USERINFO.sub("***@", text)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def describe_cause(error: BaseException) -> str:
-    """`Type: message` of the exception a failure came from, for the log line."""
-    return redact(f"{type(error).__name__}: {error}")
-
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-@dataclass
-class Exporters:
-    """The SDK providers of this process and the Prometheus registry behind `/metrics`."""
-
-    meter_provider: metrics.MeterProvider
-    tracer_provider: trace.TracerProvider
-    metrics_app: WSGIApp
-    otlp: tuple[str, ...]
-    registry: CollectorRegistry
-
-    def shutdown(self) -> None:
-        """Flush what OTLP still holds (spans, the last metric export) before exit."""
-        for provider in (self.tracer_provider, self.meter_provider):
-            shutdown = getattr(provider, "shutdown", None)
-            if shutdown is not None:
-                shutdown()
-
-
-_EXPORTERS: Exporters | None = None
-_LOCK = threading.Lock()
-
-
-def install_exporters(environ: Mapping[str, str] = os.environ) -> Exporters:
-    """Install the global meter and tracer providers, once per process (later calls reuse)."""
-    global _EXPORTERS
-    with _LOCK:
-        if _EXPORTERS is None:
-            _EXPORTERS = _build_exporters(environ)
-            metrics.set_meter_provider(_EXPORTERS.meter_provider)
-            trace.set_tracer_provider(_EXPORTERS.tracer_provider)
-        return _EXPORTERS
-
-
-def _otlp_wanted(environ: Mapping[str, str], signal: str) -> bool:
-    if environ.get(f"OTEL_{signal}_EXPORTER", "otlp").strip().lower() == "none":
-        return False
-    for variable in ("OTEL_EXPORTER_OTLP_PROTOCOL", f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"):
-        protocol = environ.get(variable, "http/protobuf")
-        if protocol != "http/protobuf":
-            raise ConfigurationError(
-                variable,
-                f"{protocol!r} is not supported; this build exports OTLP over http/protobuf",
-                "Set it to http/protobuf and point the endpoint at the collector's HTTP port "
-                "(usually 4318).",
-            )
-    return bool(
-        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
-    )
-
-
-def _build_exporters(environ: Mapping[str, str]) -> Exporters:
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
-    from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from prometheus_client import (
-        GC_COLLECTOR,
-        PLATFORM_COLLECTOR,
-        PROCESS_COLLECTOR,
-        CollectorRegistry,
-        make_wsgi_app,
-    )
-
-    explicit = {} if environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: _SCOPE}
-    if "service.instance.id" not in environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
-        # Each server process exports its own cumulative series (BUILD_CONTEXT_PROCESSES):
-        # a collector must be able to tell them apart.
-        explicit[SERVICE_INSTANCE_ID] = f"{socket.gethostname()}-{os.getpid()}"
-    resource = Resource.create(explicit)
-    registry = CollectorRegistry()
-    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-        registry.register(collector)
-    readers: list[MetricReader] = [PrometheusMetricReader(registry=registry)]
-    otlp: list[str] = []
-    if _otlp_wanted(environ, "METRICS"):
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-        otlp.append("metrics")
-    tracer_provider = TracerProvider(resource=resource)
-    if _otlp_wanted(environ, "TRACES"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        otlp.append("traces")
-    return Exporters(
-        MeterProvider(metric_readers=readers, resource=resource),
-        tracer_provider,
-        make_wsgi_app(registry),
-        tuple(otlp),
-        registry,
-    )
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; fields passed with `extra=` become keys.
-
-    Lines written inside a span carry its `traceId` and `spanId`.
-    """
-
-    _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
-        "message",
-        "asctime",
-    }
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        span = trace.get_current_span().get_span_context()
-        if span.is_valid:
-            entry["traceId"] = format(span.trace_id, "032x")
-            entry["spanId"] = format(span.span_id, "016x")
-        entry.update({k: v for k, v in record.__dict__.items() if k not in self._STANDARD})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
-    handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("waitress").setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,119 @@
+"""The WSGI layers around parliament's Flask app, each with one job.
+
+From the outside in: `Readiness` (503 on `/health/readiness` while draining), `MetricsRoute`
+(`/metrics`, outside the in-flight count so a scrape never delays a drain), `BodyLimit` (413
+above BUILD_CONTEXT_MAX_REQUEST_BYTES) and `InFlight` (counts the requests the app handles, and
+waits for them to finish on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def json_reply(
+    start_response: Callable[..., Any], status: str, body: dict[str, Any]
+) -> list[bytes]:
+    data = json.dumps(body).encode()
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    )
+    return [data]
+
+
+class InFlight:
+    """Counts the requests `app` is handling; `drain` waits until there are none."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+        self._count = 0
+        self._changed = threading.Condition()
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        with self._changed:
+            self._count += 1
+        try:
+            return list(self.app(environ, start_response))
+        finally:
+            with self._changed:
+                self._count -= 1
+                self._changed.notify_all()
+
+    def drain(self, timeout: float, receiving: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until no request is in flight; False when `timeout` ran out first.
+
+        `receiving` says whether the server still holds a request the app has not seen yet:
+        one whose body is still arriving, one queued for a worker thread, or a reply not yet
+        flushed. Those count as in flight too, or a SIGTERM in mid-upload would cut them off.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._count or receiving():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 0.05))
+        return True
+
+
+class BodyLimit:
+    """Refuses a body above `max_body` bytes (by its Content-Length) with 413, unread."""
+
+    def __init__(self, app: WSGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length > self.max_body:
+            return json_reply(
+                start_response,
+                "413 Request Entity Too Large",
+                {
+                    "error": f"request body is {length} bytes; the limit is {self.max_body} "
+                    "(BUILD_CONTEXT_MAX_REQUEST_BYTES): send less source",
+                    "status": 413,
+                },
+            )
+        return self.app(environ, start_response)
+
+
+class MetricsRoute:
+    """Sends `/metrics` to the Prometheus app, everything else on to `app`."""
+
+    def __init__(self, app: WSGIApp, metrics: WSGIApp | None) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        if self.metrics is not None and environ.get("PATH_INFO", "") == "/metrics":
+            return self.metrics(environ, start_response)
+        return self.app(environ, start_response)
+
+
+class Readiness:
+    """Answers `/health/readiness` with 503 once `draining` is set, so Knative stops routing
+    here; until then the app answers it."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+        self.draining = threading.Event()
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        if self.draining.is_set() and environ.get("PATH_INFO", "") == "/health/readiness":
+            return json_reply(start_response, "503 Service Unavailable", {"status": "draining"})
+        return self.app(environ, start_response)
