@@ -54,7 +54,30 @@ def configmap(workdir: Path) -> Iterator[dict[str, str]]:
         kube.stop()
 
 
-BACKENDS: dict[str, Backend] = {"filesystem": filesystem, "s3": s3, "configmap": configmap}
+@contextlib.contextmanager
+def oci(workdir: Path) -> Iterator[dict[str, str]]:
+    """A CNCF Distribution registry on loopback (tests/support/registry.py), TLS and basic auth."""
+    from tests.support.registry import Registry
+
+    registry = Registry(workdir / "registry").start()
+    try:
+        config = registry.docker_config(workdir / "docker" / "config.json")
+        yield {
+            "BUILD_CONTEXT_STORAGE": "oci",
+            "BUILD_CONTEXT_OCI_REGISTRY": registry.host,
+            "BUILD_CONTEXT_OCI_DOCKER_CONFIG": str(config),
+            "BUILD_CONTEXT_OCI_CA_FILE": str(registry.ca_path),
+        }
+    finally:
+        registry.stop()
+
+
+BACKENDS: dict[str, Backend] = {
+    "filesystem": filesystem,
+    "s3": s3,
+    "configmap": configmap,
+    "oci": oci,
+}
 
 
 def available() -> list[str]:

@@ -51,6 +51,23 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("--id", default=None)
     send.add_argument("--structured", action="store_true", help="structured instead of binary mode")
     send.add_argument("--timeout", type=float, default=30.0)
+    who = send.add_mutually_exclusive_group()
+    who.add_argument(
+        "--token-file",
+        type=Path,
+        help="send `Authorization: Bearer` with the token in this file (BUILD_CONTEXT_AUTH=oidc)",
+    )
+    who.add_argument(
+        "--token-for",
+        metavar="NAMESPACE/SERVICEACCOUNT",
+        help="request a token of this ServiceAccount from the apiserver (TokenRequest, with "
+        "the current kubeconfig or the pod's identity) and send it",
+    )
+    send.add_argument(
+        "--audience",
+        help="audience of the --token-for token; default: the handler's default audience "
+        "(build-context, or build-context-cleanup for pings)",
+    )
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -315,6 +332,9 @@ def _send(args: argparse.Namespace) -> int:
         json.loads(raw) if raw.strip() else None,
     )
     headers, body = (to_structured if args.structured else to_binary)(event)
+    token = _token(args)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     response = requests.post(args.url, headers=headers, data=body, timeout=args.timeout)
     print(f"HTTP {response.status_code}", file=sys.stderr)
     for name, value in sorted(response.headers.items()):
@@ -325,6 +345,43 @@ def _send(args: argparse.Namespace) -> int:
     except ValueError:
         print(response.text)
     return 0 if response.ok and response.headers.get("ce-type") != "buildcontext.failed" else 1
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file is not None:
+        return str(args.token_file.read_text().strip())
+    if not args.token_for:
+        return None
+    from . import contract
+    from .settings import Settings
+
+    namespace, _, account = args.token_for.partition("/")
+    if not namespace or not account:
+        raise SystemExit("--token-for takes NAMESPACE/SERVICEACCOUNT")
+    defaults = Settings.model_fields
+    field = "auth_cleanup_audience" if args.type == contract.PING else "auth_create_audience"
+    audience = args.audience or str(defaults[field].default)
+    import kubernetes
+
+    try:
+        kubernetes.config.load_kube_config()
+    except (kubernetes.config.ConfigException, OSError):
+        kubernetes.config.load_incluster_config()
+    with kubernetes.client.ApiClient() as client:
+        request = kubernetes.client.AuthenticationV1TokenRequest(
+            spec=kubernetes.client.V1TokenRequestSpec(audiences=[audience], expiration_seconds=600)
+        )
+        try:
+            response = kubernetes.client.CoreV1Api(client).create_namespaced_service_account_token(
+                account, namespace, request
+            )
+        except kubernetes.client.ApiException as error:
+            raise SystemExit(
+                f"--token-for {namespace}/{account}: the apiserver refused the TokenRequest "
+                f"({error.status} {error.reason}); the ServiceAccount must exist and you need "
+                "`create` on serviceaccounts/token"
+            ) from None
+    return str(response.status.token)
 
 
 if __name__ == "__main__":

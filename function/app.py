@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .auth import HandlerPolicy, TokenVerifier, policies
 from .cleanup import CleanupService
 from .create import CreateService
 from .provenance import SigningKey
@@ -23,6 +24,9 @@ class App:
     telemetry: Telemetry
     cleanup: CleanupService
     exporters: Exporters | None = None
+    verifier: TokenVerifier | None = None
+    """Set when BUILD_CONTEXT_AUTH=oidc: every event must carry a sender's token."""
+    policies: dict[str, HandlerPolicy] | None = None
 
     @classmethod
     def from_settings(
@@ -50,8 +54,18 @@ class App:
         create = CreateService(settings, primary, overflow, telemetry, signer=signer)
         stores: list[Store[Any]] = [primary, *([overflow] if overflow else [])]
         cleanup = CleanupService(stores, settings, telemetry=telemetry)
-        telemetry.declare([s.backend for s in stores], settings.handlers in ("all", "cleanup"))
-        return cls(settings, create, stores, telemetry, cleanup, exporters)
+        telemetry.declare([s.backend for s in stores], settings.handles("cleanup"))
+        oidc = settings.auth == "oidc"
+        return cls(
+            settings,
+            create,
+            stores,
+            telemetry,
+            cleanup,
+            exporters,
+            TokenVerifier(settings) if oidc else None,
+            policies(settings) if oidc else None,
+        )
 
     def close(self) -> None:
         for store in self.stores:

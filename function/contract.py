@@ -65,10 +65,16 @@ class BuildContextRequest(_Model):
     )
     ttl_seconds: int | None = Field(None, description="Lifetime; capped by configuration.")
     metadata: dict[str, str] = Field(
-        default_factory=dict, description="Kept with the context and echoed in the reply."
+        default_factory=dict,
+        description="Kept with the context (at most 768 bytes as ASCII JSON); the reply reports "
+        "what is stored.",
     )
     namespace: str | None = Field(None, description="Target namespace, if allowed.")
-    owner: OwnerReference | None = Field(None, description="Owning object, for garbage collection.")
+    owner: OwnerReference | None = Field(
+        None,
+        description="Owning object, for garbage collection, while no other request shares the "
+        "context.",
+    )
 
 
 class Storage(_Model):
@@ -76,7 +82,7 @@ class Storage(_Model):
 
     model_config = ConfigDict(extra="allow")
 
-    backend: Literal["filesystem", "configmap", "s3"]
+    backend: Literal["filesystem", "configmap", "s3", "oci"]
 
 
 class SecretFinding(_Model):
@@ -121,13 +127,24 @@ class BuildContextCreated(_Model):
         description="True when the build installs exactly what a lock file pins (or there "
         "are no dependencies): the same context then builds the same dependencies.",
     )
-    request_id: str
-    metadata: dict[str, str]
+    request_id: str = Field(description="The id of the event this replies to.")
+    created_by_request_id: str = Field(
+        description="The id of the request that stored the context: on reuse, an earlier one."
+    )
+    metadata: dict[str, str] = Field(
+        description="The metadata stored with the context: on reuse, the first request's (a "
+        "reuse never changes what is stored)."
+    )
     provenance: Provenance | None = None
     secret_warnings: list[SecretFinding] | None = Field(
         None,
         description="Credentials found in the source and let through "
         "(BUILD_CONTEXT_SECRET_SCAN=warn): file, line and kind only.",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the checks could not promise, e.g. a syntax check that is not exact "
+        "for the requested runtimeVersion.",
     )
 
     @field_serializer("created_at", "expires_at")
@@ -148,6 +165,7 @@ FailureReason = Literal[
     "UnsupportedRuntime",
     "InvalidSource",
     "ContextTooLarge",
+    "QuotaExceeded",
     "StorageUnavailable",
     "StorageForbidden",
     "InternalError",
@@ -177,7 +195,8 @@ class CleanupRequest(_Model):
         ge=0,
         description="Also treat contexts created more than this many seconds ago as expired. "
         "Pinned, keep-latest and grace still apply; a larger value than a context's own TTL "
-        "changes nothing.",
+        "changes nothing. An event is refused below BUILD_CONTEXT_CLEANUP_MIN_TTL_SECONDS "
+        "(default 3600).",
     )
 
 

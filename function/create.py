@@ -6,25 +6,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from . import archive as archives
-from . import credentials, provenance
+from . import boundary, credentials, provenance
 from .contract import BuildContextCreated, BuildContextRequest, Provenance, SecretFinding
 from .errors import (
     CapacityExceeded,
     ContextTooLarge,
     FieldError,
     InvalidRequest,
+    QuotaExceeded,
     StorageForbidden,
 )
+from .limits import FunctionLimits
 from .settings import Settings
 from .stores.base import ContextRecord, Store, Stored, utcnow
-from .telemetry import NOOP, Telemetry, redact
+from .telemetry import NOOP, Telemetry
 from .validation import ValidRequest, check_credentials, parse, validate
 
 log = logging.getLogger("build_context")
@@ -42,15 +43,14 @@ class Built:
     secret_warnings: tuple[credentials.Finding, ...] = ()
 
 
-_EVENT_SOURCE = re.compile(r"[\x21-\x7e]{1,1024}")
-
-
 def _event_source(source: str) -> str:
-    """The request event's `source` goes into the provenance: printable ASCII, bounded."""
-    if source and not _EVENT_SOURCE.fullmatch(source):
+    """The request event's `source` goes into the provenance: the boundary's CloudEvent check
+    (func.py refuses a bad one before this; a direct caller gets the same answer)."""
+    if source and not boundary.is_event_source(source):
         message = (
-            f"source: the event's source attribute ({redact(source, 60)!r}) must be a URI "
-            "reference of at most 1024 printable ASCII characters without spaces"
+            f"source: the event's source attribute {boundary.quote(source)} must be a "
+            f"URI-reference of at most {boundary.EVENT_SOURCE_MAX} visible ASCII characters "
+            "(percent-encode anything else)"
         )
         raise InvalidRequest(message, [FieldError(message, field="source")])
     return source
@@ -64,6 +64,11 @@ class CreateService:
     telemetry: Telemetry = NOOP
     clock: Callable[[], datetime] = utcnow
     signer: provenance.SigningKey | None = None
+    limits: FunctionLimits | None = None
+
+    def __post_init__(self) -> None:
+        if self.limits is None:
+            self.limits = FunctionLimits(self.settings)
 
     def build(
         self,
@@ -146,7 +151,15 @@ class CreateService:
             metadata=valid.metadata,
         )
         with self.telemetry.stage("store", attributes) as span:
-            stored, overflowed = self._store(archive, record, valid)
+            assert self.limits is not None
+            stores = [self.store, *([self.overflow] if self.overflow else [])]
+            try:
+                stored, overflowed = self.limits.admit(
+                    stores, archive, record, now, lambda: self._store(archive, record, valid)
+                )
+            except QuotaExceeded as error:
+                self.telemetry.quota_refused.add(1, {"limit": error.limit})
+                raise
             span.set_attribute("build_context.reused", stored.reused)
         self.telemetry.archive_size.record(archive.size_bytes, attributes)
         if stored.reused:
@@ -168,7 +181,9 @@ class CreateService:
             overflow=overflowed,
             dependencies_locked=valid.dependencies_locked,
             request_id=request_id,
-            metadata=dict(valid.metadata),
+            created_by_request_id=stored.record.request_id,
+            metadata=dict(stored.record.metadata),
+            warnings=list(valid.warnings),
             secret_warnings=[
                 SecretFinding(file=f.file, line=f.line, kind=f.kind) for f in built.secret_warnings
             ]
@@ -179,6 +194,9 @@ class CreateService:
     def _provenance(self, stored: Stored, built: Built, overflowed: bool) -> Provenance:
         """What the stored envelope is: ours, or, for a reused context, the one stored first
         (perhaps signed with an earlier key, or unsigned)."""
+        if stored.provenance is None:
+            # A store that keeps no envelope (the OCI store, for now): nothing signed to show.
+            return Provenance(signed=False, predicate_type=provenance.PREDICATE_TYPE)
         envelope = built.envelope
         if stored.reused:
             record = stored.record

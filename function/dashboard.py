@@ -51,6 +51,17 @@ def _query(expr: str, legend: str = "", ref: str = "A") -> prometheus.Dataquery:
     return prometheus.Dataquery().expr(expr).legend_format(legend or "__auto").ref_id(ref)
 
 
+def _against_cap(panel: timeseries.Panel, cap: float) -> timeseries.Panel:
+    """A panel with its cap drawn as a red line, amber from 80 % of it."""
+    return panel.thresholds(
+        builders.ThresholdsConfig()
+        .mode(ThresholdsMode.ABSOLUTE)
+        .steps([Threshold(None, "green"), Threshold(0.8 * cap, "orange"), Threshold(cap, "red")])
+    ).thresholds_style(
+        common_builders.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE)
+    )
+
+
 def _series(
     title: str, description: str, unit: str, *queries: prometheus.Dataquery, width: int = 12
 ) -> timeseries.Panel:
@@ -276,63 +287,37 @@ def build(settings: Settings | None = None) -> dict[str, Any]:
             )
         )
         .with_panel(
-            _series(
-                "ConfigMap store: archive bytes per namespace",
-                "Archive bytes in our ConfigMaps against the cap "
-                f"BUILD_CONTEXT_CONFIGMAP_NAMESPACE_MAX_BYTES (default {cap_bytes:,.0f}, the "
-                "red line; regenerate the dashboard for another cap). At the cap new contexts "
-                "go to the overflow store or fail with StorageUnavailable.",
-                "bytes",
-                _query(
-                    "max by (namespace, exported_namespace) "
-                    f"(build_context_configmap_usage_bytes{{{NAMESPACE}}})",
-                    CONFIGMAP_LEGEND,
+            _against_cap(
+                _series(
+                    "ConfigMap store: archive bytes per namespace",
+                    "Archive bytes in our ConfigMaps against the cap "
+                    f"BUILD_CONTEXT_CONFIGMAP_NAMESPACE_MAX_BYTES (default {cap_bytes:,.0f}, the "
+                    "red line; regenerate the dashboard for another cap). At the cap new contexts "
+                    "go to the overflow store or fail with StorageUnavailable.",
+                    "bytes",
+                    _query(
+                        "max by (namespace, exported_namespace) "
+                        f"(build_context_configmap_usage_bytes{{{NAMESPACE}}})",
+                        CONFIGMAP_LEGEND,
+                    ),
                 ),
-            )
-            .thresholds(
-                builders.ThresholdsConfig()
-                .mode(ThresholdsMode.ABSOLUTE)
-                .steps(
-                    [
-                        Threshold(None, green),
-                        Threshold(0.8 * cap_bytes, amber),
-                        Threshold(cap_bytes, red),
-                    ]
-                )
-            )
-            .thresholds_style(
-                common_builders.GraphThresholdsStyleConfig().mode(
-                    common.GraphTresholdsStyleMode.LINE
-                )
+                cap_bytes,
             )
         )
         .with_panel(
-            _series(
-                "ConfigMap store: ConfigMaps per namespace",
-                "Our ConfigMaps against the cap BUILD_CONTEXT_CONFIGMAP_NAMESPACE_MAX_COUNT "
-                f"(default {cap_count:,.0f}, the red line).",
-                "short",
-                _query(
-                    "max by (namespace, exported_namespace) "
-                    f"(build_context_configmap_objects{{{NAMESPACE}}})",
-                    CONFIGMAP_LEGEND,
+            _against_cap(
+                _series(
+                    "ConfigMap store: ConfigMaps per namespace",
+                    "Our ConfigMaps against the cap BUILD_CONTEXT_CONFIGMAP_NAMESPACE_MAX_COUNT "
+                    f"(default {cap_count:,.0f}, the red line).",
+                    "short",
+                    _query(
+                        "max by (namespace, exported_namespace) "
+                        f"(build_context_configmap_objects{{{NAMESPACE}}})",
+                        CONFIGMAP_LEGEND,
+                    ),
                 ),
-            )
-            .thresholds(
-                builders.ThresholdsConfig()
-                .mode(ThresholdsMode.ABSOLUTE)
-                .steps(
-                    [
-                        Threshold(None, green),
-                        Threshold(0.8 * cap_count, amber),
-                        Threshold(cap_count, red),
-                    ]
-                )
-            )
-            .thresholds_style(
-                common_builders.GraphThresholdsStyleConfig().mode(
-                    common.GraphTresholdsStyleMode.LINE
-                )
+                cap_count,
             )
         )
         .with_row(builders.Row("Cleanup"))

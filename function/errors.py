@@ -48,6 +48,14 @@ class ContextTooLarge(BuildContextError):
     reason = "ContextTooLarge"
 
 
+class QuotaExceeded(BuildContextError):
+    """The function already holds as many live contexts (or bytes) as one caller may."""
+
+    reason = "QuotaExceeded"
+    limit = "contexts"
+    """Which cap: `contexts` or `bytes`."""
+
+
 class StorageUnavailable(BuildContextError):
     reason = "StorageUnavailable"
     retryable = True

@@ -9,18 +9,22 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from cloudevents.http import CloudEvent
+from cloudevents.http import CloudEvent, from_http
 from parliament import Context
 from pydantic import BaseModel, ValidationError
 
-from . import contract
+from . import boundary, contract
 from .app import App
-from .errors import BuildContextError, InternalError
+from .auth import Refused, Sender
+from .errors import BuildContextError, FieldError, InternalError, InvalidRequest
 from .runtimes import lookup
 from .telemetry import describe_cause, redact
 
 log = logging.getLogger("build_context")
 _APP: App | None = None
+SENDER = "build_context.sender"
+"""WSGI environ key of the verified `Sender` (set by `authenticate`)."""
+_STATUS_LINES = {401: "401 Unauthorized", 403: "403 Forbidden", 503: "503 Service Unavailable"}
 
 
 def install(app: App) -> None:
@@ -36,10 +40,74 @@ def current_app() -> App:
 
 
 def main(context: Context) -> Any:
-    return handle(current_app(), context.cloud_event, context.request.headers)
+    event = context.cloud_event
+    if event is None:
+        event = _undecoded_data_event(context.request)
+    if event is None and _structured(context.request.headers):
+        return _http_error(
+            400,
+            "the structured-mode body is not a CloudEvent in JSON (it does not decode: numbers "
+            "over 4300 digits or deep nesting?); send an application/cloudevents+json object "
+            "with specversion, type, source, id and data",
+        )
+    sender = context.request.environ.get(SENDER)
+    return handle(current_app(), event, context.request.headers, sender)
 
 
-def handle(app: App, event: CloudEvent | None, headers: Mapping[str, str] | None = None) -> Any:
+def _structured(headers: Mapping[str, str]) -> bool:
+    return str(headers.get("Content-Type", "")).startswith("application/cloudevents+json")
+
+
+def _undecoded_data_event(request: Any) -> CloudEvent | None:
+    """A binary-mode event whose data the SDK could not decode (a number over 4300 digits, deep
+    nesting): the headers are a CloudEvent, so the data is the problem; keep it raw and let
+    validation say so. Anything else is no CloudEvent."""
+    try:
+        return from_http(request.headers, request.get_data(), data_unmarshaller=lambda raw: raw)
+    except Exception:
+        return None
+
+
+def authenticate(app: App, environ: dict[str, Any]) -> tuple[str, str, dict[str, str]] | None:
+    """With BUILD_CONTEXT_AUTH=oidc, verify the bearer token before the body is parsed; the
+    subject is checked against the handler's allow-list in `handle`, once the type is known."""
+    path = environ.get("PATH_INFO", "")
+    if app.verifier is None or path.startswith("/health/"):
+        return None
+    try:
+        environ[SENDER] = app.verifier.verify(environ.get("HTTP_AUTHORIZATION"))
+    except Refused as refused:
+        body, status, headers = _refused(app, refused, None)
+        return _STATUS_LINES[status], body, headers
+    return None
+
+
+def _refused(app: App, refused: Refused, handler: str | None) -> tuple[str, int, dict[str, str]]:
+    """The JSON refusal, with its metric and its one log line (never the token)."""
+    app.telemetry.auth_refused.add(1, {"reason": refused.reason, "status": str(refused.status)})
+    log.log(
+        logging.ERROR if refused.status >= 500 else logging.WARNING,
+        "sender refused",
+        extra={
+            "status": refused.status,
+            "reason": refused.reason,
+            "subject": redact(refused.subject, 200) if refused.subject else None,
+            "handler": handler,
+        },
+    )
+    body, status, headers = _http_error(refused.status, refused.message, refused.reason)
+    if status == 401:  # RFC 6750: no error code when no token was sent
+        error = "" if refused.reason == "missing_token" else ', error="invalid_token"'
+        headers["WWW-Authenticate"] = f'Bearer realm="build-context"{error}'
+    return body, status, headers
+
+
+def handle(
+    app: App,
+    event: CloudEvent | None,
+    headers: Mapping[str, str] | None = None,
+    sender: Sender | None = None,
+) -> Any:
     if event is None:
         return _http_error(
             400,
@@ -51,12 +119,31 @@ def handle(app: App, event: CloudEvent | None, headers: Mapping[str, str] | None
     if kind not in accepted:
         return _http_error(
             400,
-            f"event type {kind!r} is not handled here; send one of {', '.join(sorted(accepted))}",
+            f"event type {boundary.quote(kind)} is not handled here; send one of "
+            f"{', '.join(sorted(accepted))}",
         )
-    with app.telemetry.request(event.get_attributes(), headers):
+    if app.policies is not None:
+        handler = "cleanup" if kind == contract.PING else "create"
+        try:
+            if sender is None:
+                raise Refused(401, "missing_token", "no verified sender for this request")
+            app.policies[handler].check(sender)
+        except Refused as refused:
+            return _refused(app, refused, handler)
+    identity = boundary.event_identity(event.get_attributes())
+    attributes = {
+        key: value
+        for key, value in event.get_attributes().items()
+        if key in ("type", "specversion")
+    }
+    attributes |= {"id": identity.id, "source": identity.source}
+    attributes |= boundary.trace_context(event.get_attributes())
+    with app.telemetry.request(attributes, boundary.trace_context(headers)):
         if kind == contract.PING:
-            return _cleanup(app, event)
-        return _create(app, event)
+            if identity.problem:
+                return _http_error(400, identity.problem)
+            return _cleanup(app, event, identity)
+        return _create(app, event, identity)
 
 
 def _accepted(app: App) -> set[str]:
@@ -65,12 +152,12 @@ def _accepted(app: App) -> set[str]:
     return accepted | ({contract.PING} if handlers in ("all", "cleanup") else set())
 
 
-def _cleanup(app: App, event: CloudEvent) -> Any:
+def _cleanup(app: App, event: CloudEvent, identity: boundary.EventIdentity) -> Any:
     data = event.data
     if isinstance(data, bytes | str):
         try:
             data = json.loads(data) if data.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError, MemoryError):
             return _http_error(400, f"data of {contract.PING} is not JSON: {_PING_DATA}")
     if data is None:
         data = {}
@@ -83,29 +170,42 @@ def _cleanup(app: App, event: CloudEvent) -> Any:
             f"data.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
         )
         return _http_error(400, f"{problems}; {_PING_DATA}")
-    completed = app.cleanup.run(request, request_id=event["id"])
+    floor = app.settings.cleanup_min_ttl_seconds
+    if request.ttl_seconds is not None and request.ttl_seconds < floor:
+        return _http_error(
+            400,
+            f"data.ttlSeconds: {request.ttl_seconds} is below the floor of {floor} s "
+            "(BUILD_CONTEXT_CLEANUP_MIN_TTL_SECONDS): ask for at least that, or lower the "
+            f"setting (TTL policy belongs to configuration); {_PING_DATA}",
+        )
+    completed = app.cleanup.run(request, request_id=identity.id)
     return _reply(app, contract.CLEANUP_COMPLETED, completed, None)
 
 
 _PING_DATA = (
     "the PingSource data must be empty or a JSON object with only dryRun (boolean) and "
-    'ttlSeconds (integer >= 0), e.g. {"dryRun": true, "ttlSeconds": 86400}'
+    "ttlSeconds (integer, at least BUILD_CONTEXT_CLEANUP_MIN_TTL_SECONDS), "
+    'e.g. {"dryRun": true, "ttlSeconds": 86400}'
 )
 
 
-def _create(app: App, event: CloudEvent) -> CloudEvent:
-    request_id = event["id"]
+def _create(app: App, event: CloudEvent, identity: boundary.EventIdentity) -> CloudEvent:
+    request_id = identity.id
     start = time.perf_counter()
     attributes = {"store": app.create.store.backend, "runtime": _runtime_hint(event.data)}
     try:
-        created = app.create.run(event.data, request_id, event["source"])
+        if identity.problem:
+            raise InvalidRequest(
+                identity.problem, [FieldError(identity.problem, field=identity.field)]
+            )
+        created = app.create.run(event.data, request_id, identity.source)
     except BuildContextError as error:
-        return _failed(app, event, error, attributes, start)
+        return _failed(app, event, identity, error, attributes, start)
     except Exception as error:
         internal = InternalError(
             f"internal error ({type(error).__name__}); the request id {request_id} finds it in the logs"
         )
-        return _failed(app, event, internal, attributes, start, unexpected=error)
+        return _failed(app, event, identity, internal, attributes, start, unexpected=error)
     attributes["runtime"] = created.runtime
     if created.overflow:
         attributes["store"] = created.storage.backend
@@ -131,6 +231,7 @@ def _create(app: App, event: CloudEvent) -> CloudEvent:
 def _failed(
     app: App,
     event: CloudEvent,
+    identity: boundary.EventIdentity,
     error: BuildContextError,
     attributes: dict[str, str],
     start: float,
@@ -139,12 +240,13 @@ def _failed(
     data = event.data if isinstance(event.data, dict) else {}
     name = data.get("lambdaFunction", data.get("lambda_function"))
     failed = contract.BuildContextFailed(
-        lambda_function=name if isinstance(name, str) else None,
+        # Only a valid name is echoed (body and `subject` header); a bad one is in `message`.
+        lambda_function=name if boundary.is_dns_label(name) else None,
         reason=error.reason,
         message=error.message,
         retryable=error.retryable,
         errors=[contract.ErrorDetail(**e.as_dict()) for e in error.errors],
-        request_id=event["id"],
+        request_id=identity.id,
     )
     duration = time.perf_counter() - start
     app.telemetry.requests.add(1, {**attributes, "outcome": "failed", "reason": error.reason})
@@ -156,8 +258,8 @@ def _failed(
         contract.FAILED,
         exc_info=unexpected,
         extra={
-            "requestId": event["id"],
-            "function": redact(failed.lambda_function, 100) if failed.lambda_function else None,
+            "requestId": identity.id,
+            "function": failed.lambda_function,
             **attributes,
             "outcome": "failed",
             "reason": error.reason,
@@ -198,12 +300,16 @@ def _reply(app: App, kind: str, data: BaseModel, subject: str | None) -> CloudEv
         "id": str(uuid.uuid4()),
         "datacontenttype": "application/json",
     }
-    if subject:
+    if subject and boundary.is_dns_label(subject):
         attributes["subject"] = subject
     app.telemetry.inject(attributes)
     return CloudEvent(attributes, data.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
-def _http_error(status: int, message: str) -> tuple[str, int, dict[str, str]]:
-    body = json.dumps({"error": message, "status": status})
+def _http_error(
+    status: int, message: str, reason: str | None = None
+) -> tuple[str, int, dict[str, str]]:
+    body = json.dumps(
+        {"error": message, "status": status, **({"reason": reason} if reason else {})}
+    )
     return body, status, {"Content-Type": "application/json"}

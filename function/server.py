@@ -16,7 +16,7 @@ import waitress
 from . import func, workers
 from .app import App
 from .settings import Settings
-from .wsgi import BodyLimit, InFlight, MetricsRoute, Readiness, WSGIApp
+from .wsgi import BodyLimit, InFlight, MetricsRoute, Readiness, SenderCheck, WSGIApp
 
 log = logging.getLogger("build_context.server")
 CONNECTION_LIMIT = 500
@@ -46,9 +46,14 @@ def wsgi_app(app: App, metrics: WSGIApp | None = None) -> tuple[Readiness, InFli
     if metrics is None and app.exporters is not None:
         metrics = app.exporters.metrics_app
     in_flight = InFlight(flask_app.wsgi_app)
-    readiness = Readiness(
-        MetricsRoute(BodyLimit(in_flight, app.settings.max_request_bytes), metrics)
-    )
+    checked: WSGIApp = in_flight
+    if app.verifier is not None:
+
+        def authenticate(environ: dict[str, Any]) -> tuple[str, str, dict[str, str]] | None:
+            return func.authenticate(app, environ)
+
+        checked = SenderCheck(in_flight, authenticate)
+    readiness = Readiness(MetricsRoute(BodyLimit(checked, app.settings.max_request_bytes), metrics))
     return readiness, in_flight
 
 

@@ -14,11 +14,27 @@ from typing import Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .boundary import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    DNS_SUBDOMAIN_MAX,
+    is_dns_label,
+    is_dns_subdomain,
+)
 from .errors import ConfigurationError
 
 PREFIX = "BUILD_CONTEXT_"
-_IMAGE_REF = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+|\{version\})*([:@][\w.{}-]+)?$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_IMAGE_REF = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+|\{version\})*([:@][A-Za-z0-9_.{}-]+)?$")
+# A token subject of a ServiceAccount, as Kubernetes writes it: a namespace (DNS-1123 label) and
+# a ServiceAccount name (DNS-1123 subdomain, at most 253 characters).
+SUBJECT = re.compile(
+    rf"system:serviceaccount:{DNS_LABEL.pattern}:(?=.{{1,{DNS_SUBDOMAIN_MAX}}}\Z){DNS_SUBDOMAIN.pattern}"
+)
+OCI_REGISTRY = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?")
+OCI_REPOSITORY = re.compile(
+    r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
+)
+"""The distribution spec's repository-name grammar (what every registry accepts)."""
 
 
 class Settings(BaseSettings):
@@ -61,11 +77,73 @@ class Settings(BaseSettings):
         "`cleanup` (PingSource), or `all`.",
     )
 
+    # --- sender identity -----------------------------------------------------------------
+    auth: Literal["off", "oidc"] = Field(
+        "off",
+        description="`oidc`: every event must carry a Knative Eventing sender-identity token "
+        "(`authentication-oidc`) of an allowed subject; `off` (the local default): anyone who "
+        "reaches the port may call. See docs/security.md.",
+    )
+    auth_issuer: str = Field(
+        "https://kubernetes.default.svc.cluster.local",
+        min_length=1,
+        max_length=500,
+        description="Issuer (`iss`) of the cluster's ServiceAccount tokens.",
+    )
+    auth_discovery_url: str = Field(
+        "",
+        max_length=500,
+        description="OIDC discovery document of the issuer. Empty: "
+        "`<issuer>/.well-known/openid-configuration`.",
+    )
+    auth_ca_file: str = Field(
+        "",
+        description="CA bundle for discovery and keys. Empty: the pod's ServiceAccount CA when "
+        "mounted, else the system CAs.",
+    )
+    auth_token_file: str = Field(
+        "",
+        description="Bearer token presented when reading discovery and keys (the apiserver "
+        "serves them to service accounts). Empty: the pod's ServiceAccount token when mounted.",
+    )
+    auth_keys_refresh_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="How long the issuer's keys are cached; an unknown key id re-reads them "
+        "sooner (at most every 30 s).",
+    )
+    auth_create_audience: str = Field(
+        "build-context",
+        min_length=1,
+        max_length=253,
+        description="Audience the request handler's tokens must carry (the Trigger's "
+        "`subscriber.audience`).",
+    )
+    auth_create_subjects: str = Field(
+        "build-context-requests-oidc-eventing.knative.dev-trigger",
+        description="Comma-separated subjects allowed to send requests: "
+        "`system:serviceaccount:NS:NAME`, or a bare NAME in our own namespace. Default: the "
+        "OIDC ServiceAccount of the Trigger `build-context-requests`.",
+    )
+    auth_cleanup_audience: str = Field(
+        "build-context-cleanup",
+        min_length=1,
+        max_length=253,
+        description="Audience the cleanup handler's tokens must carry (the PingSource's "
+        "`sink.audience`).",
+    )
+    auth_cleanup_subjects: str = Field(
+        "build-context-cleanup-oidc-sources.knative.dev-pingsource",
+        description="Comma-separated subjects allowed to ping cleanup, as above. Default: the "
+        "OIDC ServiceAccount of the PingSource `build-context-cleanup`.",
+    )
+
     # --- storage -------------------------------------------------------------------------
-    storage: Literal["filesystem", "configmap", "s3"] = Field(
+    storage: Literal["filesystem", "configmap", "s3", "oci"] = Field(
         "filesystem", description="Where contexts are stored."
     )
-    overflow_storage: Literal["", "s3"] = Field(
+    overflow_storage: Literal["", "s3", "oci"] = Field(
         "",
         description="Store for contexts a ConfigMap cannot hold (too large, or the namespace "
         "cap is reached). Empty: such contexts fail with ContextTooLarge/StorageUnavailable.",
@@ -112,6 +190,27 @@ class Settings(BaseSettings):
     s3_multipart_threshold_bytes: int = Field(
         8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Archives above this use multipart upload."
     )
+    oci_registry: str = Field(
+        "",
+        description="Registry host[:port] of the OCI store (required with the oci store), "
+        "e.g. `registry.example.com` or `10.0.0.5:5000`.",
+    )
+    oci_repository: str = Field(
+        "build-contexts",
+        description="Repository path prefix; each function gets `<prefix>/<namespace>/<function>`.",
+    )
+    oci_docker_config: str = Field(
+        "",
+        description="Path of a docker config.json (a mounted kubernetes.io/dockerconfigjson "
+        "pull secret) with the registry's credentials; empty: `$DOCKER_CONFIG/config.json` if "
+        "it exists, else anonymous.",
+    )
+    oci_ca_file: str = Field(
+        "", description="PEM bundle of CAs the registry's TLS certificate chains to; empty: system."
+    )
+    oci_insecure_http: bool = Field(
+        False, description="Talk plain HTTP to the registry (never on by default)."
+    )
 
     # --- lifetimes -----------------------------------------------------------------------
     ttl_seconds: int = Field(604800, ge=60, description="Default lifetime of a context.")
@@ -124,7 +223,26 @@ class Settings(BaseSettings):
     cleanup_grace_seconds: int = Field(
         300, ge=0, description="Contexts younger than this are never deleted."
     )
+    cleanup_min_ttl_seconds: int = Field(
+        3600,
+        ge=60,
+        description="Smallest `ttlSeconds` a PingSource event may ask cleanup for (the command "
+        "line is not held to it).",
+    )
     cleanup_page_size: int = Field(500, ge=1, le=1000, description="Items per list page.")
+
+    # --- limits per caller ---------------------------------------------------------------
+    max_contexts_per_function: int = Field(
+        50,
+        ge=0,
+        description="Most live (unexpired) contexts one function name may hold, over every "
+        "store; 0: no cap. A reuse of the same content is always allowed.",
+    )
+    max_bytes_per_function: int = Field(
+        128 * 1024 * 1024,
+        ge=0,
+        description="Most archive bytes of live contexts one function name may hold; 0: no cap.",
+    )
 
     # --- request limits ------------------------------------------------------------------
     max_file_bytes: int = Field(1024 * 1024, ge=1, description="Largest single source file.")
@@ -184,17 +302,28 @@ class Settings(BaseSettings):
     @field_validator("python_image", "nodejs_image", "go_build_image", "go_runtime_image")
     @classmethod
     def _image_reference(cls, value: str) -> str:
-        if not _IMAGE_REF.match(value):
+        if not _IMAGE_REF.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not an image reference (lowercase name, optional :tag, "
                 "`{version}` where the runtime version goes)"
             )
         return value
 
+    @field_validator("auth_create_subjects", "auth_cleanup_subjects")
+    @classmethod
+    def _subjects(cls, value: str) -> str:
+        for item in (part.strip() for part in value.split(",")):
+            if item and not (SUBJECT.fullmatch(item) or is_dns_subdomain(item)):
+                raise ValueError(
+                    f"{item[:80]!r} is neither `system:serviceaccount:NAMESPACE:NAME` nor a "
+                    "ServiceAccount name"
+                )
+        return value
+
     @field_validator("registry_mirror")
     @classmethod
     def _mirror(cls, value: str) -> str:
-        if value and not re.match(r"^[a-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*/$", value):
+        if value and not re.fullmatch(r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*/", value):
             raise ValueError(f"{value!r} must be a registry host and path ending in '/'")
         return value
 
@@ -205,6 +334,26 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} must not start with '/' and must end with '/'")
         return value
 
+    @field_validator("oci_registry")
+    @classmethod
+    def _registry_host(cls, value: str) -> str:
+        if value and not OCI_REGISTRY.fullmatch(value):
+            raise ValueError(
+                f"{value[:80]!r} must be a registry host with an optional port, without scheme "
+                "or path, e.g. registry.example.com:5000"
+            )
+        return value
+
+    @field_validator("oci_repository")
+    @classmethod
+    def _repository_prefix(cls, value: str) -> str:
+        if not OCI_REPOSITORY.fullmatch(value) or len(value) > 100:
+            raise ValueError(
+                f"{value[:80]!r} must be a lowercase repository path of at most 100 characters "
+                "(components of a-z, 0-9 and single . _ - separators, joined by /)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
         if self.ttl_seconds > self.max_ttl_seconds:
@@ -212,8 +361,11 @@ class Settings(BaseSettings):
         uses_s3 = self.storage == "s3" or self.overflow_storage == "s3"
         if uses_s3 and not self.s3_bucket:
             raise ValueError("BUILD_CONTEXT_S3_BUCKET is required when S3 is used")
+        uses_oci = self.storage == "oci" or self.overflow_storage == "oci"
+        if uses_oci and not self.oci_registry:
+            raise ValueError("BUILD_CONTEXT_OCI_REGISTRY is required when the oci store is used")
         for ns in self.extra_namespaces:
-            if not _DNS_LABEL.match(ns):
+            if not is_dns_label(ns):
                 raise ValueError(
                     f"BUILD_CONTEXT_ALLOWED_NAMESPACES: {ns!r} is not a namespace name"
                 )
@@ -237,6 +389,10 @@ class Settings(BaseSettings):
             return sa_ns.read_text().strip() or "default"
         except OSError:
             return "default"
+
+    def handles(self, handler: str) -> bool:
+        """Whether this instance answers `handler` (`create` or `cleanup`)."""
+        return self.handlers in ("all", handler)
 
     def image(self, template: str, version: str) -> str:
         return self.registry_mirror + template.replace("{version}", version)

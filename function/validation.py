@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 from collections.abc import Callable, Mapping
@@ -10,16 +11,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import credentials
+from . import boundary, credentials
+from .boundary import quote
 from .contract import BuildContextRequest, OwnerReference
 from .errors import ContextTooLarge, FieldError, InvalidRequest, InvalidSource
 from .runtimes import Runtime, resolve
 from .runtimes.base import Lock, Pinned
 from .settings import Settings
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_PATH_PART = re.compile(r"^[A-Za-z0-9_@+-][A-Za-z0-9._@+-]*$")
-_METADATA_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+_PATH_PART = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9._@+-]*")
+_API_GROUP_VERSION = re.compile(r"(?:(?P<group>[^/]+)/)?(?P<version>[^/]+)")
+_KIND = re.compile(r"[A-Z][A-Za-z0-9]{0,62}")
+_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class ValidRequest:
     owner: OwnerReference | None
     credential_warnings: tuple[credentials.Finding, ...] = ()
     lock: Lock | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def dependencies_locked(self) -> bool:
@@ -42,6 +46,8 @@ class ValidRequest:
 
 
 def parse(data: Any) -> BuildContextRequest:
+    if isinstance(data, bytes | bytearray | str):
+        data = _json_data(data)
     if not isinstance(data, Mapping):
         kind = "nothing" if data is None else type(data).__name__
         raise InvalidRequest(
@@ -59,11 +65,29 @@ def parse(data: Any) -> BuildContextRequest:
         ) from None
 
 
+def _json_data(data: bytes | bytearray | str) -> Any:
+    """The event's data when the CloudEvents SDK could not decode it: say what is wrong with it
+    (Python's decoder refuses numbers over 4300 digits; deep nesting exhausts the stack)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError, MemoryError) as exc:
+        what = (
+            "nests too deeply"
+            if isinstance(exc, RecursionError | MemoryError)
+            else f"is not valid JSON ({quote(str(exc), 120)})"
+        )
+        message = (
+            f"data: the event data {what}; send the request as a JSON object of the "
+            "request schema (config/schemas), with plain numbers and little nesting"
+        )
+        raise InvalidRequest(message, [FieldError(message, field="data")]) from None
+
+
 def _field_error(error: Any) -> FieldError:
-    loc = ".".join(str(p) for p in error["loc"]) or "data"
+    loc = boundary.escaped(".".join(str(p) for p in error["loc"]), 120) or "data"
     if error["type"] == "extra_forbidden":
         return FieldError(
-            f"unknown field {loc!r}; see the request schema (config/schemas) for the fields",
+            f"unknown field {quote(loc)}; see the request schema (config/schemas) for the fields",
             field=loc,
         )
     if error["type"] == "missing":
@@ -71,31 +95,20 @@ def _field_error(error: Any) -> FieldError:
     return FieldError(f"{error['msg']}", field=loc)
 
 
-def function_name_problem(name: str) -> str | None:
-    if not name:
-        return "is empty"
-    if len(name) > 63:
-        return f"is {len(name)} characters; the limit is 63 (a Kubernetes label value)"
-    if not DNS_LABEL.match(name):
-        return (
-            "must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending "
-            "with a letter or digit"
-        )
-    return None
-
-
 def validate(request: BuildContextRequest, settings: Settings) -> ValidRequest:
-    problem = function_name_problem(request.lambda_function)
+    problem = boundary.dns_label_problem(request.lambda_function)
     if problem:
-        message = f"lambdaFunction: {request.lambda_function!r} {problem}"
+        message = f"lambdaFunction: {quote(request.lambda_function)} {problem}"
         raise InvalidRequest(message, [FieldError(message, field="lambdaFunction")])
     runtime, version = resolve(request.runtime, request.runtime_version)
     ttl = _ttl(request.ttl_seconds, settings)
     metadata = _metadata(request.metadata, settings)
     namespace = request.namespace
-    if namespace is not None and not DNS_LABEL.match(namespace):
-        message = f"namespace: {namespace!r} is not a Kubernetes namespace name"
+    if namespace is not None and (problem := boundary.dns_label_problem(namespace)):
+        message = f"namespace: {quote(namespace)} is not a Kubernetes namespace name: it {problem}"
         raise InvalidRequest(message, [FieldError(message, field="namespace")])
+    if request.owner is not None:
+        _owner(request.owner)
     entries = len(request.dependencies)
     if entries > settings.max_dependencies:
         message = (
@@ -120,6 +133,15 @@ def validate(request: BuildContextRequest, settings: Settings) -> ValidRequest:
         request.owner,
         warnings,
         lock,
+        () if runtime.check_is_exact(version) else (_approximate(runtime.name, version),),
+    )
+
+
+def _approximate(runtime: str, version: str) -> str:
+    return (
+        f"syntax: {runtime} {version} is not the serving interpreter's version, so the syntax "
+        "check is close but not exact for it (a few version-specific rules may differ); the "
+        "build is the final check"
     )
 
 
@@ -175,24 +197,75 @@ def _metadata(metadata: Mapping[str, str], settings: Settings) -> dict[str, str]
             )
         )
     for key, value in metadata.items():
-        if not _METADATA_KEY.match(key):
+        if boundary.METADATA_KEY.fullmatch(key) is None:
             problems.append(
                 FieldError(
-                    f"key {key!r} must be 1-63 letters, digits, '.', '_' or '-', starting and "
-                    "ending with a letter or digit",
+                    f"key {quote(key)} must be 1-63 letters, digits, '.', '_' or '-', starting "
+                    "and ending with a letter or digit",
+                    field=f"metadata.{boundary.escaped(key)}",
+                )
+            )
+        elif len(value) > boundary.METADATA_VALUE_MAX or not value.isprintable():
+            problems.append(
+                FieldError(
+                    f"values are printable text of at most {boundary.METADATA_VALUE_MAX} "
+                    "characters (no control or line-break characters)",
                     field=f"metadata.{key}",
                 )
             )
-        elif len(value) > 1024 or not value.isprintable():
-            problems.append(
-                FieldError(
-                    "values are printable text of at most 1024 characters",
-                    field=f"metadata.{key}",
-                )
+    if not problems and (size := boundary.metadata_bytes(metadata)) > boundary.METADATA_MAX_BYTES:
+        problems.append(
+            FieldError(
+                f"{size} bytes as ASCII JSON; the limit is {boundary.METADATA_MAX_BYTES} for all "
+                "keys and values together (non-ASCII counts 6 bytes a character): send less",
+                field="metadata",
             )
+        )
     if problems:
         raise InvalidRequest(f"metadata: {problems[0].message}", problems)
     return dict(sorted(metadata.items()))
+
+
+def _owner(owner: OwnerReference) -> None:
+    """What Kubernetes accepts in an ownerReference, checked before anything is stored."""
+    parts = _API_GROUP_VERSION.fullmatch(owner.api_version)
+    group = parts["group"] if parts else None
+    api_version_ok = (
+        parts is not None
+        and (group is None or boundary.is_dns_subdomain(group))
+        and boundary.is_dns_label(parts["version"])
+    )
+    checks = (
+        (
+            api_version_ok,
+            "apiVersion",
+            f"apiVersion {quote(owner.api_version)} must be group/version (e.g. "
+            "'lambda.example.com/v1') or a core version ('v1')",
+        ),
+        (
+            _KIND.fullmatch(owner.kind) is not None,
+            "kind",
+            f"kind {quote(owner.kind)} must be a Kubernetes kind: an upper-case letter, then "
+            "letters and digits, at most 63 (e.g. 'LambdaFunction')",
+        ),
+        (
+            boundary.is_dns_subdomain(owner.name),
+            "name",
+            f"name {quote(owner.name)} must be a Kubernetes object name (DNS-1123 "
+            "subdomain, at most 253 characters)",
+        ),
+        (
+            _UID.fullmatch(owner.uid) is not None,
+            "uid",
+            f"uid {quote(owner.uid)} must be the owner's metadata.uid, a lowercase UUID "
+            "like '6f1c2a9e-0b7d-4c3e-9a51-2f8e4d7c1b60'",
+        ),
+    )
+    problems = [
+        FieldError(message, field=f"owner.{name}") for ok, name, message in checks if not ok
+    ]
+    if problems:
+        raise InvalidRequest(f"owner: {problems[0].message}", problems)
 
 
 def path_problem(path: str, max_length: int) -> str | None:
@@ -208,10 +281,10 @@ def path_problem(path: str, max_length: int) -> str | None:
         return "contains a control character"
     if posixpath.normpath(path) != path or ".." in path.split("/"):
         return "is not normalised (no '..', '.', '//' or trailing '/')"
-    bad = next((p for p in path.split("/") if not _PATH_PART.match(p)), None)
+    bad = next((p for p in path.split("/") if _PATH_PART.fullmatch(p) is None), None)
     if bad is not None:
         return (
-            f"has the part {bad!r}: use letters, digits, '.', '_', '-', '@', '+' "
+            f"has the part {quote(bad)}: use letters, digits, '.', '_', '-', '@', '+' "
             "(not starting with '.')"
         )
     return None
@@ -247,14 +320,31 @@ def _sources(request: BuildContextRequest, runtime: Runtime, settings: Settings)
         )
         problem = path_problem(path, settings.max_path_length)
         if problem:
-            problems.append(FieldError(f"path {path!r} {problem}", field=where, file=path))
+            shown = boundary.escaped(path)
+            problems.append(
+                FieldError(
+                    f"path {quote(path)} {problem}",
+                    field="sourceCode" if where == "sourceCode" else f"files.{shown}",
+                    file=shown,
+                )
+            )
             continue
         folded = path.casefold()
+        tool_problem = _builder_file_problem(folded) or runtime.tool_file_problem(path)
+        if tool_problem:
+            problems.append(
+                FieldError(
+                    f"{quote(path)} {tool_problem}; rename or leave out the file",
+                    field=where,
+                    file=path,
+                )
+            )
+            continue
         if folded in generated:
             problems.append(
                 FieldError(
-                    f"{path!r} is generated by build-context from the request; put dependencies "
-                    "in `dependencies` and a lock file in `lockFile` instead",
+                    f"{quote(path)} is generated by build-context from the request; put "
+                    "dependencies in `dependencies` and a lock file in `lockFile` instead",
                     field=where,
                     file=path,
                 )
@@ -263,7 +353,9 @@ def _sources(request: BuildContextRequest, runtime: Runtime, settings: Settings)
         if folded in seen:
             problems.append(
                 FieldError(
-                    f"{path!r} differs from {seen[folded]!r} only by case", field=where, file=path
+                    f"{quote(path)} differs from {quote(seen[folded])} only by case",
+                    field=where,
+                    file=path,
                 )
             )
             continue
@@ -276,6 +368,16 @@ def _sources(request: BuildContextRequest, runtime: Runtime, settings: Settings)
                     field=where,
                     file=path,
                     line=line,
+                )
+            )
+            continue
+        if path == runtime.entry_file and not text.strip():
+            problems.append(
+                FieldError(
+                    "the entry file is empty: send the program's source",
+                    field=where,
+                    file=path,
+                    line=1,
                 )
             )
             continue
@@ -302,6 +404,17 @@ def _sources(request: BuildContextRequest, runtime: Runtime, settings: Settings)
     if problems:
         raise InvalidSource(f"{len(problems)} invalid file(s): {problems[0].message}", problems)
     return dict(sorted(files.items()))
+
+
+def _builder_file_problem(folded: str) -> str | None:
+    """Files the image builder reads as instructions (Dockerfile is generated; dotfiles such as
+    .dockerignore are refused by the path rule): BuildKit reads <Dockerfile>.dockerignore and
+    podman/buildah Containerfile."""
+    if folded == "containerfile" or (
+        "/" not in folded and folded.endswith((".dockerignore", ".containerignore"))
+    ):
+        return "is read by the image builder as its own instructions"
+    return None
 
 
 def _syntax(sources: Mapping[str, str], runtime: Runtime, version: str) -> None:

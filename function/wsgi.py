@@ -2,8 +2,9 @@
 
 From the outside in: `Readiness` (503 on `/health/readiness` while draining), `MetricsRoute`
 (`/metrics`, outside the in-flight count so a scrape never delays a drain), `BodyLimit` (413
-above BUILD_CONTEXT_MAX_REQUEST_BYTES) and `InFlight` (counts the requests the app handles, and
-waits for them to finish on SIGTERM).
+above BUILD_CONTEXT_MAX_REQUEST_BYTES), `SenderCheck` (401/403/503 for a sender without an
+acceptable token, with BUILD_CONTEXT_AUTH=oidc) and `InFlight` (counts the requests the app
+handles, and waits for them to finish on SIGTERM).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+Authenticate = Callable[[dict[str, Any]], "tuple[str, str, dict[str, str]] | None"]
+"""Checks a request's sender: None to admit, else the status line, JSON body and headers of the
+refusal."""
 
 
 def json_reply(
@@ -86,6 +90,26 @@ class BodyLimit:
                 },
             )
         return self.app(environ, start_response)
+
+
+class SenderCheck:
+    """Refuses a request whose sender `authenticate` does not admit, before its body is parsed
+    (docs/security.md); the admitted sender is left in the environ for the handler."""
+
+    def __init__(self, app: WSGIApp, authenticate: Authenticate) -> None:
+        self.app = app
+        self.authenticate = authenticate
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        refused = self.authenticate(environ)
+        if refused is None:
+            return self.app(environ, start_response)
+        status, body, headers = refused
+        data = body.encode()
+        start_response(status, [*headers.items(), ("Content-Length", str(len(data)))])
+        return [data]
 
 
 class MetricsRoute:

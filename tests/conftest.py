@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.kube import KubeAPIServer
+from tests.support.registry import Registry
 from tests.support.seaweed import SeaweedS3, start_seaweed_s3
 from tests.support.server import FunctionServer
 
@@ -58,3 +59,12 @@ def kube() -> Iterator[KubeAPIServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """One CNCF Distribution registry (TLS from a test CA, htpasswd auth, deletes on) for the
+    whole run; tests use repositories of their own."""
+    instance = Registry(tmp_path_factory.mktemp("registry")).start()
+    yield instance
+    instance.stop()

@@ -69,6 +69,8 @@ def test_the_rule_is_a_valid_prometheusrule(rules_dir: Path) -> None:
         "BuildContextStorageSlow",
         "BuildContextCleanupNotRunning",
         "BuildContextCleanupFailing",
+        "BuildContextSendersRefused",
+        "BuildContextQuotaExceeded",
     } <= {rule["alert"] for rule in rules()}
 
 

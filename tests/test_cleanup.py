@@ -62,6 +62,7 @@ GRACE = timedelta(seconds=300)
         pytest.param("filesystem"),
         pytest.param("configmap", marks=pytest.mark.kube),
         pytest.param("s3", marks=pytest.mark.s3),
+        pytest.param("oci", marks=pytest.mark.oci),
     ]
 )
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
@@ -245,6 +246,12 @@ def test_two_runs_at_once_delete_each_context_once_and_keep_the_rest(
     survivors = {context_key(c) for c in contexts if store.exists(c)}
     assert survivors == newest | {context_key(c) for c in pinned}
     deletable = len(contexts) - len(survivors)
+    if store.backend == "oci":
+        # A registry has no conditional write or delete: two DELETEs of one manifest can both
+        # answer 202, so the two runs' counts may overlap (docs/oci.md, Races); what is kept
+        # and what is gone is exact all the same.
+        assert sum(s.deleted for s in summaries) >= deletable
+        return
     assert sum(s.deleted for s in summaries) == deletable, "each context deleted exactly once"
 
 
@@ -301,7 +308,7 @@ def test_a_context_reused_during_the_run_is_not_deleted(
     contexts = [store.put(f"fn-{i // 2}", T0 - (20 - i % 2) * DAY) for i in range(40)]
     batches = type(store.client).delete_many is not Store.delete_many
     racing = (ReusesJustBeforeBatchDelete if batches else ReusesJustBeforeDelete)(store, at=T0)
-    assert batches == (store.backend == "s3")
+    assert batches == (store.backend in ("s3", "oci"))
     service = CleanupService([racing], store.settings(), clock=clock)
     summary = only(service.run(CleanupRequest(ttl_seconds=ttl_seconds)))
     assert racing.reused == [True] * 20, "each reuse found the context still there"
@@ -337,6 +344,7 @@ def test_cleanup_racing_a_stream_of_reuses_never_loses_a_reused_context(
 # --- scale, failures, leftovers, metrics ----------------------------------------------------
 
 
+@pytest.mark.timeout(1800)  # the OCI store's run took 15 min on the shared 2-core VM under load
 def test_5000_contexts_in_one_run_with_flat_memory(
     store: StoreUnderTest, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -561,9 +569,9 @@ def test_story_scenario_5_cleanup_over_http(start_server: StartServer) -> None:
     assert logged["requestId"] == ping_id and logged["errors"] == 0
     assert logged["stores"] == [summary]
 
-    again = ping(server, {"dryRun": True, "ttlSeconds": 0}, structured=True)
+    again = ping(server, {"dryRun": True, "ttlSeconds": 3600}, structured=True)
     assert again.type == "buildcontext.cleanup.completed", again
-    assert again.data["dryRun"] is True and again.data["ttlSeconds"] == 0
+    assert again.data["dryRun"] is True and again.data["ttlSeconds"] == 3600
     assert again.data["stores"][0]["deleted"] == 0, "grace and keep-latest protect the rest"
 
 
@@ -583,6 +591,8 @@ def _sample(text: str, name: str, **labels: str) -> float:
         ({"dryRun": "perhaps"}, "data.dryRun"),
         ({"dryrun": True}, "data.dryrun"),
         ({"ttlSeconds": -1}, "data.ttlSeconds"),
+        ({"ttlSeconds": 0}, "below the floor of 3600 s"),
+        ({"ttlSeconds": 3599, "dryRun": True}, "BUILD_CONTEXT_CLEANUP_MIN_TTL_SECONDS"),
         ([1, 2], "JSON object"),
     ],
 )

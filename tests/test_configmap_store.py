@@ -66,6 +66,7 @@ from tests.support.kube import KubeAPIServer
 from tests.support.rbac import apply_rbac
 from tests.support.records import FAST_RETRIES, FAST_RETRIES_ENV, incompressible
 from tests.support.records import record as context_record
+from tests.support.registry import Registry
 from tests.support.seaweed import SeaweedS3
 from tests.support.server import free_port
 from tests.support.telemetry import data_points, total
@@ -344,17 +345,40 @@ def test_the_owning_function_becomes_the_owner_reference(
 ) -> None:
     store = open_configmaps(kube, namespace)
     owner = OwnerReference(**LAMBDA_OWNER, name="disk-cleanup", uid=str(uuid.uuid4()))
-    owned, unowned = built("a = 1\n"), built("a = 2\n")
+    owned = built("a = 1\n")
 
     first = store.put_if_absent(owned, record(owned, namespace=namespace), owner)
-    second = store.put_if_absent(unowned, record(unowned, namespace=namespace))
-    store.put_if_absent(unowned, record(unowned, namespace=namespace), owner)
+    again = store.put_if_absent(owned, record(owned, namespace=namespace), owner)
 
-    for stored in (first, second):
-        references = read(admin, namespace, stored.storage["configMap"]).metadata.owner_references
-        assert [(r.api_version, r.kind, r.name, r.uid) for r in references] == [
-            ("lambda.knative.io/v1alpha1", "LambdaFunction", "disk-cleanup", owner.uid)
-        ]
+    assert again.reused
+    references = read(admin, namespace, first.storage["configMap"]).metadata.owner_references
+    assert [(r.api_version, r.kind, r.name, r.uid) for r in references] == [
+        ("lambda.knative.io/v1alpha1", "LambdaFunction", "disk-cleanup", owner.uid)
+    ]
+
+
+@pytest.mark.parametrize("second_owner", ["another", "none"])
+def test_a_shared_context_loses_its_owner_and_a_reuse_never_adds_one(
+    kube: KubeAPIServer, admin: kubernetes.client.CoreV1Api, namespace: str, second_owner: str
+) -> None:
+    """One request's owner (mistaken or hostile: a uid that exists nowhere) must never get a
+    context that another request uses garbage-collected: once shared, it has no owner."""
+    store = open_configmaps(kube, namespace)
+    first_owner = OwnerReference(**LAMBDA_OWNER, name="disk-cleanup", uid=str(uuid.uuid4()))
+    hostile = OwnerReference(**LAMBDA_OWNER, name="gone", uid=str(uuid.uuid4()))
+    shared, unowned = built("a = 1\n"), built("a = 2\n")
+
+    stored = store.put_if_absent(shared, record(shared, namespace=namespace), first_owner)
+    store.put_if_absent(
+        shared, record(shared, namespace=namespace), hostile if second_owner == "another" else None
+    )
+    store.put_if_absent(shared, record(shared, namespace=namespace), first_owner)
+    plain = store.put_if_absent(unowned, record(unowned, namespace=namespace))
+    store.put_if_absent(unowned, record(unowned, namespace=namespace), hostile)
+
+    for kept in (stored, plain):
+        configmap = read(admin, namespace, kept.storage["configMap"])
+        assert not configmap.metadata.owner_references
 
 
 def test_an_owner_the_apiserver_rejects_is_an_internal_error_with_its_message(
@@ -863,6 +887,46 @@ def test_http_contexts_a_configmap_cannot_take_overflow_to_s3(
         key = reply.data["storage"]["key"]
         stored = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert hashlib.sha256(stored).hexdigest() == reply.data["archiveSha256"]
+    assert names(admin, namespace) == [fits.data["storage"]["configMap"]]
+
+
+@pytest.mark.oci
+def test_http_contexts_a_configmap_cannot_take_overflow_to_the_registry(
+    kube: KubeAPIServer,
+    admin: kubernetes.client.CoreV1Api,
+    namespace: str,
+    registry: Registry,
+    start_server: StartServer,
+    tmp_path: Path,
+) -> None:
+    prefix = f"overflow-{uuid.uuid4().hex[:10]}"
+    config = registry.docker_config(tmp_path / "docker" / "config.json")
+    server = start_server(
+        **configmap_env(
+            kube,
+            namespace,
+            BUILD_CONTEXT_CONFIGMAP_MAX_BYTES="1024",
+            BUILD_CONTEXT_OVERFLOW_STORAGE="oci",
+            BUILD_CONTEXT_OCI_REGISTRY=registry.host,
+            BUILD_CONTEXT_OCI_REPOSITORY=prefix,
+            BUILD_CONTEXT_OCI_DOCKER_CONFIG=str(config),
+            BUILD_CONTEXT_OCI_CA_FILE=str(registry.ca_path),
+        )
+    )
+    request = example("python")
+    noise = "".join(f"# {os.urandom(24).hex()}\n" for _ in range(64))
+
+    fits = server.send(request)
+    too_large = server.send({**request, "sourceCode": noise + request["sourceCode"]})
+
+    assert (fits.data["storage"]["backend"], fits.data["overflow"]) == ("configmap", False)
+    assert too_large.type == "buildcontext.created", too_large
+    data = too_large.data
+    assert (data["storage"]["backend"], data["overflow"]) == ("oci", True)
+    assert data["contextUri"].startswith(f"oci://{registry.host}/{prefix}/{namespace}/")
+    repository = data["storage"]["repository"]
+    layer = registry.crane("blob", f"{registry.host}/{repository}@sha256:{data['archiveSha256']}")
+    assert hashlib.sha256(layer.stdout).hexdigest() == data["archiveSha256"]
     assert names(admin, namespace) == [fits.data["storage"]["configMap"]]
 
 

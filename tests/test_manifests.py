@@ -50,7 +50,7 @@ from tests.support.rbac import apply_rbac, ensure_namespace
 from tests.support.server import FunctionServer
 
 KUBERNETES_VERSIONS = ("1.33.0", "1.34.0", "1.35.0", "1.36.0", "1.37.0")
-CORE_GROUPS = ("v1", "rbac.authorization.k8s.io/v1")
+CORE_GROUPS = ("v1", "rbac.authorization.k8s.io/v1", "networking.k8s.io/v1")
 KNATIVE_REVISION_FIELDS = (
     "containerConcurrency",
     "timeoutSeconds",
@@ -148,7 +148,13 @@ def _core_objects() -> list[Manifest]:
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_core_kinds_validate_offline(version: str) -> None:
     objects = _core_objects()
-    assert {o["kind"] for o in objects} >= {"ConfigMap", "ServiceAccount", "Role", "Pod"}
+    assert {o["kind"] for o in objects} >= {
+        "ConfigMap",
+        "ServiceAccount",
+        "Role",
+        "Pod",
+        "NetworkPolicy",
+    }
     for obj in objects:
         try:
             kubernetes_validate.validate(obj, version, strict=True)
@@ -290,6 +296,59 @@ def test_each_handler_has_its_own_least_privilege_role() -> None:
             assert account["automountServiceAccountToken"] is False
 
 
+def test_every_service_is_cluster_local_and_fenced_by_the_network_policy() -> None:
+    docs = raw_manifests()
+    services = _knative_services(docs)
+    for service in services:
+        labels = service["metadata"]["labels"]
+        assert labels["networking.knative.dev/visibility"] == "cluster-local", labels
+    func = yaml.safe_load(FUNC_YAML.read_text())
+    assert {"key": "networking.knative.dev/visibility", "value": "cluster-local"} in func["deploy"][
+        "labels"
+    ]
+    policy = find(docs, "NetworkPolicy", "build-context")["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    [selector] = policy["podSelector"]["matchExpressions"]
+    assert selector["key"] == "serving.knative.dev/service" and selector["operator"] == "In"
+    fenced = {s["metadata"]["name"] for s in services if "replies" not in s["metadata"]["name"]}
+    assert set(selector["values"]) == fenced, "every Service of the base is behind the policy"
+    admitted = {}
+    for rule in policy["ingress"]:
+        ports = tuple(sorted(p["port"] for p in rule["ports"]))
+        for peer in rule["from"]:
+            assert set(peer) == {"namespaceSelector", "podSelector"}, "never a whole namespace"
+            namespace = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            [(key, value)] = peer["podSelector"]["matchLabels"].items()
+            admitted[(namespace, key, value)] = ports
+    assert admitted == {
+        ("knative-serving", "app", "activator"): (8012, 8013),
+        ("kourier-system", "app", "3scale-kourier-gateway"): (8012, 8013),
+        ("istio-system", "istio", "ingressgateway"): (8012, 8013),
+        ("knative-eventing", "eventing.knative.dev/brokerRole", "filter"): (8012, 8013),
+        ("knative-eventing", "sources.knative.dev/role", "adapter"): (8012, 8013),
+        ("knative-serving", "app", "autoscaler"): (9090,),
+    }
+
+
+def test_senders_carry_the_audiences_and_identities_the_function_checks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Knative names the OIDC ServiceAccount of a Trigger or a source
+    `<name>-oidc-<group>-<kind>` (lowercase); the function's default allow-lists are those."""
+    docs = raw_manifests()
+    settings = _settings(load_documents(SETTINGS_CONFIGMAP)[0]["data"], monkeypatch)
+    trigger = find(docs, "Trigger", "build-context-requests")
+    ping = find(docs, "PingSource", "build-context-cleanup")
+    assert trigger["spec"]["subscriber"]["audience"] == settings.auth_create_audience
+    assert ping["spec"]["sink"]["audience"] == settings.auth_cleanup_audience
+    assert settings.auth_create_audience != settings.auth_cleanup_audience
+    trigger_account = f"{trigger['metadata']['name']}-oidc-eventing.knative.dev-trigger"
+    ping_account = f"{ping['metadata']['name']}-oidc-sources.knative.dev-pingsource"
+    assert settings.auth_create_subjects == trigger_account
+    assert settings.auth_cleanup_subjects == ping_account
+    assert max(len(trigger_account), len(ping_account)) <= 63, "else Knative hashes the name"
+
+
 def test_func_yaml_deploys_the_request_handler_as_the_manifests_do() -> None:
     func = yaml.safe_load(FUNC_YAML.read_text())
     service = handler_service(raw_manifests(), "create")
@@ -379,6 +438,7 @@ RENDERED = {
     "knative": KNATIVE_DIR,
     "base": BASE_DIR,
     "s3": KNATIVE_DIR / "overlays" / "s3",
+    "oci": KNATIVE_DIR / "overlays" / "oci",
     "func": KNATIVE_DIR / "overlays" / "func",
 }
 
@@ -413,6 +473,7 @@ def test_base_renders_to_the_files_with_the_configmap_store(
     data = find(rendered, "ConfigMap", SETTINGS_NAME)["data"]
     settings = _settings(data, monkeypatch)
     assert settings.storage == "configmap"
+    assert settings.auth == "oidc", "only the Trigger and the PingSource may call in a cluster"
 
 
 @pytest.mark.kube
@@ -432,6 +493,30 @@ def test_s3_overlay_uses_s3_with_secret_credentials_and_no_configmap_rights(
     assert of_kind(rendered, "Role") == of_kind(rendered, "RoleBinding") == []
     dead_letters = find(rendered, "Service", "build-context-dead-letters")
     assert "envFrom" not in container(dead_letters)
+
+
+@pytest.mark.kube
+def test_oci_overlay_mounts_the_pull_secret_where_the_docker_config_setting_points(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rendered = kustomize(RENDERED["oci"])
+    settings = _settings(find(rendered, "ConfigMap", SETTINGS_NAME)["data"], monkeypatch)
+    assert (settings.storage, settings.oci_registry) == ("oci", "registry.example.com")
+    config = Path(settings.oci_docker_config)
+    for handlers in ("create", "cleanup"):
+        service = handler_service(rendered, handlers)
+        mounts = {m["name"]: m for m in container(service)["volumeMounts"]}
+        volumes = {v["name"]: v for v in service["spec"]["template"]["spec"]["volumes"]}
+        assert mounts["registry"] == {
+            "name": "registry",
+            "mountPath": str(config.parent),
+            "readOnly": True,
+        }
+        assert volumes["registry"]["secret"] == {
+            "secretName": "build-context-registry",
+            "items": [{"key": ".dockerconfigjson", "path": config.name}],
+        }
+    assert of_kind(rendered, "Role") == of_kind(rendered, "RoleBinding") == []
 
 
 @pytest.mark.kube
@@ -679,3 +764,24 @@ def test_documented_examples_build_contexts(server: FunctionServer) -> None:
             assert request["sourceCode"], path.name
         reply = server.send(request)
         assert reply.type == contract.CREATED, (path.name, reply.data)
+
+
+@pytest.mark.kube
+def test_the_network_policy_override_in_security_md_renders_and_is_accepted(
+    crds_loaded: kubernetes.dynamic.DynamicClient, tmp_path: Path
+) -> None:
+    text = (REPO_ROOT / "docs" / "security.md").read_text()
+    block = text.split("# my-overlay/kustomization.yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "knative").symlink_to(KNATIVE_DIR)
+    overlay = tmp_path / "my-overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(block)
+    rendered = kustomize(overlay)
+    policy = find(rendered, "NetworkPolicy", "build-context")
+    peers = policy["spec"]["ingress"][0]["from"]
+    namespaces = [
+        p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in peers
+    ]
+    assert namespaces == ["knative-serving", "my-gateways"]
+    assert policy["spec"]["ingress"][-1]["ports"] == [{"protocol": "TCP", "port": 8080}]
+    _dry_run_create(crds_loaded, policy, _namespace(crds_loaded))

@@ -49,6 +49,12 @@ from tests.support.telemetry import TelemetryRecorder
 pytestmark = pytest.mark.s3
 
 MIB = 1024 * 1024
+NO_CAPS = {
+    "BUILD_CONTEXT_MAX_CONTEXTS_PER_FUNCTION": "0",
+    "BUILD_CONTEXT_MAX_BYTES_PER_FUNCTION": "0",
+}
+"""The per-function caps list the function's prefix before a new context; tests of the first
+upload call turn them off."""
 
 
 def small(text: str = "print(1)\n") -> Archive:
@@ -814,7 +820,10 @@ def test_http_access_denied_is_a_failed_event_that_is_not_retryable(
 ) -> None:
     if seaweed.restricted_bucket not in {b["Name"] for b in admin.list_buckets()["Buckets"]}:
         admin.create_bucket(Bucket=seaweed.restricted_bucket)
-    server = start_server(**s3_env(seaweed, seaweed.restricted_bucket, identity="restricted"))
+    # caps off: the first call is then the upload, whose refusal this test reads
+    server = start_server(
+        **s3_env(seaweed, seaweed.restricted_bucket, identity="restricted", **NO_CAPS)
+    )
 
     reply = server.send(example("python"))
 
@@ -827,7 +836,9 @@ def test_http_unreachable_endpoint_is_retried_then_retryable(
     seaweed: SeaweedS3, start_server: StartServer
 ) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
-    server = start_server(**s3_env(seaweed, "anywhere", BUILD_CONTEXT_S3_ENDPOINT_URL=closed))
+    server = start_server(
+        **s3_env(seaweed, "anywhere", BUILD_CONTEXT_S3_ENDPOINT_URL=closed, **NO_CAPS)
+    )
 
     reply = server.send(example("python"))
 

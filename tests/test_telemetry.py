@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from function.boundary import is_dns_label
 from function.errors import InvalidRequest, StorageUnavailable
 from function.retry import RetryPolicy
 from function.telemetry import Telemetry
@@ -70,6 +71,7 @@ def test_metrics_are_served_on_the_function_port_with_the_documented_names(
 
     allowed = {"outcome", "reason", "runtime", "store", "stage", "le", "action", "rule", "dry_run"}
     allowed.add("worker")  # the server process, with BUILD_CONTEXT_PROCESSES above 1
+    allowed |= {"status", "limit"}  # refused senders (HTTP status), per-function caps (which)
     forbidden = {request["lambdaFunction"], first.data["contentHash"], first.data["imageTag"]}
     for sample in metrics.samples:
         labels = {k for k in sample.labels if not k.startswith("otel_scope_")}
@@ -110,7 +112,8 @@ def test_every_failure_path_has_its_metric_log_line_and_reply(server: FunctionSe
         )
         assert line["traceId"] and line["spanId"], line
         name = data.get("lambdaFunction")
-        assert line["function"] == (name if isinstance(name, str) else None), line
+        # only a valid name reaches the log line; a bad one is in the reply's message
+        assert line["function"] == (name if is_dns_label(name) else None), line
     internal = outcome_lines(server, "internal-1")[0]
     assert "JSONDecodeError" in internal["cause"] and "Traceback" in internal["exception"]
     assert "Error" in outcome_lines(server, "outage-1")[0]["cause"]

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..boundary import quote
 from ..errors import FieldError, InvalidRequest
 from ..settings import Settings
 
@@ -62,6 +63,15 @@ class Runtime(ABC):
     def is_source(self, path: str) -> bool:
         return path.endswith(self.source_suffixes)
 
+    def check_is_exact(self, version: str) -> bool:
+        """Whether `source_errors` checks exactly what this version's compiler accepts."""
+        return True
+
+    def tool_file_problem(self, path: str) -> str | None:
+        """Why a caller's file would be read by this runtime's toolchain as its own instructions
+        (in the builder image or at start), or None. Dotfiles are refused for every runtime."""
+        return None
+
 
 def as_list(deps: Dependencies, joiner: str) -> list[str]:
     if isinstance(deps, Mapping):
@@ -85,7 +95,7 @@ def duplicates(names: list[tuple[int, str]]) -> list[FieldError]:
         if name in seen:
             problems.append(
                 FieldError(
-                    f"{name!r} is listed twice (also dependencies[{seen[name]}]); keep one entry",
+                    f"{quote(name)} is listed twice (also dependencies[{seen[name]}]); keep one entry",
                     field=f"dependencies[{index}]",
                 )
             )

@@ -6,6 +6,7 @@ import re
 
 import tree_sitter_go
 
+from ..boundary import quote
 from ..errors import FieldError
 from ..settings import Settings
 from .base import (
@@ -24,12 +25,20 @@ from .treesitter import TreeSitterGrammar
 
 _GRAMMAR = TreeSitterGrammar(tree_sitter_go.language(), "Go")
 # golang.org/x/mod/module.CheckPath: a dotted lowercase host first, then path elements.
-_FIRST = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
-_ELEMENT = re.compile(r"^[A-Za-z0-9_~-]([A-Za-z0-9._~-]*[A-Za-z0-9_~-])?$")
+_FIRST = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
+_ELEMENT = re.compile(r"[A-Za-z0-9_~-](?:[A-Za-z0-9._~-]*[A-Za-z0-9_~-])?")
+_WINDOWS_RESERVED = re.compile(r"(?i)(?:con|prn|aux|nul|com[0-9]|lpt[0-9])(?:\..*)?")
+_SHORT_NAME = re.compile(r".*~[0-9]+")
+# module.CheckPathMajor: a major version suffix /vN (N >= 2), or .vN on gopkg.in.
+_PATH_MAJOR = re.compile(r".*/v(?P<major>[1-9][0-9]*)")
+_BAD_PATH_MAJOR = re.compile(r".*/v(?:0|1|0[0-9]+)")
+_GOPKG = re.compile(r"gopkg\.in/(?:[^/]+/)?[^/.]+\.v(?P<major>0|[1-9][0-9]*)(?:-unstable)?")
 _SEMVER = re.compile(
-    r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$"
+    r"v(?P<major>0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
+    r"(-(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)(\.(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*))*)?"
+    r"(?P<build>\+incompatible)?"
 )
+_MAX_PATH = 300
 
 
 # A go.sum line: module, version (or version/go.mod) and the h1: dirhash (base64 sha256).
@@ -39,14 +48,54 @@ _SUM_LINE = re.compile(
 
 
 def module_path_problem(path: str) -> str | None:
-    if len(path) > 300:
-        return "is longer than 300 characters"
+    if len(path) > _MAX_PATH:
+        return f"is longer than {_MAX_PATH} characters"
     elements = path.split("/")
-    if not _FIRST.match(elements[0]):
+    if _FIRST.fullmatch(elements[0]) is None:
         return "must start with a lowercase host name containing a dot, e.g. 'github.com/org/repo'"
-    bad = [e for e in elements[1:] if not _ELEMENT.match(e)]
+    bad = [e for e in elements[1:] if _ELEMENT.fullmatch(e) is None]
     if bad:
-        return f"has an invalid path element {bad[0]!r} (letters, digits, '-', '.', '_', '~')"
+        return f"has an invalid path element {quote(bad[0])} (letters, digits, '-', '.', '_', '~')"
+    reserved = [e for e in elements if _WINDOWS_RESERVED.fullmatch(e) or _SHORT_NAME.fullmatch(e)]
+    if reserved:
+        return (
+            f"has the element {quote(reserved[0])}, which the go command refuses (a Windows name)"
+        )
+    if _BAD_PATH_MAJOR.fullmatch(path):
+        return "ends in /v0 or /v1: only /v2 and above are major version suffixes; drop it"
+    if path.startswith("gopkg.in/") and _GOPKG.fullmatch(path) is None:
+        return "is a gopkg.in path without its .vN suffix, e.g. 'gopkg.in/yaml.v3'"
+    return None
+
+
+def version_problem(module: str, version: str) -> str | None:
+    """golang.org/x/mod/module.Check: a canonical semantic version whose major matches the
+    path's major version suffix (no suffix: v0 or v1, or vN+incompatible)."""
+    parsed = _SEMVER.fullmatch(version)
+    if parsed is None:
+        return (
+            f"version {quote(version)} of {module} is not a semantic version like v1.2.3 "
+            "(branches, 'latest', queries and build metadata are not reproducible)"
+        )
+    major = int(parsed["major"])
+    incompatible = parsed["build"] is not None
+    suffix = _GOPKG.fullmatch(module) or _PATH_MAJOR.fullmatch(module)
+    if suffix is not None:
+        wanted = int(suffix["major"])
+        if major != wanted or incompatible:
+            return (
+                f"version {version} does not match the major version suffix of {module}: "
+                f"use a v{wanted}.x.y version"
+            )
+        return None
+    if major >= 2 and not incompatible:
+        return (
+            f"version {version} is major {major}, but the module path {module} has no /v{major} "
+            f"suffix: write {module}/v{major}@{version} (or {version}+incompatible for a "
+            "module without go.mod)"
+        )
+    if major < 2 and incompatible:
+        return f"version {version}: +incompatible is only for major versions 2 and above"
     return None
 
 
@@ -64,11 +113,11 @@ class GoRuntime(Runtime):
         pairs: list[tuple[int, str, str]] = []
         for index, spec in enumerate(as_list(deps, "@")):
             where = f"dependencies[{index}]"
-            module, at, version = spec.strip().rpartition("@")
+            module, at, version = spec.rpartition("@")
             if not at:
                 problems.append(
                     FieldError(
-                        f"{spec!r} needs a version: write module@version, e.g. "
+                        f"{quote(spec)} needs a version: write module@version, e.g. "
                         "'github.com/google/uuid@v1.6.0'",
                         field=where,
                     )
@@ -76,16 +125,11 @@ class GoRuntime(Runtime):
                 continue
             problem = module_path_problem(module)
             if problem:
-                problems.append(FieldError(f"module path {module!r} {problem}", field=where))
+                problems.append(FieldError(f"module path {quote(module)} {problem}", field=where))
                 continue
-            if not _SEMVER.match(version):
-                problems.append(
-                    FieldError(
-                        f"version {version!r} of {module} is not a semantic version like v1.2.3 "
-                        "(branches, 'latest' and queries are not reproducible)",
-                        field=where,
-                    )
-                )
+            problem = version_problem(module, version)
+            if problem:
+                problems.append(FieldError(problem, field=where))
                 continue
             pairs.append((index, module, version))
         problems += duplicates([(i, m) for i, m, _ in pairs])
@@ -109,13 +153,11 @@ class GoRuntime(Runtime):
                 )
             module, version = match["module"], match["version"]
             problem = module_path_problem(module)
-            if problem or not _SEMVER.match(version):
-                raise lock_error(
-                    f"{module[:80]!r} {version[:40]!r}: "
-                    + (f"the module path {problem}" if problem else "not a semantic version"),
-                    self.name,
-                    number,
-                )
+            if problem:
+                raise lock_error(f"the module path {quote(module)} {problem}", self.name, number)
+            problem = version_problem(module, version)
+            if problem:
+                raise lock_error(problem, self.name, number)
             key = (module, version + (match["gomod"] or ""))
             if sums.setdefault(key, match["hash"]) != match["hash"]:
                 raise lock_error(f"two different sums for {module} {key[1]}", self.name, number)
@@ -158,6 +200,19 @@ class GoRuntime(Runtime):
                 column=1,
             )
         ]
+
+    def tool_file_problem(self, path: str) -> str | None:
+        name = path.rsplit("/", 1)[-1]
+        if path in ("go.work", "go.work.sum"):
+            return (
+                "is a Go workspace file: the go command would build the workspace instead of "
+                "the generated go.mod (and refuses -mod=mod)"
+            )
+        if "/" in path and name in ("go.mod", "go.sum"):
+            return "is a nested Go module file: its folder would leave the remediation module"
+        if path.split("/", 1)[0] == "vendor":
+            return "is in vendor/, which the go command reads instead of the generated go.mod"
+        return None
 
     def render(
         self, version: str, deps: Pinned, settings: Settings, lock: Lock | None = None

@@ -10,6 +10,8 @@ from typing import Any
 import semantic_version
 import tree_sitter_javascript
 
+from .. import boundary
+from ..boundary import quote
 from ..errors import FieldError, InvalidRequest
 from ..settings import Settings
 from .base import (
@@ -26,13 +28,30 @@ from .base import (
 from .treesitter import TreeSitterGrammar
 
 # validate-npm-package-name, for new packages: lowercase, URL-safe, optional @scope/.
-_NPM_NAME = re.compile(r"^(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]*$")
+_NPM_NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]*")
+# The semver ranges npm-package-arg reads as ranges, and nothing it reads otherwise: plain
+# ASCII comparators, X-ranges, hyphen ranges and ||. No tags, URLs, git, file:, npm: aliases.
+_NUM = r"(?:0|[1-9][0-9]{0,15})"
+_X = r"[xX*]"
+_PRE_ID = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
+_TAIL = rf"(?:-{_PRE_ID}(?:\.{_PRE_ID})*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?"
+# A wildcard part is never followed by a number (node-semver reads '1.x.0' as no range).
+_VERSION = (
+    rf"v?(?:{_NUM}(?:\.{_NUM}(?:\.{_NUM}{_TAIL}|\.{_X})?|\.{_X}(?:\.{_X})?)?"
+    rf"|{_X}(?:\.{_X}(?:\.{_X})?)?)"
+)
+_COMPARATOR = rf"(?:[~^]|[<>]=?|=)?{_VERSION}"
+_RANGE = rf"(?:{_VERSION} - {_VERSION}|{_COMPARATOR}(?: {_COMPARATOR})*)"
+_NPM_RANGE = re.compile(rf"{_RANGE}(?: \|\| {_RANGE})*")
+_NPM_RANGE_MAX = 256
+# npm-package-arg reads a spec ending like a tarball as a local file, before trying semver.
+_TARBALL = re.compile(r"(?i).*\.(?:tgz|tar\.gz|tar)")
 _GRAMMAR = TreeSitterGrammar(tree_sitter_javascript.language(), "JavaScript")
 _REGISTRY = "https://registry.npmjs.org/"
 # Subresource Integrity as npm writes it: one or more `sha512-<base64>` (sha1 is refused).
 _INTEGRITY = re.compile(r"sha512-[A-Za-z0-9+/]{86}==(?: sha512-[A-Za-z0-9+/]{86}==)*")
-_VERSION = re.compile(r"[0-9A-Za-z.+-]{1,64}")
-_TARBALL = re.compile(r"[a-z0-9._~-]{1,214}-[0-9A-Za-z.+-]{1,64}\.tgz")
+_LOCK_VERSION = re.compile(r"[0-9A-Za-z.+-]{1,64}")
+_LOCK_TARBALL = re.compile(r"[a-z0-9._~-]{1,214}-[0-9A-Za-z.+-]{1,64}\.tgz")
 _FLAGS = ("dev", "optional", "devOptional", "peer", "hasInstallScript", "inBundle")
 _MAPS = ("dependencies", "optionalDependencies", "peerDependencies")
 _KEPT = ("version", "resolved", "integrity", "license", *_FLAGS, *_MAPS)
@@ -64,29 +83,28 @@ class NodeRuntime(Runtime):
             where = f"dependencies.{name}"
             if (
                 len(name) > 214
-                or not _NPM_NAME.match(name)
+                or _NPM_NAME.fullmatch(name) is None
                 or name in {"node_modules", "favicon.ico"}
             ):
+                where = f"dependencies.{boundary.escaped(name)}"
                 problems.append(
                     FieldError(
-                        f"{name!r} is not a valid npm package name (lowercase letters, digits, "
+                        f"{quote(name)} is not a valid npm package name (lowercase letters, digits, "
                         "'-', '.', '_', '~', optional @scope/, at most 214 characters)",
                         field=where,
                     )
                 )
                 continue
-            try:
-                semantic_version.NpmSpec(spec)
-            except ValueError:
+            if not _is_range(spec):
                 problems.append(
                     FieldError(
-                        f"{spec!r} is not a semver range; URLs, git, file: and tags are not "
-                        "allowed: write e.g. '^1.2.3' or '~4.17.0'",
+                        f"{quote(spec)} is not a semver range; URLs, git, file:, tarballs and "
+                        "tags are not allowed: write e.g. '^1.2.3', '~4.17.0' or '>=1 <3'",
                         field=where,
                     )
                 )
                 continue
-            pairs.append((index, name, spec.strip()))
+            pairs.append((index, name, spec))
         problems += duplicates([(i, n) for i, n, _ in pairs])
         refuse(problems, self.name)
         return tuple(sorted((n, s) for _, n, s in pairs))
@@ -130,10 +148,10 @@ class NodeRuntime(Runtime):
         for name, spec in deps:
             entry = locked.get(f"node_modules/{name}")
             if entry is None:
-                raise lock_error(f"the dependency {name!r} is not in the lock file", self.name)
+                raise lock_error(f"the dependency {quote(name)} is not in the lock file", self.name)
             if semantic_version.Version(entry["version"]) not in semantic_version.NpmSpec(spec):
                 raise lock_error(
-                    f"the lock has {name}@{entry['version']}, outside the declared range {spec!r}",
+                    f"the lock has {name}@{entry['version']}, outside the declared range {quote(spec)}",
                     self.name,
                 )
         return {
@@ -146,6 +164,16 @@ class NodeRuntime(Runtime):
 
     def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
         return _GRAMMAR.first_error(path, _GRAMMAR.parse(text))
+
+    def tool_file_problem(self, path: str) -> str | None:
+        if path.split("/", 1)[0] == "node_modules":
+            return (
+                "is in node_modules/, where npm installs the dependencies: it would replace "
+                "installed packages; send your own modules in another folder"
+            )
+        if path in ("package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml"):
+            return "is a lockfile that package managers read as install instructions"
+        return None
 
     def render(
         self, version: str, deps: Pinned, settings: Settings, lock: Lock | None = None
@@ -194,32 +222,34 @@ def _package(path: str, entry: Any, runtime: str) -> dict[str, Any]:
     if (
         not path.startswith("node_modules/")
         or len(path) > 1000
-        or not all(_NPM_NAME.match(n) and len(n) <= 214 for n in names)
+        or not all(_NPM_NAME.fullmatch(n) and len(n) <= 214 for n in names)
     ):
-        raise lock_error(f"{path[:80]!r} is not a node_modules/<package> path", runtime)
+        raise lock_error(f"{quote(path)} is not a node_modules/<package> path", runtime)
     if not isinstance(entry, dict):
         raise lock_error(f"{path}: must be an object", runtime)
     if entry.get("link"):
         raise lock_error(f"{path}: links to local folders are not allowed", runtime)
     unknown = sorted(set(entry) - set(_KEPT) - set(_IGNORED) - {"name"})
     if unknown:
-        raise lock_error(f"{path}: unexpected field {unknown[0][:40]!r}", runtime)
+        raise lock_error(f"{quote(path)}: unexpected field {quote(unknown[0])}", runtime)
     name = names[-1]
     version = entry.get("version")
     resolved = entry.get("resolved")
     tarball = f"{_REGISTRY}{name}/-/"
-    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+    if not isinstance(version, str) or not _LOCK_VERSION.fullmatch(version):
         raise lock_error(f"{path}: needs a version", runtime)
     try:
         semantic_version.Version(version)
     except ValueError:
-        raise lock_error(f"{path}: {version!r} is not a semantic version", runtime) from None
+        raise lock_error(
+            f"{quote(path)}: {quote(version)} is not a semantic version", runtime
+        ) from None
     # Without `resolved` (npm's omit-lockfile-registry-resolved) npm ci fetches name@version
     # from the configured registry; the integrity is checked either way.
     if resolved is not None and (
         not isinstance(resolved, str)
         or not resolved.startswith(tarball)
-        or not _TARBALL.fullmatch(resolved[len(tarball) :])
+        or not _LOCK_TARBALL.fullmatch(resolved[len(tarball) :])
     ):
         raise lock_error(
             f"{path}: must be resolved from {_REGISTRY} (no git, file, or other URLs)", runtime
@@ -247,6 +277,16 @@ def _package(path: str, entry: Any, runtime: str) -> dict[str, Any]:
                 raise lock_error(f"{path}: {field} must map names to ranges", runtime)
             kept[field] = dict(sorted(ranges.items()))
     return kept
+
+
+def _is_range(spec: str) -> bool:
+    if len(spec) > _NPM_RANGE_MAX or _NPM_RANGE.fullmatch(spec) is None or _TARBALL.fullmatch(spec):
+        return False
+    try:
+        semantic_version.NpmSpec(spec)
+    except Exception:  # ValueError, and AttributeError on some hyphen ranges (its own bug)
+        return False
+    return True
 
 
 RUNTIME = NodeRuntime()

@@ -171,6 +171,20 @@ class Store(ABC, Generic[H]):
         """
         return Swept()
 
+    def function_contexts(self, namespace: str, function: str) -> Iterator[ContextRecord]:
+        """The records of one function's contexts, expired ones too (the per-function caps
+        count them). Here by filtering `list` of the namespace; a store that can list one
+        function alone does better."""
+        for item in self.list(frozenset({namespace})):
+            if item.record.function == function:
+                yield item.record
+
+    def function_sizes(self, namespace: str, function: str) -> Iterator[tuple[str, int]]:
+        """(content hash, archive bytes) of everything one function has stored, expired or
+        not: what a store can tell without reading each record (S3: from the listing)."""
+        for record in self.function_contexts(namespace, function):
+            yield record.content_hash, record.size_bytes
+
     def close(self) -> None:
         """Release clients and connections."""
 

@@ -188,6 +188,13 @@ class FilesystemStore(Store[Path]):
                     except (OSError, ValueError, KeyError):
                         continue
 
+    def function_contexts(self, namespace: str, function: str) -> Iterator[ContextRecord]:
+        for ctx in _subfolders(self.root / namespace / function):
+            try:
+                yield _read(ctx)
+            except (FileNotFoundError, ValueError, KeyError):
+                continue  # deleted meanwhile, or not ours
+
     def delete(self, item: Listed[Path], still_expired: StillExpired) -> Deletion:
         folder = item.handle
         record = item.record

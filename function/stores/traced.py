@@ -79,5 +79,13 @@ class TracedStore(Store[H]):
             span.set_attribute("build_context.removed", swept.removed)
             return swept
 
+    def function_contexts(self, namespace: str, function: str) -> Iterator[ContextRecord]:
+        with self.telemetry.storage_call(self.backend, "function_contexts"):
+            return iter(list(self.inner.function_contexts(namespace, function)))
+
+    def function_sizes(self, namespace: str, function: str) -> Iterator[tuple[str, int]]:
+        with self.telemetry.storage_call(self.backend, "function_sizes"):
+            return iter(list(self.inner.function_sizes(namespace, function)))
+
     def close(self) -> None:
         self.inner.close()

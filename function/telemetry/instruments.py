@@ -69,6 +69,18 @@ class Telemetry:
         self.retries = meter.create_counter(
             "build_context.storage.retries", unit="{retry}", description="Retried storage calls."
         )
+        self.auth_refused = meter.create_counter(
+            "build_context.auth.refused",
+            unit="{request}",
+            description="Requests refused for their sender identity (BUILD_CONTEXT_AUTH=oidc), "
+            "by reason and HTTP status.",
+        )
+        self.quota_refused = meter.create_counter(
+            "build_context.quota.refused",
+            unit="{request}",
+            description="New contexts refused by the per-function caps, by limit "
+            "(contexts, bytes).",
+        )
         self.cleanup_runs = meter.create_counter(
             "build_context.cleanup.runs", unit="{run}", description="Cleanup runs by outcome."
         )
@@ -91,8 +103,12 @@ class Telemetry:
         )
 
     def declare(self, stores: Iterable[str], cleanup: bool) -> None:
-        """Export zero-valued series, so that `increase()` sees the first retry or failed run
-        of a fresh instance, and the 'cleanup not running' alert sees a cleanup instance."""
+        """Export zero-valued series, so that `increase()` sees the first retry, failed run or
+        refused sender of a fresh instance, and the 'cleanup not running' alert sees a cleanup
+        instance."""
+        self.auth_refused.add(0, {"reason": "invalid_token", "status": "401"})
+        for limit in ("contexts", "bytes"):
+            self.quota_refused.add(0, {"limit": limit})
         for store in stores:
             self.retries.add(0, {"store": store})
         if cleanup:

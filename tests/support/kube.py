@@ -47,7 +47,8 @@ ADMIN_USER = "admin"
 
 
 def kube_bin_dir() -> Path:
-    """Directory holding kube-apiserver, kubectl and etcd, building them if needed."""
+    """Directory holding kube-apiserver, kubectl, kube-controller-manager and etcd, building
+    them if needed."""
     if env_dir := os.environ.get("KUBE_BIN_DIR"):
         return Path(env_dir)
     result = subprocess.run(
@@ -152,6 +153,12 @@ class KubeAPIServer:
         return self.workdir / "etcd.log"
 
     @property
+    def signing_key(self) -> Path:
+        """The private key this server signs ServiceAccount tokens with (PEM)."""
+        assert self.workdir is not None
+        return self.workdir / "sa.key"
+
+    @property
     def apiserver_log(self) -> Path:
         assert self.workdir is not None
         return self.workdir / "kube-apiserver.log"
@@ -248,7 +255,7 @@ class KubeAPIServer:
         self.url = f"https://127.0.0.1:{port}"
         cert_dir = self.workdir / "certs"
         ca_file = self.ca_file = cert_dir / "apiserver.crt"
-        signing_key = self.workdir / "sa.key"
+        signing_key = self.signing_key
         _write_signing_key(signing_key)
         token_file = self.workdir / "tokens.csv"
         token_file.write_text(f'{self.token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
@@ -265,6 +272,9 @@ class KubeAPIServer:
                 f"--service-account-issuer={ISSUER}",
                 f"--service-account-key-file={signing_key}",
                 f"--service-account-signing-key-file={signing_key}",
+                # Discovery names the keys where this server serves them (in a cluster the
+                # issuer's own host resolves to the apiserver; here it does not).
+                f"--service-account-jwks-uri={self.url}/openid/v1/jwks",
                 f"--api-audiences={','.join(self.audiences)}",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--disable-admission-plugins=ServiceAccount",

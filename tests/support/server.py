@@ -132,8 +132,13 @@ class FunctionServer:
         structured: bool = False,
         extensions: dict[str, str] | None = None,
         timeout: float = 60,
+        token: str | None = None,
     ) -> Reply:
+        """`token`: sent as `Authorization: Bearer <token>`, as Knative Eventing does with
+        sender identity on."""
         headers, body = encode(data, type=type, id=id, structured=structured, extensions=extensions)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         return Reply(self.session.post(self.url, headers=headers, data=body, timeout=timeout))
 
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -342,8 +342,103 @@ def open_s3(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnd
     under_test.client.close()
 
 
+class OCIUnderTest(StoreUnderTest):
+    """The OCI store on the session's registry, under a repository prefix of its own."""
+
+    def __init__(self, registry: Any, workdir: Path) -> None:
+        from function.stores.oci import OCIStore
+
+        self.registry = registry
+        self.workdir = workdir
+        self.prefix = f"contexts-{os.urandom(4).hex()}"
+        config = registry.docker_config(workdir / "docker" / "config.json")
+        settings = {
+            "storage": "oci",
+            "oci_registry": registry.host,
+            "oci_repository": self.prefix,
+            "oci_docker_config": str(config),
+            "oci_ca_file": str(registry.ca_path or ""),
+            "oci_insecure_http": not registry.tls,
+            "namespace": HOME,
+            "allowed_namespaces": EXTRA,
+            "threads": 16,
+            "retry_base_delay_seconds": 0.01,
+        }
+
+        def client() -> Store[Any]:
+            return OCIStore.from_settings(load_settings(**settings))
+
+        super().__init__(client(), client, settings)
+
+    def reference(self, record: ContextRecord) -> str:
+        repository = f"{self.prefix}/{record.namespace}/{record.function}"
+        return f"{self.registry.host}/{repository}:{archive.image_tag(record.content_hash)}"
+
+    def pin(self, record: ContextRecord) -> None:
+        """As documented: crane tag REGISTRY/REPOSITORY:TAG TAG.retain"""
+        reference = self.reference(record)
+        self.registry.crane("tag", reference, reference.rsplit(":", 1)[1] + ".retain")
+
+    def plant_foreign(self) -> Callable[[], bool]:
+        from function.stores.oci import EMPTY_DIGEST, ContextImage, OCIStore, record_manifest
+        from function.stores.oci.client import OCI_MANIFEST
+
+        built = self.built("payments")
+        layer = self.workdir / "layer.tar.gz"
+        layer.write_bytes(built.data)
+        host = self.registry.host
+        planted = [
+            f"{host}/{self.prefix}-photos/cat:2019",  # not under our prefix
+            f"{host}/{self.prefix}/{HOME}/payments:latest",  # another tool's tag in our repo
+            f"{host}/{self.prefix}/{HOME}/notes:v1",
+        ]
+        for reference in planted:
+            self.registry.crane("append", "-f", str(layer), "-t", reference)
+        # Ours in form, but in a namespace this deployment does not serve.
+        expired = ContextRecord(
+            "team-z", "payments", "python", "3.13", built.content_hash, built.archive_sha256,
+            built.size_bytes, T0 - 400 * DAY, T0 - 393 * DAY, "req",
+        )  # fmt: skip
+        elsewhere = self.second_client()
+        elsewhere.put_if_absent(built, expired)
+        planted.append(self.reference(expired))
+        # Our layout, but a record another tool wrote (its own marker) on an image of its own.
+        other = self.built("payments")
+        lookalike = replace(
+            expired, namespace=HOME, content_hash=other.content_hash,
+            archive_sha256=other.archive_sha256, size_bytes=other.size_bytes,
+        )  # fmt: skip
+        layer.write_bytes(other.data)
+        image = self.reference(lookalike)
+        self.registry.crane("append", "-f", str(layer), "-t", image)
+        body = record_manifest(lookalike, ContextImage.of(other, lookalike))
+        body = body.replace(b'"build-context"', b'"another-tool"')
+        repository = image.split("/", 1)[1].rsplit(":", 1)[0]
+        writer = cast(OCIStore, elsewhere).client
+        writer.upload_blob(repository, EMPTY_DIGEST, b"{}")
+        writer.put_manifest(repository, image.rsplit(":", 1)[1] + ".record", body, OCI_MANIFEST)
+        planted += [image, image + ".record"]
+        digests = {ref: self.registry.crane("digest", ref).stdout for ref in planted}
+
+        def still_there() -> bool:
+            for ref, digest in digests.items():
+                now = self.registry.crane("digest", ref, check=False)
+                if now.returncode != 0 or now.stdout != digest:
+                    return False
+            return True
+
+        return still_there
+
+
+def open_oci(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
+    under_test = OCIUnderTest(request.getfixturevalue("registry"), tmp_path)
+    yield under_test
+    under_test.client.close()
+
+
 OPENERS: dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[StoreUnderTest]]] = {
     "filesystem": open_filesystem,
     "configmap": open_configmap,
     "s3": open_s3,
+    "oci": open_oci,
 }

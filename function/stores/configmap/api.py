@@ -113,12 +113,15 @@ class ConfigMapApi:
             name=name,
         )
 
-    def pages(self, namespace: str, probe: bool = False) -> Iterator[dict[str, Any]]:
-        """Our ConfigMaps' metadata, a page at a time; `probe` tries each page once, soon."""
+    def pages(
+        self, namespace: str, probe: bool = False, selector: str = SELECTOR
+    ) -> Iterator[dict[str, Any]]:
+        """Our ConfigMaps' metadata (or those `selector` picks among them), a page at a time;
+        `probe` tries each page once, soon."""
         token = ""
         while True:
             query: list[tuple[str, Any]] = [
-                ("labelSelector", SELECTOR),
+                ("labelSelector", selector),
                 ("limit", min(self.page_size, PAGE_LIMIT)),
             ]
             if token:

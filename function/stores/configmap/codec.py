@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from ...archive import Archive, image_tag
+from ...boundary import is_dns_subdomain
 from ...contract import OwnerReference, utc_text
 from ...errors import InternalError
 from ..base import MANAGED_BY, PROVENANCE_FILE, RETAIN, ContextRecord, parse_time
@@ -43,13 +43,11 @@ REQUIRED_VERBS = {
 }
 """What each handler calls on `configmaps` in its namespaces; the Roles grant exactly this."""
 
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
 
 def configmap_name(function: str, content_hash: str) -> str:
     """`<function>-build-context-<contentHash>`: at most 63 + 15 + 64 = 142 of the 253 allowed."""
     name = f"{function}-build-context-{content_hash}"
-    if len(name) > 253 or not _NAME.match(name):
+    if not is_dns_subdomain(name):
         raise InternalError(f"cannot name a ConfigMap after function {function!r}")
     return name
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import kubernetes.client
 from opentelemetry import metrics
 
 from ...archive import Archive
+from ...boundary import is_dns_label
 from ...contract import OwnerReference, utc_text
 from ...errors import ConfigurationError, StorageConflict, StorageForbidden, StorageUnavailable
 from ...retry import RetryPolicy
@@ -35,17 +35,17 @@ from .api import ConfigMapApi, load_configuration
 from .capacity import CapacityGuard, Caps, Usage
 from .codec import (
     EXPIRES_AT,
+    FUNCTION_LABEL,
     KEY,
+    SELECTOR,
     configmap_body,
     configmap_name,
     context_uri,
-    owner_reference,
     record_from_metadata,
 )
 
 log = logging.getLogger("build_context.stores.configmap")
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _RACES = 5
 """How often a put re-reads after losing a race (a concurrent refresh or a cleanup delete)."""
 
@@ -125,7 +125,7 @@ class ConfigMapStore(Store[ConfigMapHandle]):
         """Refuse to start without the right to list ConfigMaps at home; a down apiserver is
         only logged, since requests fail retryably until it is back."""
         home = self.home_namespace
-        if not _DNS_LABEL.match(home):
+        if not is_dns_label(home):
             raise ConfigurationError("BUILD_CONTEXT_NAMESPACE", f"{home!r} is not a namespace name")
         try:
             self.capacity.refresh(home, probe=True)
@@ -188,6 +188,15 @@ class ConfigMapStore(Store[ConfigMapHandle]):
             raise KeyError((namespace, function, content_hash))
         return base64.b64decode(envelope)
 
+    def function_contexts(self, namespace: str, function: str) -> Iterator[ContextRecord]:
+        """One listing with the function's label: the apiserver filters."""
+        selector = f"{SELECTOR},{FUNCTION_LABEL}={function}"
+        for item in self.api.pages(namespace, selector=selector):
+            try:
+                yield record_from_metadata(item["metadata"])
+            except (KeyError, ValueError):
+                continue  # not a record of ours; `list` logs it
+
     def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[ConfigMapHandle]]:
         for namespace in sorted(self.namespaces if namespaces is None else namespaces):
             for item in self.api.pages(namespace):
@@ -249,7 +258,11 @@ class ConfigMapStore(Store[ConfigMapHandle]):
         owner: OwnerReference | None,
     ) -> Stored:
         """Same content already stored: push its expiry forward (metadata stays mutable on an
-        immutable ConfigMap), add the owner if missing, never touch the bytes."""
+        immutable ConfigMap), never touch the bytes. Owners: a context keeps an owner
+        reference only while one owner has it to itself. A reuse never adds an owner, and a
+        reuse by anyone else (another owner or none) removes the owner reference, so that no
+        request's owner, mistaken or hostile, can get a shared context garbage-collected; the
+        TTL then governs it."""
         for _ in range(_RACES):
             current = self._ours(existing, record)
             refreshed = current.refreshed(record.expires_at)
@@ -257,8 +270,8 @@ class ConfigMapStore(Store[ConfigMapHandle]):
             if refreshed.expires_at != current.expires_at:
                 patch["annotations"] = {EXPIRES_AT: utc_text(refreshed.expires_at)}
             references = list(existing.get("ownerReferences") or [])
-            if owner is not None and all(r.get("uid") != owner.uid for r in references):
-                patch["ownerReferences"] = [*references, owner_reference(owner)]
+            if references and (owner is None or any(r.get("uid") != owner.uid for r in references)):
+                patch["ownerReferences"] = None
             if len(patch) == 1:
                 return self._stored(current, True)
             try:

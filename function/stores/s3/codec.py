@@ -75,6 +75,11 @@ class Layout:
     def matches(self, key: str) -> bool:
         return self._pattern.fullmatch(key) is not None
 
+    def content_hash(self, key: str) -> str | None:
+        """The content hash a key of ours names; None for any other key."""
+        found = self._pattern.fullmatch(key)
+        return found.group(3) if found else None
+
     def record(self, key: str, metadata: Mapping[str, str], retain: bool) -> ContextRecord:
         """The record of the object at `key`; ValueError when it names another key."""
         record = record_from_metadata(metadata, retain)

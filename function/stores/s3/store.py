@@ -189,6 +189,22 @@ class S3Store(Store[Head]):
                         if head is not None and (listed := self._listed(head)) is not None:
                             yield listed
 
+    def function_contexts(self, namespace: str, function: str) -> Iterator[ContextRecord]:
+        """The function's prefix only; each object read as `list` does."""
+        with ThreadPoolExecutor(LIST_CONCURRENCY, thread_name_prefix="s3-list") as pool:
+            for keys in self._pages(f"{self.prefix}{namespace}/{function}/"):
+                for head in pool.map(self._head_for_listing, keys):
+                    if head is not None and (listed := self._listed(head)) is not None:
+                        yield listed.record
+
+    def function_sizes(self, namespace: str, function: str) -> Iterator[tuple[str, int]]:
+        """From the listing alone: no object is read. An object under our layout that is not
+        ours counts too, which only makes the caps look closer (then records are read)."""
+        for page in self._page_items(f"{self.prefix}{namespace}/{function}/"):
+            for key, size in page:
+                if content_hash := self.layout.content_hash(key):
+                    yield content_hash, size
+
     def delete(self, item: Listed[Head], still_expired: StillExpired) -> Deletion:
         return self.deleter.delete(item, still_expired)
 
@@ -217,6 +233,11 @@ class S3Store(Store[Head]):
 
     def _pages(self, prefix: str) -> Iterator[tuple[str, ...]]:
         """Our keys, a page at a time; only the keys are kept, not the parsed page."""
+        for page in self._page_items(prefix):
+            yield tuple(key for key, _ in page if self.layout.matches(key))
+
+    def _page_items(self, prefix: str) -> Iterator[Sequence[tuple[str, int]]]:
+        """(key, size) of every object under `prefix`, a page at a time."""
         token: dict[str, str] = {}
         while True:
             page = self.objects.call(
@@ -230,11 +251,11 @@ class S3Store(Store[Head]):
                     **token,
                 ),
             )
-            keys = [item["Key"] for item in page.get("Contents", [])]
+            items = [(item["Key"], int(item.get("Size", 0))) for item in page.get("Contents", [])]
             token = {"ContinuationToken": page.get("NextContinuationToken", "")}
             more = bool(page.get("IsTruncated"))
             del page
-            yield tuple(key for key in keys if self.layout.matches(key))
+            yield items
             if not more:
                 return
 

@@ -1,0 +1,462 @@
+"""The OCI store: push, reuse, read, list and delete contexts (the layout is in __init__)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+from ...archive import Archive, image_tag
+from ...contract import OwnerReference
+from ...errors import ConfigurationError, StorageConflict
+from ...retry import RetryPolicy
+from ...settings import Settings
+from ...telemetry import NOOP, Telemetry
+from ..base import (
+    MANAGED_BY,
+    ContextRecord,
+    Deletion,
+    Listed,
+    Outcomes,
+    StillExpired,
+    Store,
+    Stored,
+)
+from ..calls import StorageCalls
+from ..failures import NotFound, StoreError, Unsupported
+from .client import (
+    OCI_MANIFEST,
+    Credentials,
+    RegistryClient,
+    RegistryError,
+    credentials_from_docker_config,
+)
+from .errors import Call, RegistryBoundary
+from .image import EMPTY, EMPTY_DIGEST, MANAGED, ContextImage, record_from_manifest, record_manifest
+
+T = TypeVar("T")
+log = logging.getLogger("build_context.oci")
+
+RECORD_SUFFIX = ".record"
+RETAIN_SUFFIX = ".retain"
+CONTEXT_TAG = re.compile(r"sha256-[0-9a-f]{24}")
+MAX_LAYER_BYTES = 512 * 1024 * 1024
+LIST_CONCURRENCY = 8
+DELETE_CONCURRENCY = 8
+
+
+@dataclass(frozen=True)
+class _Handle:
+    repository: str
+    tag: str
+    record_digest: str
+    context_digest: str
+    foreign_tags: tuple[str, ...]
+
+
+class OCIStore(Store[_Handle]):
+    backend = "oci"
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        repository_prefix: str = "build-contexts",
+        *,
+        page_size: int = 500,
+        retry: RetryPolicy | None = None,
+        telemetry: Telemetry = NOOP,
+    ) -> None:
+        self.client = client
+        self.registry = client.registry
+        self.prefix = repository_prefix
+        self.page_size = page_size
+        self.retry = retry or RetryPolicy()
+        self.telemetry = telemetry
+        self._layout = re.compile(re.escape(repository_prefix) + r"/([a-z0-9-]+)/([a-z0-9-]+)")
+        self.calls = StorageCalls(self.backend, RegistryBoundary(), telemetry, self.retry)
+        self._known_blobs: set[tuple[str, str]] = set()
+        """(repository, digest) of the shared empty blob once pushed; blobs outlive manifests
+        until registry GC, which runs with the registry read-only (docs/oci.md)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, telemetry: Telemetry = NOOP) -> OCIStore:
+        return cls(
+            RegistryClient(
+                settings.oci_registry,
+                credentials=_credentials(settings),
+                insecure_http=settings.oci_insecure_http,
+                ca_file=_ca_file(settings.oci_ca_file),
+                timeout=settings.retry_deadline_seconds,
+                pool_size=settings.threads + LIST_CONCURRENCY + DELETE_CONCURRENCY,
+            ),
+            settings.oci_repository,
+            page_size=settings.cleanup_page_size,
+            retry=RetryPolicy.from_settings(settings),
+            telemetry=telemetry,
+        )
+
+    def repository(self, namespace: str, function: str) -> str:
+        return f"{self.prefix}/{namespace}/{function}"
+
+    def check(self) -> None:
+        """Unreachable or refusing registries only warn: requests then fail retryably."""
+        try:
+            self.client.check()
+        except RegistryError as error:
+            log.warning(
+                "OCI store: registry probe failed at start-up; requests will fail until fixed",
+                extra={"registry": self.registry, "error": error.message},
+            )
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- create ----------------------------------------------------------------------------
+
+    def put_if_absent(
+        self, archive: Archive, record: ContextRecord, owner: OwnerReference | None = None
+    ) -> Stored:
+        repository = self.repository(record.namespace, record.function)
+        tag = image_tag(record.content_hash)
+        context = ContextImage.of(archive, record)
+        found = self._call("read record", repository, lambda: self._read_record(repository, tag))
+        if found is None:
+            self._push_blobs(repository, archive, context, new=True)
+            self._put_record(repository, tag, record, context)
+            self._tag_context(repository, tag, context)
+            return self._stored(repository, tag, context, record, reused=False)
+        existing, record_digest, subject = found
+        if existing.content_hash != record.content_hash or subject != context.digest:
+            raise StorageConflict(
+                f"OCI store: {self.registry}/{repository}:{tag}{RECORD_SUFFIX} describes another "
+                "context; it is left as it is. Remove it or change BUILD_CONTEXT_OCI_REPOSITORY."
+            )
+        wanted = self._refresh(repository, tag, context, existing, record_digest, record)
+        current = self._call(
+            "read context", repository, lambda: self.client.head_manifest(repository, tag)
+        )
+        if current != context.digest:
+            if current is not None:
+                raise StorageConflict(
+                    f"OCI store: {self.registry}/{repository}:{tag} points at {current}, not at "
+                    "the context image; it is left as it is"
+                )
+            # A crash before the last step, or a cleanup that deleted it a moment ago.
+            self._push_blobs(repository, archive, context)
+            self._tag_context(repository, tag, context)
+        return self._stored(repository, tag, context, wanted, reused=True)
+
+    def _refresh(
+        self,
+        repository: str,
+        tag: str,
+        context: ContextImage,
+        existing: ContextRecord,
+        digest: str,
+        record: ContextRecord,
+    ) -> ContextRecord:
+        """Push the expiry forward; re-read, since a concurrent refresh may have written an
+        earlier expiry last (the registry has no conditional write)."""
+        wanted = existing.refreshed(record.expires_at)
+        for _ in range(3):
+            if wanted == existing:
+                return wanted
+            self._put_record(repository, tag, wanted, context)
+            self._forget(repository, digest)
+            found = self._call(
+                "read record", repository, lambda: self._read_record(repository, tag)
+            )
+            if found is None:  # gone meanwhile: write it again; the caller re-tags the context
+                self._put_record(repository, tag, wanted, context)
+                return wanted
+            existing, digest, _ = found
+            if existing.expires_at >= wanted.expires_at:
+                return existing
+            wanted = existing.refreshed(record.expires_at)
+        return wanted
+
+    def _push_blobs(
+        self, repository: str, archive: Archive, context: ContextImage, *, new: bool = False
+    ) -> None:
+        """A new context's blobs are uploaded at once (a HEAD would almost always miss);
+        otherwise, and for the empty blob each repository shares, only what is missing."""
+        blobs = (
+            (f"sha256:{archive.archive_sha256}", archive.data, new),
+            ("sha256:" + hashlib.sha256(context.config).hexdigest(), context.config, new),
+            (EMPTY_DIGEST, EMPTY, False),
+        )
+        for digest, data, upload in blobs:
+            if (repository, digest) in self._known_blobs:
+                continue
+
+            def push(digest: str = digest, data: bytes = data, upload: bool = upload) -> None:
+                if upload or not self.client.has_blob(repository, digest):
+                    self.client.upload_blob(repository, digest, data)
+
+            self._call("push blob", repository, push)
+            if digest == EMPTY_DIGEST:
+                self._known_blobs.add((repository, digest))
+
+    def _put_record(
+        self, repository: str, tag: str, record: ContextRecord, context: ContextImage
+    ) -> None:
+        body = record_manifest(record, context)
+        self._call(
+            "push record",
+            repository,
+            lambda: self.client.put_manifest(repository, tag + RECORD_SUFFIX, body, OCI_MANIFEST),
+        )
+
+    def _tag_context(self, repository: str, tag: str, context: ContextImage) -> None:
+        self._call(
+            "tag context",
+            repository,
+            lambda: self.client.put_manifest(repository, tag, context.manifest, OCI_MANIFEST),
+        )
+
+    def _forget(self, repository: str, digest: str) -> None:
+        """Delete a superseded record by digest; a leftover only costs registry GC a little."""
+        try:
+            self._call("delete record", repository, lambda: self.client.delete_manifest(
+                repository, digest
+            ))  # fmt: skip
+        except StoreError as error:
+            log.warning(
+                "OCI store: could not delete a superseded record",
+                extra={"repository": repository, "digest": digest, "error": error.message},
+            )
+
+    def _read_record(self, repository: str, tag: str) -> tuple[ContextRecord, str, str] | None:
+        found = self.client.get_manifest(repository, tag + RECORD_SUFFIX)
+        if found is None:
+            return None
+        data, digest = found
+        try:
+            record, subject = record_from_manifest(data)
+        except ValueError:
+            raise StorageConflict(
+                f"OCI store: {self.registry}/{repository}:{tag}{RECORD_SUFFIX} was not written "
+                "by build-context; it is left as it is"
+            ) from None
+        return record, digest, subject
+
+    def _stored(
+        self,
+        repository: str,
+        tag: str,
+        context: ContextImage,
+        record: ContextRecord,
+        *,
+        reused: bool,
+    ) -> Stored:
+        storage = {
+            "backend": self.backend,
+            "registry": self.registry,
+            "repository": repository,
+            "tag": tag,
+            "digest": context.digest,
+        }
+        uri = f"oci://{self.registry}/{repository}@{context.digest}"
+        return Stored(record, storage, uri, reused)
+
+    # --- read ------------------------------------------------------------------------------
+
+    def get(self, namespace: str, function: str, content_hash: str) -> bytes:
+        repository = self.repository(namespace, function)
+        tag = image_tag(content_hash)
+        found = self._call(
+            "read context", repository, lambda: self.client.get_manifest(repository, tag)
+        )
+        if found is None:
+            raise KeyError((namespace, function, content_hash))
+        try:
+            manifest = json.loads(found[0])
+            if manifest["annotations"][MANAGED] != MANAGED_BY:
+                raise KeyError((namespace, function, content_hash))
+            layer = manifest["layers"][0]["digest"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise KeyError((namespace, function, content_hash)) from None
+        try:
+            data: bytes = self._call(
+                "read layer",
+                repository,
+                lambda: self.client.get_blob(repository, layer, MAX_LAYER_BYTES),
+            )
+        except NotFound:
+            raise KeyError((namespace, function, content_hash)) from None
+        return data
+
+    # --- cleanup ---------------------------------------------------------------------------
+
+    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[_Handle]]:
+        """Our repositories from the catalog, their tags page by page, records a few at a time."""
+        after = f"{self.prefix}/"
+        try:
+            repositories = self._call(
+                "list repositories",
+                self.prefix,
+                lambda: list(self.client.repositories(self.page_size, after)),
+            )
+        except NotFound:
+            raise Unsupported(
+                f"OCI store: {self.registry} does not serve the catalog (GET /v2/_catalog), "
+                "which cleanup needs to find our repositories; enable it, or leave expiry to "
+                "the registry's own retention rules (docs/oci.md)"
+            ) from None
+        with ThreadPoolExecutor(LIST_CONCURRENCY, thread_name_prefix="oci-list") as pool:
+            for repository in repositories:
+                match = self._layout.fullmatch(repository)
+                if match is None:
+                    continue
+                if namespaces is not None and match.group(1) not in namespaces:
+                    continue
+                yield from self._list_repository(repository, pool)
+
+    def _list_repository(
+        self, repository: str, pool: ThreadPoolExecutor
+    ) -> Iterator[Listed[_Handle]]:
+        tags = self._call(
+            "list tags", repository, lambda: list(self.client.tags(repository, self.page_size))
+        )
+        records = [t for t in tags if t.endswith(RECORD_SUFFIX)]
+        ours = {t for t in tags if CONTEXT_TAG.fullmatch(t)} | set(records)
+        foreign = sorted(set(tags) - ours)
+        pinned = set(
+            pool.map(
+                lambda t: self._call(
+                    "read tag", repository, lambda: self.client.head_manifest(repository, t)
+                ),
+                foreign,
+            )
+        )
+
+        def read(record_tag: str) -> Listed[_Handle] | None:
+            tag = record_tag.removesuffix(RECORD_SUFFIX)
+            if not CONTEXT_TAG.fullmatch(tag):
+                return None
+            try:
+                found = self._call(
+                    "read record", repository, lambda: self._read_record(repository, tag)
+                )
+            except StorageConflict:
+                return None
+            if found is None:
+                return None
+            record, digest, subject = found
+            handle = _Handle(repository, tag, digest, subject, tuple(foreign))
+            return Listed(replace(record, retain=subject in pinned), handle)
+
+        for listed in pool.map(read, records):
+            if listed is not None:
+                yield listed
+
+    def delete(self, item: Listed[_Handle], still_expired: StillExpired) -> Deletion:
+        handle = item.handle
+        repository, tag = handle.repository, handle.tag
+        found = self._call("read record", repository, lambda: self._read_record(repository, tag))
+        if found is None:
+            return Deletion.GONE
+        record, record_digest, subject = found
+        if self._pinned(handle, subject) or not still_expired(record):
+            return Deletion.KEPT
+        context = ContextImage.from_record(record)
+        if context.digest != subject:
+            return Deletion.KEPT  # not a record this version of the store wrote: leave it
+        self._call(
+            "delete context", repository, lambda: self.client.delete_manifest(repository, subject)
+        )
+        after = self._call(
+            "read record",
+            repository,
+            lambda: self.client.head_manifest(repository, tag + RECORD_SUFFIX),
+        )
+        if after is None:
+            return Deletion.GONE  # another cleanup run finished this delete
+        if after != record_digest:
+            # Reused while we deleted: put the context back, rebuilt from its record (its blobs
+            # stay until registry GC, which runs with the registry read-only, so not now).
+            self._tag_context(repository, tag, context)
+            return Deletion.KEPT
+        # Of two cleanup runs on the same context, the DELETE of the record usually finds it
+        # for one only; a registry may answer 202 to both (docs/oci.md, Races).
+        deleted: bool = self._call(
+            "delete record",
+            repository,
+            lambda: self.client.delete_manifest(repository, record_digest),
+        )
+        return Deletion.DELETED if deleted else Deletion.GONE
+
+    def delete_many(
+        self, items: Sequence[Listed[_Handle]], still_expired: StillExpired
+    ) -> Outcomes:
+        """`delete` for a page, a few contexts at a time: the registry has no batch delete, and
+        each context's re-checks and deletes are independent of the others'."""
+
+        def one(item: Listed[_Handle]) -> Deletion | Exception:
+            try:
+                return self.delete(item, still_expired)
+            except Exception as error:
+                return error
+
+        with ThreadPoolExecutor(DELETE_CONCURRENCY, thread_name_prefix="oci-delete") as pool:
+            return list(pool.map(one, items))
+
+    def _pinned(self, handle: _Handle, subject: str) -> bool:
+        """A tag we did not make on the context, looked at again right before deleting."""
+        candidates = (*handle.foreign_tags, handle.tag + RETAIN_SUFFIX)
+        for other in dict.fromkeys(candidates):
+            digest = self._call(
+                "read tag",
+                handle.repository,
+                lambda other=other: self.client.head_manifest(handle.repository, other),  # type: ignore[misc]
+            )
+            if digest == subject:
+                return True
+        return False
+
+    # --- errors, once ----------------------------------------------------------------------
+
+    def _call(self, what: str, repository: str, operation: Callable[[], T]) -> T:
+        """One registry call (or a few that belong together) through the shared wrapper: a
+        span, retries of transient failures, and the client's error typed once (errors.py)."""
+        return self.calls.run(
+            what,
+            operation,
+            Call(what, self.registry, repository).translate,
+            span=f"oci {what}",
+            attributes={"server.address": self.registry, "build_context.repository": repository},
+            fields={"registry": self.registry, "repository": repository},
+        )
+
+
+def _ca_file(path: str) -> str:
+    """A CA bundle that cannot be read stops start-up, rather than failing every request."""
+    if path:
+        try:
+            ssl.create_default_context(cafile=path)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigurationError(
+                "BUILD_CONTEXT_OCI_CA_FILE",
+                f"cannot load CA certificates from {path[:200]}: {error}",
+                "Mount the registry's CA bundle (PEM) there, or leave it empty for the system's.",
+            ) from None
+    return path
+
+
+def _credentials(settings: Settings) -> Credentials | None:
+    path = settings.oci_docker_config
+    if not path:
+        folder = os.environ.get("DOCKER_CONFIG", "")
+        default = Path(folder) / "config.json" if folder else None
+        if default is None or not default.exists():
+            return None
+        path = str(default)
+    return credentials_from_docker_config(Path(path), settings.oci_registry)
