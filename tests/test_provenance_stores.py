@@ -20,6 +20,7 @@ import yaml
 from tests.conftest import StartServer
 from tests.support.contexts import ROOT, example
 from tests.support.kube import KubeAPIServer
+from tests.support.registry import Registry
 from tests.support.seaweed import SeaweedS3
 from tests.test_provenance import write_key
 
@@ -94,6 +95,68 @@ def test_s3_keeps_the_envelope_beside_the_archive_and_cleanup_deletes_both(
     assert summary["stores"][0]["scanned"] == 1 and summary["stores"][0]["deleted"] == 1
     left = admin.list_objects_v2(Bucket=bucket).get("Contents", [])
     assert [o["Key"] for o in left if not o["Key"].endswith(".claim")] == []
+
+
+@pytest.mark.oci
+def test_oci_refers_the_envelope_to_the_context_image_and_cleanup_deletes_both(
+    registry: Registry, start_server: StartServer, tmp_path: Path
+) -> None:
+    prefix = f"prov-{uuid.uuid4().hex[:10]}"
+    private, public = write_key(tmp_path, "ed25519")
+    env = {
+        "BUILD_CONTEXT_STORAGE": "oci",
+        "BUILD_CONTEXT_OCI_REGISTRY": registry.host,
+        "BUILD_CONTEXT_OCI_REPOSITORY": prefix,
+        "BUILD_CONTEXT_OCI_DOCKER_CONFIG": str(
+            registry.docker_config(tmp_path / "docker" / "config.json")
+        ),
+        "BUILD_CONTEXT_OCI_CA_FILE": str(registry.ca_path),
+        "BUILD_CONTEXT_NAMESPACE": "team-a",
+        "BUILD_CONTEXT_SIGNING_KEY_FILE": str(private),
+    }
+    server = start_server(**env)
+    request = example("python-dependencies")
+    reply = server.send(request)
+    assert reply.type == "buildcontext.created", reply
+    storage, where = reply.data["storage"], reply.data["provenance"]["envelope"]
+    assert reply.data["provenance"]["signed"] is True
+    assert where["tag"] == f"{reply.data['imageTag']}.dsse"
+    assert where["repository"] == storage["repository"]
+    image = f"{registry.host}/{storage['repository']}"
+
+    # A referrer of the context image: its subject is the image the reply names.
+    manifest = json.loads(registry.crane("manifest", f"{image}@{where['digest']}").stdout)
+    assert manifest["subject"]["digest"] == storage["digest"]
+    assert manifest["artifactType"] == "application/vnd.dsse.envelope.v1+json"
+    envelope = registry.crane("blob", f"{image}@{manifest['layers'][0]['digest']}").stdout
+    (tmp_path / "provenance.dsse.json").write_bytes(envelope)
+    (tmp_path / "context.tar.gz").write_bytes(
+        registry.crane("blob", f"{image}@sha256:{reply.data['archiveSha256']}").stdout
+    )
+    done = _cli(
+        tmp_path,
+        env,
+        "verify",
+        str(tmp_path / "context.tar.gz"),
+        "--envelope",
+        str(tmp_path / "provenance.dsse.json"),
+        "--public-key",
+        str(public),
+    )
+    assert done.returncode == 0, done.stderr
+
+    again = server.send(request)
+    assert again.data["reused"] is True
+    assert again.data["provenance"] == reply.data["provenance"]
+
+    # Listing counts the context once (the envelope tag is ours, not a pin); cleanup deletes
+    # the context and then its envelope.
+    summary = _cleanup(tmp_path, env)
+    assert summary["stores"][0]["scanned"] == 1 and summary["stores"][0]["deleted"] == 1
+    gone = registry.crane("manifest", f"{image}:{where['tag']}", check=False)
+    assert gone.returncode != 0
+    gone = registry.crane("manifest", f"{image}@{where['digest']}", check=False)
+    assert gone.returncode != 0
 
 
 @pytest.mark.kube

@@ -18,7 +18,7 @@ BACKENDS = {
     "filesystem": "function.stores.filesystem:FilesystemStore",
     "configmap": "function.stores.configmap:ConfigMapStore",
     "s3": "function.stores.s3_provenance:AttestedS3Store",
-    "oci": "function.stores.oci:OCIStore",
+    "oci": "function.stores.oci.provenance:AttestedOCIStore",
 }
 
 
