@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -351,15 +352,22 @@ def test_the_filesystem_store_keeps_the_envelope_beside_the_archive_and_cleanup_
     )
     assert checked.returncode == 0, checked.stderr
 
-    swept = _cli(
-        tmp_path,
-        {**env, "BUILD_CONTEXT_KEEP_LATEST": "0", "BUILD_CONTEXT_CLEANUP_GRACE_SECONDS": "0"},
-        "cleanup",
-        "--ttl-seconds",
-        "0",
-    )
-    assert swept.returncode == 0, swept.stderr
-    assert json.loads(swept.stdout)["stores"][0]["deleted"] == 1
+    # Records keep whole seconds and `--ttl-seconds 0` expires what is older than that: a run
+    # within the second of the create keeps it ("active"), so run again until a deadline.
+    deadline = time.monotonic() + 30
+    while True:
+        swept = _cli(
+            tmp_path,
+            {**env, "BUILD_CONTEXT_KEEP_LATEST": "0", "BUILD_CONTEXT_CLEANUP_GRACE_SECONDS": "0"},
+            "cleanup",
+            "--ttl-seconds",
+            "0",
+        )
+        assert swept.returncode == 0, swept.stderr
+        summary = json.loads(swept.stdout)["stores"][0]
+        if summary["retained"] != {"active": 1} or time.monotonic() > deadline:
+            break
+    assert summary["deleted"] == 1, summary
     assert not envelope.exists() and not envelope.parent.exists()
 
 
