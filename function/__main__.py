@@ -1,4 +1,4 @@
-"""Command line: serve (default) | create | send | cleanup | settings | schemas."""
+"""Command line: serve (default) | create | send | cleanup | verify | settings | schemas."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--ttl-seconds", type=int)
     create.add_argument("--request", type=Path, help="a JSON request (event data) to start from")
     create.add_argument("--output", "-o", type=Path, help="also write the archive here")
+    create.add_argument(
+        "--provenance", type=Path, help="also write the provenance envelope (DSSE) here"
+    )
 
     send = commands.add_parser(
         "send",
@@ -81,6 +84,41 @@ def main(argv: list[str] | None = None) -> int:
         help="also treat contexts created more than this many seconds ago as expired",
     )
 
+    verify = commands.add_parser(
+        "verify",
+        help="check a context archive against its signed provenance (DSSE envelope)",
+        description="Check the envelope's signature with the public key(s), the archive's "
+        "digests against the statement's subjects and file digests, and that the Dockerfile "
+        "and manifests are exactly what build-context renders from the statement's "
+        "parameters. Exit 0 and print a summary when everything holds, else exit 1 and say "
+        "which check failed.",
+    )
+    verify.add_argument("archive", help="the context .tar.gz: a file, or s3://bucket/key")
+    verify.add_argument(
+        "--envelope", "-e", required=True, help="the DSSE envelope: a file, or s3://bucket/key"
+    )
+    verify.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        help="write the archive here once verified (what the builder then reads: an object "
+        "changed in the store after the check is never built)",
+    )
+    verify.add_argument(
+        "--public-key",
+        "-k",
+        type=Path,
+        action="append",
+        default=[],
+        help="PEM public key (Ed25519 or ECDSA P-256), or a folder of them; repeat for "
+        "rotation: any one may verify",
+    )
+    verify.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="accept an envelope without signature (a function run without a signing key)",
+    )
+
     settings_cmd = commands.add_parser(
         "settings", help="print every environment variable with its default and meaning"
     )
@@ -114,6 +152,8 @@ def _run(args: argparse.Namespace) -> int:
         return _send(args)
     if command == "cleanup":
         return _cleanup(args)
+    if command == "verify":
+        return _verify(args)
     if command == "settings":
         from .docs import render
 
@@ -175,12 +215,71 @@ def _create(args: argparse.Namespace) -> int:
         return 1
     finally:
         app.close()
+    store = next(s for s in app.stores if s.backend == created.storage.backend)
+    where = (app.settings.home_namespace, created.lambda_function, created.content_hash)
     if args.output:
-        store = next(s for s in app.stores if s.backend == created.storage.backend)
-        namespace = app.settings.home_namespace
-        args.output.write_bytes(store.get(namespace, created.lambda_function, created.content_hash))
+        args.output.write_bytes(store.get(*where))
+    if args.provenance:
+        args.provenance.write_bytes(store.get_provenance(*where))
     print(json.dumps(created.wire(), indent=2))
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from . import provenance
+
+    try:
+        keys = provenance.load_public_keys(args.public_key)
+        archive = _read_input(args.archive, provenance.MAX_ARCHIVE_BYTES)
+        envelope = _read_input(args.envelope, provenance.MAX_ENVELOPE_BYTES)
+        verified = provenance.verify(archive, envelope, keys, allow_unsigned=args.allow_unsigned)
+    except OSError as error:
+        print(f"verify: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
+    except KeyError as error:
+        print(f"verify: {error.args[0]}", file=sys.stderr)
+        return 2
+    except provenance.VerificationFailed as error:
+        print(f"verify: REFUSED: {error}", file=sys.stderr)
+        return 1
+    definition = verified.statement["predicate"]["buildDefinition"]
+    external = definition["externalParameters"]
+    summary = {
+        "verified": True,
+        "signed": verified.keyid is not None,
+        "keyid": verified.keyid,
+        "subject": {s["name"]: s["digest"]["sha256"] for s in verified.statement["subject"]},
+        "function": external["function"],
+        "runtime": external["runtime"],
+        "runtimeVersion": external["runtimeVersion"],
+        "dependenciesLocked": external.get("dependenciesLocked", False),
+        "baseImages": [d["uri"] for d in definition.get("resolvedDependencies", [])],
+        "files": len(external["files"]),
+    }
+    if args.output:
+        args.output.write_bytes(archive)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _read_input(location: str, limit: int) -> bytes:
+    """A local file, or an S3 object read with the function's S3 settings (endpoint, region,
+    path style) and boto3's credential chain. At most `limit` + 1 bytes, so a larger input is
+    refused by the check instead of filling memory."""
+    if not location.startswith("s3://"):
+        with open(location, "rb") as handle:
+            return handle.read(limit + 1)
+    from .settings import load_settings
+    from .stores.s3 import s3_client
+
+    bucket, _, key = location.removeprefix("s3://").partition("/")
+    client = s3_client(load_settings())
+    try:
+        body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{limit}")["Body"]
+    except client.exceptions.NoSuchKey:
+        raise KeyError(f"{location} does not exist") from None
+    data: bytes = body.read()
+    return data
 
 
 def _cleanup(args: argparse.Namespace) -> int:

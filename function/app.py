@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .auth import HandlerPolicy, TokenVerifier, policies
 from .cleanup import CleanupService
 from .create import CreateService
+from .provenance import SigningKey
 from .settings import Settings, load_settings
 from .stores import Store, open_store
 from .stores.traced import TracedStore
@@ -32,6 +34,9 @@ class App:
     ) -> App:
         """Without `telemetry`, installs this process's exporters (Prometheus, OTLP)."""
         settings = settings or load_settings()
+        signer = (
+            SigningKey.load(Path(settings.signing_key_file)) if settings.signing_key_file else None
+        )
         exporters = None
         if telemetry is None:
             exporters = install_exporters()
@@ -46,7 +51,7 @@ class App:
             if settings.overflow_storage and settings.overflow_storage != settings.storage
             else None
         )
-        create = CreateService(settings, primary, overflow, telemetry)
+        create = CreateService(settings, primary, overflow, telemetry, signer=signer)
         stores: list[Store[Any]] = [primary, *([overflow] if overflow else [])]
         cleanup = CleanupService(stores, settings, telemetry=telemetry)
         telemetry.declare([s.backend for s in stores], settings.handles("cleanup"))

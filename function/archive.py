@@ -25,6 +25,9 @@ class Archive:
     """sha256 of the uncompressed tar: independent of the zlib version."""
     archive_sha256: str
     files: tuple[str, ...]
+    provenance: bytes | None = None
+    """The DSSE envelope of the signed provenance (function.provenance); every store keeps it
+    next to the archive, and cleanup deletes it with the archive."""
 
     @property
     def size_bytes(self) -> int:

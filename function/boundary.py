@@ -143,7 +143,7 @@ def event_identity(attributes: Mapping[str, Any]) -> EventIdentity:
             )
             return EventIdentity(
                 event_id if _safe_id(event_id) else escaped(event_id),
-                source if _safe_source(source) else escaped(source),
+                source if is_event_source(source) else escaped(source),
                 problem,
                 name,
             )
@@ -154,7 +154,8 @@ def _safe_id(value: str) -> bool:
     return len(value) <= EVENT_ID_MAX and _VISIBLE_ASCII.fullmatch(value) is not None
 
 
-def _safe_source(value: str) -> bool:
+def is_event_source(value: str) -> bool:
+    """The CloudEvent `source` check: 1-`EVENT_SOURCE_MAX` visible ASCII characters."""
     return len(value) <= EVENT_SOURCE_MAX and _VISIBLE_ASCII.fullmatch(value) is not None
 
 

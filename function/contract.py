@@ -58,6 +58,11 @@ class BuildContextRequest(_Model):
         description="python: requirement specifiers; nodejs: {name: range}; go: module@version "
         "(or {module: version}).",
     )
+    lock_file: str | None = Field(
+        None,
+        description="Text of the runtime's lock file, to install exactly what it pins: pip "
+        "requirements with --hash (python), package-lock.json (nodejs), go.sum (go).",
+    )
     ttl_seconds: int | None = Field(None, description="Lifetime; capped by configuration.")
     metadata: dict[str, str] = Field(
         default_factory=dict,
@@ -80,6 +85,28 @@ class Storage(_Model):
     backend: Literal["filesystem", "configmap", "s3", "oci"]
 
 
+class SecretFinding(_Model):
+    """Where a credential was found (BUILD_CONTEXT_SECRET_SCAN=warn); never the secret."""
+
+    file: str
+    line: int
+    kind: str
+
+
+class Provenance(_Model):
+    """The context's signed provenance: an in-toto Statement in a DSSE envelope."""
+
+    signed: bool = Field(
+        description="false: no signing key is configured (BUILD_CONTEXT_SIGNING_KEY_FILE) and "
+        "the envelope carries no signature."
+    )
+    keyid: str | None = Field(None, description="sha256 of the signing key's public key (DER).")
+    predicate_type: str = Field(description="SLSA Provenance v1.")
+    envelope: dict[str, Any] | None = Field(
+        None, description="Where the DSSE envelope is stored, like `storage` for the archive."
+    )
+
+
 class BuildContextCreated(_Model):
     lambda_function: str
     runtime: str
@@ -95,6 +122,11 @@ class BuildContextCreated(_Model):
     expires_at: datetime
     reused: bool
     overflow: bool = Field(False, description="True when stored in the overflow store.")
+    dependencies_locked: bool = Field(
+        False,
+        description="True when the build installs exactly what a lock file pins (or there "
+        "are no dependencies): the same context then builds the same dependencies.",
+    )
     request_id: str = Field(description="The id of the event this replies to.")
     created_by_request_id: str = Field(
         description="The id of the request that stored the context: on reuse, an earlier one."
@@ -102,6 +134,12 @@ class BuildContextCreated(_Model):
     metadata: dict[str, str] = Field(
         description="The metadata stored with the context: on reuse, the first request's (a "
         "reuse never changes what is stored)."
+    )
+    provenance: Provenance | None = None
+    secret_warnings: list[SecretFinding] | None = Field(
+        None,
+        description="Credentials found in the source and let through "
+        "(BUILD_CONTEXT_SECRET_SCAN=warn): file, line and kind only.",
     )
     warnings: list[str] = Field(
         default_factory=list,

@@ -4,19 +4,56 @@ It knows the Store interface, never a backend (the cleanup use-case is cleanup.p
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from . import archive as archives
-from .contract import BuildContextCreated, BuildContextRequest
-from .errors import CapacityExceeded, ContextTooLarge, FieldError, QuotaExceeded, StorageForbidden
+from . import boundary, credentials, provenance
+from .contract import BuildContextCreated, BuildContextRequest, Provenance, SecretFinding
+from .errors import (
+    CapacityExceeded,
+    ContextTooLarge,
+    FieldError,
+    InvalidRequest,
+    QuotaExceeded,
+    StorageForbidden,
+)
 from .limits import FunctionLimits
 from .settings import Settings
 from .stores.base import ContextRecord, Store, Stored, utcnow
 from .telemetry import NOOP, Telemetry
-from .validation import ValidRequest, parse, validate
+from .validation import ValidRequest, check_credentials, parse, validate
+
+log = logging.getLogger("build_context")
+
+
+@dataclass(frozen=True)
+class Built:
+    """A checked, rendered, packed and signed context, not stored yet."""
+
+    valid: ValidRequest
+    namespace: str
+    archive: archives.Archive
+    envelope: bytes
+    """DSSE envelope (JSON) of the in-toto provenance statement; unsigned without a key."""
+    secret_warnings: tuple[credentials.Finding, ...] = ()
+
+
+def _event_source(source: str) -> str:
+    """The request event's `source` goes into the provenance: the boundary's CloudEvent check
+    (func.py refuses a bad one before this; a direct caller gets the same answer)."""
+    if source and not boundary.is_event_source(source):
+        message = (
+            f"source: the event's source attribute {boundary.quote(source)} must be a "
+            f"URI-reference of at most {boundary.EVENT_SOURCE_MAX} visible ASCII characters "
+            "(percent-encode anything else)"
+        )
+        raise InvalidRequest(message, [FieldError(message, field="source")])
+    return source
 
 
 @dataclass
@@ -26,30 +63,85 @@ class CreateService:
     overflow: Store[Any] | None = None
     telemetry: Telemetry = NOOP
     clock: Callable[[], datetime] = utcnow
+    signer: provenance.SigningKey | None = None
     limits: FunctionLimits | None = None
 
     def __post_init__(self) -> None:
         if self.limits is None:
             self.limits = FunctionLimits(self.settings)
 
-    def run(self, data: Any, request_id: str) -> BuildContextCreated:
-        attributes = {"store": self.store.backend, "runtime": "unknown"}
+    def build(
+        self,
+        data: Any,
+        request_id: str,
+        request_source: str = "",
+        attributes: dict[str, str] | None = None,
+    ) -> Built:
+        """Validate, render, pack and sign: everything before the store."""
+        attributes = attributes if attributes is not None else {}
+        started = self.clock()
         with self.telemetry.stage("validate", attributes):
             request = parse(data)
             valid = validate(request, self.settings)
             attributes["runtime"] = valid.runtime.name
             namespace = self._namespace(request)
+            source = _event_source(request_source)
         with self.telemetry.stage("render", attributes):
             rendered = valid.runtime.render(
-                valid.runtime_version, valid.dependencies, self.settings
+                valid.runtime_version, valid.dependencies, self.settings, valid.lock
             )
             files = {**valid.sources, **rendered.files()}
+            # The manifests carry the request's dependencies (a URL dependency may hold a
+            # token) into the context: no secret there either.
+            warnings = valid.credential_warnings + check_credentials(
+                rendered.manifests, self.settings, lambda _: "dependencies"
+            )
+        for finding in warnings:
+            log.warning(
+                "credential in the source",
+                extra={
+                    "requestId": request_id,
+                    "function": valid.function,
+                    "file": finding.file,
+                    "line": finding.line,
+                    "kind": finding.kind,
+                },
+            )
         with self.telemetry.stage("archive", attributes):
             archive = archives.build(files)
+        with self.telemetry.stage("sign", attributes):
+            parameters = provenance.BuildParameters(
+                function=valid.function,
+                runtime=valid.runtime.name,
+                runtime_version=valid.runtime_version,
+                dependencies=valid.dependencies,
+                request_id=request_id,
+                request_source=source,
+                lock=valid.lock,
+                locked=valid.dependencies_locked,
+            )
+            statement = provenance.statement(
+                archive,
+                {path: text.encode() for path, text in files.items()},
+                parameters,
+                provenance.internal_parameters(self.settings),
+                rendered.dockerfile,
+                started,
+                self.clock(),
+            )
+            envelope = provenance.envelope(statement, self.signer)
+        return Built(
+            valid, namespace, dataclasses.replace(archive, provenance=envelope), envelope, warnings
+        )
+
+    def run(self, data: Any, request_id: str, request_source: str = "") -> BuildContextCreated:
+        attributes = {"store": self.store.backend, "runtime": "unknown"}
+        built = self.build(data, request_id, request_source, attributes)
+        valid, archive = built.valid, built.archive
         now = self.clock()
         record = ContextRecord.for_archive(
             archive,
-            namespace=namespace,
+            namespace=built.namespace,
             function=valid.function,
             runtime=valid.runtime.name,
             runtime_version=valid.runtime_version,
@@ -87,10 +179,40 @@ class CreateService:
             expires_at=stored.record.expires_at,
             reused=stored.reused,
             overflow=overflowed,
+            dependencies_locked=valid.dependencies_locked,
             request_id=request_id,
             created_by_request_id=stored.record.request_id,
             metadata=dict(stored.record.metadata),
             warnings=list(valid.warnings),
+            secret_warnings=[
+                SecretFinding(file=f.file, line=f.line, kind=f.kind) for f in built.secret_warnings
+            ]
+            or None,
+            provenance=self._provenance(stored, built, overflowed),
+        )
+
+    def _provenance(self, stored: Stored, built: Built, overflowed: bool) -> Provenance:
+        """What the stored envelope is: ours, or, for a reused context, the one stored first
+        (perhaps signed with an earlier key, or unsigned)."""
+        if stored.provenance is None:
+            # A store that keeps no envelope (the OCI store, for now): nothing signed to show.
+            return Provenance(signed=False, predicate_type=provenance.PREDICATE_TYPE)
+        envelope = built.envelope
+        if stored.reused:
+            record = stored.record
+            store = self.overflow if overflowed and self.overflow else self.store
+            try:
+                envelope = store.get_provenance(
+                    record.namespace, record.function, record.content_hash
+                )
+            except KeyError:
+                return Provenance(signed=False, predicate_type=provenance.PREDICATE_TYPE)
+        keyids = provenance.signer_keyids(envelope)
+        return Provenance(
+            signed=bool(keyids),
+            keyid=keyids[0] if keyids else None,
+            predicate_type=provenance.PREDICATE_TYPE,
+            envelope=stored.provenance,
         )
 
     def _namespace(self, request: BuildContextRequest) -> str:

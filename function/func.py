@@ -198,7 +198,7 @@ def _create(app: App, event: CloudEvent, identity: boundary.EventIdentity) -> Cl
             raise InvalidRequest(
                 identity.problem, [FieldError(identity.problem, field=identity.field)]
             )
-        created = app.create.run(event.data, request_id)
+        created = app.create.run(event.data, request_id, identity.source)
     except BuildContextError as error:
         return _failed(app, event, identity, error, attributes, start)
     except Exception as error:

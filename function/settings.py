@@ -256,6 +256,25 @@ class Settings(BaseSettings):
     allow_url_dependencies: bool = Field(
         False, description="Allow URL, VCS and file dependencies (off: only registry packages)."
     )
+    require_locked_dependencies: bool = Field(
+        False,
+        description="Refuse requests whose dependencies come without a `lockFile` "
+        "(hermetic builds). README, Locked dependencies.",
+    )
+    secret_scan: Literal["refuse", "warn", "off"] = Field(
+        "refuse",
+        description="Credentials found in the source (private keys, cloud keys, tokens, "
+        "kubeconfigs, passwords in URLs, high-entropy assignments): `refuse` the request "
+        "(InvalidSource), `warn` (log and list them in the reply), or `off`. README, Secrets.",
+    )
+
+    # --- supply chain --------------------------------------------------------------------
+    signing_key_file: str = Field(
+        "",
+        description="PEM private key (Ed25519 or ECDSA P-256, unencrypted; a mounted Secret) "
+        "that signs each context's provenance. Empty: provenance is stored unsigned and the "
+        "reply says so. docs/deploy.md, Provenance.",
+    )
 
     # --- images --------------------------------------------------------------------------
     registry_mirror: str = Field(

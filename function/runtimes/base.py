@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..boundary import quote
 from ..errors import FieldError, InvalidRequest
@@ -13,6 +14,10 @@ from ..settings import Settings
 Dependencies = Sequence[str] | Mapping[str, str]
 Pinned = tuple[tuple[str, str], ...]
 """Checked dependencies as sorted (name, specifier) pairs."""
+Lock = Mapping[str, Any]
+"""Checked lock data, canonical and JSON-ready: rendered into the lock file and recorded in
+the provenance, from which `verify` renders the lock file again."""
+MAX_LOCK_ENTRIES = 2000
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,15 @@ class Runtime(ABC):
         file, also what the runtime needs of it beyond syntax."""
 
     @abstractmethod
-    def render(self, version: str, deps: Pinned, settings: Settings) -> Rendered:
-        """Dockerfile and dependency manifest. Only checked values reach these files."""
+    def lock(self, text: str, deps: Pinned, settings: Settings) -> Lock:
+        """Check the request's lock file against the checked dependencies (InvalidRequest)."""
+
+    @abstractmethod
+    def render(
+        self, version: str, deps: Pinned, settings: Settings, lock: Lock | None = None
+    ) -> Rendered:
+        """Dockerfile and dependency manifest(s). Only checked values reach these files; with
+        a lock, the Dockerfile installs exactly what it pins and nothing else."""
 
     def is_source(self, path: str) -> bool:
         return path.endswith(self.source_suffixes)
@@ -89,3 +101,12 @@ def duplicates(names: list[tuple[int, str]]) -> list[FieldError]:
             )
         seen.setdefault(name, index)
     return problems
+
+
+def lock_error(problem: str, runtime: str, line: int | None = None) -> InvalidRequest:
+    where = f"line {line}: " if line else ""
+    message = f"lockFile: {where}{problem}"
+    return InvalidRequest(
+        f"{message} (the {runtime} lock file; see README, Locked dependencies)",
+        [FieldError(message, field="lockFile", line=line)],
+    )

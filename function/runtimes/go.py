@@ -9,7 +9,18 @@ import tree_sitter_go
 from ..boundary import quote
 from ..errors import FieldError
 from ..settings import Settings
-from .base import Dependencies, Pinned, Rendered, Runtime, as_list, duplicates, refuse
+from .base import (
+    MAX_LOCK_ENTRIES,
+    Dependencies,
+    Lock,
+    Pinned,
+    Rendered,
+    Runtime,
+    as_list,
+    duplicates,
+    lock_error,
+    refuse,
+)
 from .treesitter import TreeSitterGrammar
 
 _GRAMMAR = TreeSitterGrammar(tree_sitter_go.language(), "Go")
@@ -28,6 +39,12 @@ _SEMVER = re.compile(
     r"(?P<build>\+incompatible)?"
 )
 _MAX_PATH = 300
+
+
+# A go.sum line: module, version (or version/go.mod) and the h1: dirhash (base64 sha256).
+_SUM_LINE = re.compile(
+    r"(?P<module>\S{1,300}) (?P<version>v\S{1,120}?)(?P<gomod>/go\.mod)? (?P<hash>h1:[A-Za-z0-9+/]{43}=)"
+)
 
 
 def module_path_problem(path: str) -> str | None:
@@ -119,6 +136,43 @@ class GoRuntime(Runtime):
         refuse(problems, self.name)
         return tuple(sorted((m, v) for _, m, v in pairs))
 
+    def lock(self, text: str, deps: Pinned, settings: Settings) -> Lock:
+        """A go.sum: `module version h1:…` and `module version/go.mod h1:…` lines. Every
+        declared module needs both; with -mod=readonly the build then fails on any module
+        whose sum is missing or differs, so `dependencies` must list every module the build
+        needs (what `go mod tidy` puts in go.mod)."""
+        sums: dict[tuple[str, str], str] = {}
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line:
+                continue
+            match = _SUM_LINE.fullmatch(line)
+            if match is None:
+                raise lock_error(
+                    "is not a go.sum line 'module version[/go.mod] h1:<base64>'", self.name, number
+                )
+            module, version = match["module"], match["version"]
+            problem = module_path_problem(module)
+            if problem:
+                raise lock_error(f"the module path {quote(module)} {problem}", self.name, number)
+            problem = version_problem(module, version)
+            if problem:
+                raise lock_error(problem, self.name, number)
+            key = (module, version + (match["gomod"] or ""))
+            if sums.setdefault(key, match["hash"]) != match["hash"]:
+                raise lock_error(f"two different sums for {module} {key[1]}", self.name, number)
+            if len(sums) > MAX_LOCK_ENTRIES:
+                raise lock_error(f"more than {MAX_LOCK_ENTRIES} lines", self.name, number)
+        for module, version in deps:
+            for suffix in ("", "/go.mod"):
+                if (module, version + suffix) not in sums:
+                    raise lock_error(
+                        f"has no line for {module} {version}{suffix}; run `go mod tidy` with "
+                        "the same go.mod",
+                        self.name,
+                    )
+        return {"sums": [f"{m} {v} {h}" for (m, v), h in sorted(sums.items())]}
+
     def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
         parsed = _GRAMMAR.parse(text)
         errors = _GRAMMAR.first_error(path, parsed)
@@ -160,28 +214,37 @@ class GoRuntime(Runtime):
             return "is in vendor/, which the go command reads instead of the generated go.mod"
         return None
 
-    def render(self, version: str, deps: Pinned, settings: Settings) -> Rendered:
+    def render(
+        self, version: str, deps: Pinned, settings: Settings, lock: Lock | None = None
+    ) -> Rendered:
         requires = "".join(f"\t{m} {v}\n" for m, v in deps)
         go_mod = f"module remediation\n\ngo {version}\n" + (
             f"\nrequire (\n{requires})\n" if deps else ""
         )
+        # Locked: go.sum is the truth and nothing may change it (-mod=readonly); else the build
+        # records the sums from the checksum database (-mod=mod).
+        mode = "readonly" if lock else "mod"
+        manifests = {"go.mod": go_mod}
+        if lock:
+            manifests["go.sum"] = "".join(f"{line}\n" for line in lock["sums"])
         dockerfile = (
             f"FROM {settings.image(settings.go_build_image, version)} AS build\n"
             "ENV CGO_ENABLED=0 \\\n"
-            "    GOFLAGS=-mod=mod \\\n"
+            f"    GOFLAGS=-mod={mode} \\\n"
             "    GOTOOLCHAIN=local\n"
             "WORKDIR /src\n"
-            "COPY go.mod ./\n"
+            f"COPY {'go.mod go.sum' if lock else 'go.mod'} ./\n"
             "RUN go mod download\n"
             "COPY . ./\n"
-            'RUN go build -trimpath -ldflags="-s -w" -o /out/remediation .\n'
+            f"RUN go build {'-mod=readonly ' if lock else ''}"
+            '-trimpath -ldflags="-s -w" -o /out/remediation .\n'
             "\n"
             f"FROM {settings.image(settings.go_runtime_image, version)}\n"
             "COPY --from=build /out/remediation /remediation\n"
             "USER 65532:65532\n"
             'ENTRYPOINT ["/remediation"]\n'
         )
-        return Rendered(dockerfile, {"go.mod": go_mod})
+        return Rendered(dockerfile, manifests)
 
 
 RUNTIME = GoRuntime()

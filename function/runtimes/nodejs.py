@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import semantic_version
 import tree_sitter_javascript
@@ -13,7 +14,17 @@ from .. import boundary
 from ..boundary import quote
 from ..errors import FieldError, InvalidRequest
 from ..settings import Settings
-from .base import Dependencies, Pinned, Rendered, Runtime, duplicates, refuse
+from .base import (
+    MAX_LOCK_ENTRIES,
+    Dependencies,
+    Lock,
+    Pinned,
+    Rendered,
+    Runtime,
+    duplicates,
+    lock_error,
+    refuse,
+)
 from .treesitter import TreeSitterGrammar
 
 # validate-npm-package-name, for new packages: lowercase, URL-safe, optional @scope/.
@@ -36,6 +47,16 @@ _NPM_RANGE_MAX = 256
 # npm-package-arg reads a spec ending like a tarball as a local file, before trying semver.
 _TARBALL = re.compile(r"(?i).*\.(?:tgz|tar\.gz|tar)")
 _GRAMMAR = TreeSitterGrammar(tree_sitter_javascript.language(), "JavaScript")
+_REGISTRY = "https://registry.npmjs.org/"
+# Subresource Integrity as npm writes it: one or more `sha512-<base64>` (sha1 is refused).
+_INTEGRITY = re.compile(r"sha512-[A-Za-z0-9+/]{86}==(?: sha512-[A-Za-z0-9+/]{86}==)*")
+_LOCK_VERSION = re.compile(r"[0-9A-Za-z.+-]{1,64}")
+_LOCK_TARBALL = re.compile(r"[a-z0-9._~-]{1,214}-[0-9A-Za-z.+-]{1,64}\.tgz")
+_FLAGS = ("dev", "optional", "devOptional", "peer", "hasInstallScript", "inBundle")
+_MAPS = ("dependencies", "optionalDependencies", "peerDependencies")
+_KEPT = ("version", "resolved", "integrity", "license", *_FLAGS, *_MAPS)
+_IGNORED = ("engines", "bin", "funding", "deprecated", "cpu", "os", "libc", "peerDependenciesMeta")
+"""Fields npm writes that do not change what `npm ci` installs here; dropped from the copy."""
 
 
 class NodeRuntime(Runtime):
@@ -45,7 +66,7 @@ class NodeRuntime(Runtime):
     source_suffixes = (".js", ".mjs", ".cjs")
     versions = ("22", "24")
     default_version = "24"
-    generated_files = frozenset({"Dockerfile", "package.json"})
+    generated_files = frozenset({"Dockerfile", "package.json", "package-lock.json"})
 
     def dependencies(self, deps: Dependencies, settings: Settings) -> Pinned:
         if not isinstance(deps, Mapping):
@@ -88,6 +109,59 @@ class NodeRuntime(Runtime):
         refuse(problems, self.name)
         return tuple(sorted((n, s) for _, n, s in pairs))
 
+    def lock(self, text: str, deps: Pinned, settings: Settings) -> Lock:
+        """A package-lock.json (lockfileVersion 2 or 3, as npm 7+ writes it). Its root must
+        declare exactly the request's dependencies (npm ci refuses a lock out of step with
+        package.json), every package must come from the npm registry with a sha512 integrity,
+        and each direct dependency's locked version must be in its declared range. The copy
+        in the context keeps only the fields npm ci reads (lockfileVersion 3)."""
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise lock_error(f"is not JSON ({error})", self.name) from None
+        if not isinstance(data, dict) or data.get("lockfileVersion") not in (2, 3):
+            raise lock_error(
+                "must be a package-lock.json with lockfileVersion 2 or 3 (npm 7 or later)",
+                self.name,
+            )
+        packages = data.get("packages")
+        if not isinstance(packages, dict) or not isinstance(packages.get(""), dict):
+            raise lock_error("has no 'packages' with a root entry \"\"", self.name)
+        if len(packages) > MAX_LOCK_ENTRIES:
+            raise lock_error(f"has more than {MAX_LOCK_ENTRIES} packages", self.name)
+        declared = dict(deps)
+        root = packages[""]
+        if root.get("dependencies", {}) != declared or any(
+            root.get(k) for k in ("devDependencies", "optionalDependencies", "peerDependencies")
+        ):
+            raise lock_error(
+                "its root dependencies differ from the request's `dependencies`; generate it "
+                "from the same package.json (`npm install --package-lock-only`)",
+                self.name,
+            )
+        locked: dict[str, Any] = {
+            "": {"name": "remediation", "version": "1.0.0", "dependencies": declared}
+        }
+        for path, entry in sorted(packages.items()):
+            if path:
+                locked[path] = _package(path, entry, self.name)
+        for name, spec in deps:
+            entry = locked.get(f"node_modules/{name}")
+            if entry is None:
+                raise lock_error(f"the dependency {quote(name)} is not in the lock file", self.name)
+            if semantic_version.Version(entry["version"]) not in semantic_version.NpmSpec(spec):
+                raise lock_error(
+                    f"the lock has {name}@{entry['version']}, outside the declared range {quote(spec)}",
+                    self.name,
+                )
+        return {
+            "name": "remediation",
+            "version": "1.0.0",
+            "lockfileVersion": 3,
+            "requires": True,
+            "packages": locked,
+        }
+
     def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
         return _GRAMMAR.first_error(path, _GRAMMAR.parse(text))
 
@@ -101,7 +175,9 @@ class NodeRuntime(Runtime):
             return "is a lockfile that package managers read as install instructions"
         return None
 
-    def render(self, version: str, deps: Pinned, settings: Settings) -> Rendered:
+    def render(
+        self, version: str, deps: Pinned, settings: Settings, lock: Lock | None = None
+    ) -> Rendered:
         package = {
             "name": "remediation",
             "version": "1.0.0",
@@ -116,6 +192,13 @@ class NodeRuntime(Runtime):
             if deps
             else ""
         )
+        manifests = {"package.json": json.dumps(package, indent=2) + "\n"}
+        if lock:
+            install = (
+                "COPY package.json package-lock.json ./\n"
+                "RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force\n"
+            )
+            manifests["package-lock.json"] = json.dumps(lock, indent=2) + "\n"
         dockerfile = (
             f"FROM {settings.image(settings.nodejs_image, version)}\n"
             "ENV NODE_ENV=production \\\n"
@@ -128,7 +211,72 @@ class NodeRuntime(Runtime):
             "USER 10001:0\n"
             f'CMD ["node", "{self.entry_file}"]\n'
         )
-        return Rendered(dockerfile, {"package.json": json.dumps(package, indent=2) + "\n"})
+        return Rendered(dockerfile, manifests)
+
+
+def _package(path: str, entry: Any, runtime: str) -> dict[str, Any]:
+    """One `node_modules/…` entry, checked, with only the fields npm ci needs."""
+    parts = path.split("/node_modules/")
+    first = parts[0].removeprefix("node_modules/")
+    names = [first, *parts[1:]]
+    if (
+        not path.startswith("node_modules/")
+        or len(path) > 1000
+        or not all(_NPM_NAME.fullmatch(n) and len(n) <= 214 for n in names)
+    ):
+        raise lock_error(f"{quote(path)} is not a node_modules/<package> path", runtime)
+    if not isinstance(entry, dict):
+        raise lock_error(f"{path}: must be an object", runtime)
+    if entry.get("link"):
+        raise lock_error(f"{path}: links to local folders are not allowed", runtime)
+    unknown = sorted(set(entry) - set(_KEPT) - set(_IGNORED) - {"name"})
+    if unknown:
+        raise lock_error(f"{quote(path)}: unexpected field {quote(unknown[0])}", runtime)
+    name = names[-1]
+    version = entry.get("version")
+    resolved = entry.get("resolved")
+    tarball = f"{_REGISTRY}{name}/-/"
+    if not isinstance(version, str) or not _LOCK_VERSION.fullmatch(version):
+        raise lock_error(f"{path}: needs a version", runtime)
+    try:
+        semantic_version.Version(version)
+    except ValueError:
+        raise lock_error(
+            f"{quote(path)}: {quote(version)} is not a semantic version", runtime
+        ) from None
+    # Without `resolved` (npm's omit-lockfile-registry-resolved) npm ci fetches name@version
+    # from the configured registry; the integrity is checked either way.
+    if resolved is not None and (
+        not isinstance(resolved, str)
+        or not resolved.startswith(tarball)
+        or not _LOCK_TARBALL.fullmatch(resolved[len(tarball) :])
+    ):
+        raise lock_error(
+            f"{path}: must be resolved from {_REGISTRY} (no git, file, or other URLs)", runtime
+        )
+    integrity = entry.get("integrity")
+    if not isinstance(integrity, str) or not _INTEGRITY.fullmatch(integrity):
+        raise lock_error(f"{path}: needs a sha512 integrity", runtime)
+    kept: dict[str, Any] = {"version": version, "integrity": integrity}
+    if resolved is not None:
+        kept["resolved"] = resolved
+    for flag in _FLAGS:
+        if flag in entry:
+            if not isinstance(entry[flag], bool):
+                raise lock_error(f"{path}: {flag} must be true or false", runtime)
+            kept[flag] = entry[flag]
+    if isinstance(entry.get("license"), str) and len(entry["license"]) <= 200:
+        kept["license"] = entry["license"]
+    for field in _MAPS:
+        if field in entry:
+            ranges = entry[field]
+            if not isinstance(ranges, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and len(k) <= 214 and len(v) <= 200
+                for k, v in ranges.items()
+            ):
+                raise lock_error(f"{path}: {field} must map names to ranges", runtime)
+            kept[field] = dict(sorted(ranges.items()))
+    return kept
 
 
 def _is_range(spec: str) -> bool:

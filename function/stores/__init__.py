@@ -17,8 +17,8 @@ from .base import ContextRecord, Deletion, Listed, Store, Stored
 BACKENDS = {
     "filesystem": "function.stores.filesystem:FilesystemStore",
     "configmap": "function.stores.configmap:ConfigMapStore",
-    "s3": "function.stores.s3:S3Store",
-    "oci": "function.stores.oci:OCIStore",
+    "s3": "function.stores.s3_provenance:AttestedS3Store",
+    "oci": "function.stores.oci.provenance:AttestedOCIStore",
 }
 
 

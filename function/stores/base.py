@@ -19,6 +19,8 @@ H = TypeVar("H")
 MANAGED_BY = "build-context"
 RETAIN = "build-context.dev/retain"
 """Label (ConfigMap), object tag (S3) or `retain` field (filesystem) that pins a context."""
+PROVENANCE_FILE = "provenance.dsse.json"
+"""Name of the provenance envelope beside `context.tar.gz` (file, ConfigMap key)."""
 
 
 def utcnow() -> datetime:
@@ -85,6 +87,8 @@ class Stored:
     storage: dict[str, Any]
     context_uri: str | None
     reused: bool
+    provenance: dict[str, Any] | None = None
+    """Where the provenance envelope is, like `storage` (None: the context has none)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,10 @@ class Store(ABC, Generic[H]):
     @abstractmethod
     def get(self, namespace: str, function: str, content_hash: str) -> bytes:
         """The archive bytes (KeyError when absent)."""
+
+    def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
+        """The provenance envelope stored with the context (KeyError when absent)."""
+        raise KeyError((namespace, function, content_hash))
 
     @abstractmethod
     def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[H]]:

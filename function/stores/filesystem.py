@@ -31,6 +31,7 @@ from ..errors import ConfigurationError, StorageUnavailable
 from ..settings import Settings
 from ..telemetry import NOOP, Telemetry
 from .base import (
+    PROVENANCE_FILE,
     ContextRecord,
     Deletion,
     Listed,
@@ -46,6 +47,7 @@ log = logging.getLogger("build_context.stores.filesystem")
 
 ARCHIVE = "context.tar.gz"
 RECORD = "context.json"
+PROVENANCE = PROVENANCE_FILE
 TEMP_PREFIX = ".tmp-"
 SYNC_THREADS = 16
 """Threads that fsync beside the request threads: two per new context in flight."""
@@ -117,8 +119,16 @@ class FilesystemStore(Store[Path]):
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _stored(self, record: ContextRecord, reused: bool) -> Stored:
-        path = self.folder(record.namespace, record.function, record.content_hash) / ARCHIVE
-        return Stored(record, {"backend": self.backend, "path": str(path)}, f"tar://{path}", reused)
+        folder = self.folder(record.namespace, record.function, record.content_hash)
+        path = folder / ARCHIVE
+        envelope = folder / PROVENANCE
+        return Stored(
+            record,
+            {"backend": self.backend, "path": str(path)},
+            f"tar://{path}",
+            reused,
+            {"backend": self.backend, "path": str(envelope)} if envelope.exists() else None,
+        )
 
     def put_if_absent(
         self, archive: Archive, record: ContextRecord, owner: OwnerReference | None = None
@@ -138,7 +148,11 @@ class FilesystemStore(Store[Path]):
                 try:
                     (temp / ARCHIVE).write_bytes(archive.data)
                     (temp / RECORD).write_bytes(_encode(record))
-                    self._fsync_together(temp / ARCHIVE, temp / RECORD, temp)
+                    files = [temp / ARCHIVE, temp / RECORD]
+                    if archive.provenance is not None:
+                        (temp / PROVENANCE).write_bytes(archive.provenance)
+                        files.append(temp / PROVENANCE)
+                    self._fsync_together(*files, temp)
                     os.rename(temp, target)
                     _fsync_path(parent)
                 except BaseException:
@@ -154,6 +168,12 @@ class FilesystemStore(Store[Path]):
     def get(self, namespace: str, function: str, content_hash: str) -> bytes:
         try:
             return (self.folder(namespace, function, content_hash) / ARCHIVE).read_bytes()
+        except FileNotFoundError:
+            raise KeyError((namespace, function, content_hash)) from None
+
+    def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
+        try:
+            return (self.folder(namespace, function, content_hash) / PROVENANCE).read_bytes()
         except FileNotFoundError:
             raise KeyError((namespace, function, content_hash)) from None
 

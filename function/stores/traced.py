@@ -34,6 +34,10 @@ class TracedStore(Store[H]):
         with self.telemetry.storage_call(self.backend, "get"):
             return self.inner.get(namespace, function, content_hash)
 
+    def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
+        with self.telemetry.storage_call(self.backend, "get_provenance"):
+            return self.inner.get_provenance(namespace, function, content_hash)
+
     def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[H]]:
         """One span over the whole listing; not made current, so the caller's work between
         pages is not parented to it."""

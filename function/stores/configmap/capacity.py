@@ -18,6 +18,8 @@ from .codec import SIZE_BYTES
 
 APISERVER_LIMIT = 1024 * 1024
 """The apiserver rejects a ConfigMap whose data values add up to more (422, FieldValueTooLong)."""
+OBJECT_DATA_LIMIT = 1_040_000
+"""Archive plus provenance envelope: the largest BUILD_CONTEXT_CONFIGMAP_MAX_BYTES allowed."""
 
 Listing = Callable[[str, bool], Iterable[Mapping[str, Any]]]
 """Our ConfigMaps of a namespace (metadata only); the flag asks for a quick probe."""
@@ -68,12 +70,16 @@ class CapacityGuard:
             description="Our ConfigMaps, per namespace (capacity guard).",
         )
 
-    def check_size(self, size: int) -> None:
+    def check_size(self, size: int, provenance: int = 0) -> None:
+        """The archive against the setting; archive and provenance envelope together against
+        the largest value the setting may take, which keeps the object under the apiserver's
+        limit (the envelope is not the caller's to shrink, but usually a few KB)."""
         limit = min(self.caps.archive_bytes, APISERVER_LIMIT)
-        if size > limit:
+        if size > limit or size + provenance > OBJECT_DATA_LIMIT:
             raise ContextTooLarge(
-                f"the archive is {size} bytes; a ConfigMap holds at most {limit} "
-                "(BUILD_CONTEXT_CONFIGMAP_MAX_BYTES, under the apiserver's 1 MiB): send fewer "
+                f"the archive is {size} bytes ({size + provenance} with its provenance); a "
+                f"ConfigMap holds at most {limit} (BUILD_CONTEXT_CONFIGMAP_MAX_BYTES, under the "
+                f"apiserver's 1 MiB; {OBJECT_DATA_LIMIT} with the provenance): send fewer "
                 "or smaller files or dependencies, raise the limit (at most 1040000), or set "
                 "BUILD_CONTEXT_OVERFLOW_STORAGE=s3 to store large contexts in S3"
             )

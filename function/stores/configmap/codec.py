@@ -12,7 +12,7 @@ from ...archive import Archive, image_tag
 from ...boundary import is_dns_subdomain
 from ...contract import OwnerReference, utc_text
 from ...errors import InternalError
-from ..base import MANAGED_BY, RETAIN, ContextRecord, parse_time
+from ..base import MANAGED_BY, PROVENANCE_FILE, RETAIN, ContextRecord, parse_time
 
 KEY = "context.tar.gz"
 """The one `binaryData` key: mounted at MOUNT_PATH it is the file kaniko reads."""
@@ -86,7 +86,15 @@ def configmap_body(
         "kind": "ConfigMap",
         "metadata": metadata,
         "immutable": True,
-        "binaryData": {KEY: base64.b64encode(archive.data).decode("ascii")},
+        "binaryData": {
+            KEY: base64.b64encode(archive.data).decode("ascii"),
+            # The provenance envelope, mounted beside the archive (docs/deploy.md).
+            **(
+                {PROVENANCE_FILE: base64.b64encode(archive.provenance).decode("ascii")}
+                if archive.provenance is not None
+                else {}
+            ),
+        },
     }
 
 

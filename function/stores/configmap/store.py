@@ -19,7 +19,15 @@ from ...errors import ConfigurationError, StorageConflict, StorageForbidden, Sto
 from ...retry import RetryPolicy
 from ...settings import Settings
 from ...telemetry import NOOP, Telemetry
-from ..base import ContextRecord, Deletion, Listed, StillExpired, Store, Stored
+from ..base import (
+    PROVENANCE_FILE,
+    ContextRecord,
+    Deletion,
+    Listed,
+    StillExpired,
+    Store,
+    Stored,
+)
 from ..calls import StorageCalls
 from ..failures import Conflict, NotFound
 from . import errors
@@ -134,7 +142,7 @@ class ConfigMapStore(Store[ConfigMapHandle]):
         self, archive: Archive, record: ContextRecord, owner: OwnerReference | None = None
     ) -> Stored:
         namespace = record.namespace
-        self.capacity.check_size(archive.size_bytes)
+        self.capacity.check_size(archive.size_bytes, len(archive.provenance or b""))
         name = configmap_name(record.function, record.content_hash)
         body = configmap_body(archive, record, owner)
         for _ in range(_RACES):
@@ -169,6 +177,16 @@ class ConfigMapStore(Store[ConfigMapHandle]):
         except NotFound:
             raise KeyError((namespace, function, content_hash)) from None
         return base64.b64decode((found.get("binaryData") or {})[KEY])
+
+    def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
+        try:
+            found = self.api.read(namespace, configmap_name(function, content_hash))
+        except NotFound:
+            raise KeyError((namespace, function, content_hash)) from None
+        envelope = (found.get("binaryData") or {}).get(PROVENANCE_FILE)
+        if envelope is None:
+            raise KeyError((namespace, function, content_hash))
+        return base64.b64decode(envelope)
 
     def function_contexts(self, namespace: str, function: str) -> Iterator[ContextRecord]:
         """One listing with the function's label: the apiserver filters."""
@@ -294,4 +312,4 @@ class ConfigMapStore(Store[ConfigMapHandle]):
             "configMap": configmap_name(record.function, record.content_hash),
             "key": KEY,
         }
-        return Stored(record, storage, context_uri(), reused)
+        return Stored(record, storage, context_uri(), reused, {**storage, "key": PROVENANCE_FILE})

@@ -47,6 +47,8 @@ log = logging.getLogger("build_context.oci")
 
 RECORD_SUFFIX = ".record"
 RETAIN_SUFFIX = ".retain"
+ENVELOPE_SUFFIX = ".dsse"
+"""The provenance envelope's tag (provenance.py): ours, never a user's pin."""
 CONTEXT_TAG = re.compile(r"sha256-[0-9a-f]{24}")
 MAX_LAYER_BYTES = 512 * 1024 * 1024
 LIST_CONCURRENCY = 8
@@ -327,7 +329,8 @@ class OCIStore(Store[_Handle]):
             "list tags", repository, lambda: list(self.client.tags(repository, self.page_size))
         )
         records = [t for t in tags if t.endswith(RECORD_SUFFIX)]
-        ours = {t for t in tags if CONTEXT_TAG.fullmatch(t)} | set(records)
+        envelopes = {t for t in tags if t.endswith(ENVELOPE_SUFFIX)}
+        ours = {t for t in tags if CONTEXT_TAG.fullmatch(t)} | set(records) | envelopes
         foreign = sorted(set(tags) - ours)
         pinned = set(
             pool.map(
