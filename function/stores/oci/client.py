@@ -15,7 +15,6 @@ its status: digests are recomputed, and pagination links may only name a path on
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import re
@@ -23,14 +22,15 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from ...errors import ConfigurationError
+from .credentials import Credentials, credentials_from_docker_config, registry_key
+
+__all__ = ["Credentials", "credentials_from_docker_config", "registry_key"]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 ACCEPT_MANIFESTS = ", ".join(
@@ -69,59 +69,6 @@ class Missing(RegistryError):
 
 class Refused(RegistryError):
     """Another 4xx: the registry did not accept what we sent (413: too large)."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """From a docker config: a user and password, an identity (refresh) token, or a bearer."""
-
-    username: str = ""
-    password: str = ""
-    identity_token: str = ""
-    registry_token: str = ""
-
-
-def registry_key(text: str) -> str:
-    """`https://r.example.com/v1/` and `r.example.com` name the same registry in a config."""
-    if "://" not in text:
-        text = "//" + text
-    return urlsplit(text).netloc.lower()
-
-
-def credentials_from_docker_config(path: Path, registry: str) -> Credentials | None:
-    """The entry for `registry` in a docker config.json (`auths`), as pull secrets hold it."""
-    variable = "BUILD_CONTEXT_OCI_DOCKER_CONFIG"
-    try:
-        data = json.loads(path.read_text())
-    except OSError as error:
-        raise ConfigurationError(variable, f"cannot read {path}: {error.strerror}") from None
-    except ValueError:
-        raise ConfigurationError(variable, f"{path} is not JSON") from None
-    auths = data.get("auths") if isinstance(data, dict) else None
-    if not isinstance(auths, dict):
-        raise ConfigurationError(
-            variable, f"{path} has no `auths` object", "Give a docker config.json."
-        )
-    for key, entry in auths.items():
-        if not isinstance(entry, dict) or registry_key(str(key)) != registry.lower():
-            continue
-        username = str(entry.get("username") or "")
-        password = str(entry.get("password") or "")
-        if entry.get("auth"):
-            try:
-                decoded = base64.b64decode(str(entry["auth"]), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                raise ConfigurationError(
-                    variable, f"{path}: the `auth` of {key[:80]!r} is not base64 of user:password"
-                ) from None
-            username, _, password = decoded.partition(":")
-        return Credentials(
-            username=username,
-            password=password,
-            identity_token=str(entry.get("identitytoken") or ""),
-            registry_token=str(entry.get("registrytoken") or ""),
-        )
-    return None
 
 
 @dataclass

@@ -5,18 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import ssl
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TypeVar
 
 from ...archive import Archive, image_tag
 from ...contract import OwnerReference
-from ...errors import ConfigurationError, StorageConflict
+from ...errors import StorageConflict
 from ...retry import RetryPolicy
 from ...settings import Settings
 from ...telemetry import NOOP, Telemetry
@@ -34,11 +31,10 @@ from ..calls import StorageCalls
 from ..failures import NotFound, StoreError, Unsupported
 from .client import (
     OCI_MANIFEST,
-    Credentials,
     RegistryClient,
     RegistryError,
-    credentials_from_docker_config,
 )
+from .credentials import configured_ca_file, configured_credentials
 from .errors import Call, RegistryBoundary
 from .image import EMPTY, EMPTY_DIGEST, MANAGED, ContextImage, record_from_manifest, record_manifest
 
@@ -93,9 +89,9 @@ class OCIStore(Store[_Handle]):
         return cls(
             RegistryClient(
                 settings.oci_registry,
-                credentials=_credentials(settings),
+                credentials=configured_credentials(settings),
                 insecure_http=settings.oci_insecure_http,
-                ca_file=_ca_file(settings.oci_ca_file),
+                ca_file=configured_ca_file(settings.oci_ca_file),
                 timeout=settings.retry_deadline_seconds,
                 pool_size=settings.threads + LIST_CONCURRENCY + DELETE_CONCURRENCY,
             ),
@@ -438,28 +434,3 @@ class OCIStore(Store[_Handle]):
             attributes={"server.address": self.registry, "build_context.repository": repository},
             fields={"registry": self.registry, "repository": repository},
         )
-
-
-def _ca_file(path: str) -> str:
-    """A CA bundle that cannot be read stops start-up, rather than failing every request."""
-    if path:
-        try:
-            ssl.create_default_context(cafile=path)
-        except (OSError, ssl.SSLError) as error:
-            raise ConfigurationError(
-                "BUILD_CONTEXT_OCI_CA_FILE",
-                f"cannot load CA certificates from {path[:200]}: {error}",
-                "Mount the registry's CA bundle (PEM) there, or leave it empty for the system's.",
-            ) from None
-    return path
-
-
-def _credentials(settings: Settings) -> Credentials | None:
-    path = settings.oci_docker_config
-    if not path:
-        folder = os.environ.get("DOCKER_CONFIG", "")
-        default = Path(folder) / "config.json" if folder else None
-        if default is None or not default.exists():
-            return None
-        path = str(default)
-    return credentials_from_docker_config(Path(path), settings.oci_registry)
