@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +23,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.conftest import StartServer
+from tests.support.cli import run_cli
 from tests.support.contexts import example
 from tests.support.kube import KubeAPIServer
 from tests.support.server import ROOT, FunctionServer
@@ -284,13 +283,13 @@ def test_the_send_command_attaches_a_token_from_a_file_or_the_apiserver(
     cluster: Cluster, guarded: FunctionServer, tmp_path: Path
 ) -> None:
     def send(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "function", "send", guarded.url, *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
+        return run_cli(
+            "send",
+            guarded.url,
+            *args,
             cwd=ROOT,
-            env={**os.environ, "KUBECONFIG": str(cluster.kube.kubeconfig_path)},
+            env={"KUBECONFIG": str(cluster.kube.kubeconfig_path)},
+            timeout=120,
         )
 
     request = str(ROOT / "examples" / "python.json")

@@ -3,37 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from function.docs import schemas
+from tests.support.cli import run_cli
 from tests.support.contexts import EXAMPLES, ROOT
 from tests.support.server import FunctionServer
-
-
-def cli(
-    *args: str, cwd: Path, stdin: str | None = None, **env: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "function", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.mark.parametrize(
     "command", [[], ["serve"], ["create"], ["send"], ["cleanup"], ["settings"], ["schemas"]]
 )
 def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
-    done = cli(*command, "--help", cwd=tmp_path)
+    done = run_cli(*command, "--help", cwd=tmp_path)
     assert done.returncode == 0
     assert "usage:" in done.stdout
 
@@ -43,7 +27,7 @@ def test_create_from_local_files(tmp_path: Path) -> None:
     (source / "lib").mkdir(parents=True)
     (source / "remediation.js").write_text("const { f } = require('./lib/f');\nf();\n")
     (source / "lib/f.js").write_text("exports.f = () => 1;\n")
-    done = cli(
+    done = run_cli(
         "create",
         str(source),
         "-f",
@@ -59,7 +43,7 @@ def test_create_from_local_files(tmp_path: Path) -> None:
         "-o",
         str(tmp_path / "ctx.tar.gz"),
         cwd=tmp_path,
-        BUILD_CONTEXT_FS_ROOT=str(tmp_path / "store"),
+        env={"BUILD_CONTEXT_FS_ROOT": str(tmp_path / "store")},
     )
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
@@ -70,24 +54,24 @@ def test_create_from_local_files(tmp_path: Path) -> None:
 
 def test_create_reports_a_failure_with_exit_code_1(tmp_path: Path) -> None:
     (tmp_path / "remediation.py").write_text("def broken(:\n")
-    done = cli(
+    done = run_cli(
         "create",
         "remediation.py",
         "-f",
         "x",
         cwd=tmp_path,
-        BUILD_CONTEXT_FS_ROOT=str(tmp_path / "s"),
+        env={"BUILD_CONTEXT_FS_ROOT": str(tmp_path / "s")},
     )
     assert done.returncode == 1
     assert json.loads(done.stdout)["reason"] == "InvalidSource"
 
 
 def test_send_prints_the_reply(server: FunctionServer, tmp_path: Path) -> None:
-    done = cli("send", server.url, "--data", str(EXAMPLES / "go.json"), cwd=tmp_path)
+    done = run_cli("send", server.url, "--data", str(EXAMPLES / "go.json"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Ce-Type: buildcontext.created" in done.stderr
     assert json.loads(done.stdout)["runtime"] == "go"
-    done = cli(
+    done = run_cli(
         "send",
         server.url,
         "--structured",
@@ -99,10 +83,17 @@ def test_send_prints_the_reply(server: FunctionServer, tmp_path: Path) -> None:
 
 
 def test_bad_settings_exit_2_naming_the_variable(tmp_path: Path) -> None:
-    done = cli("create", "x.py", cwd=tmp_path, BUILD_CONTEXT_STORAGE="floppy")
+    done = run_cli("create", "x.py", cwd=tmp_path, env={"BUILD_CONTEXT_STORAGE": "floppy"})
     assert done.returncode == 2
     assert "BUILD_CONTEXT_STORAGE" in done.stderr
-    done = cli("create", "missing.py", "-f", "x", cwd=tmp_path, BUILD_CONTEXT_FS_ROOT=str(tmp_path))
+    done = run_cli(
+        "create",
+        "missing.py",
+        "-f",
+        "x",
+        cwd=tmp_path,
+        env={"BUILD_CONTEXT_FS_ROOT": str(tmp_path)},
+    )
     assert done.returncode == 2
     assert "missing.py" in done.stderr and "Traceback" not in done.stderr
 

@@ -11,9 +11,7 @@ import base64
 import hashlib
 import io
 import json
-import os
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -35,7 +33,8 @@ from function.create import Built, CreateService
 from function.settings import Settings
 from function.stores import open_store
 from tests.conftest import StartServer
-from tests.support.contexts import ROOT, example
+from tests.support.cli import run_cli
+from tests.support.contexts import example
 
 KEY_KINDS = ["ed25519", "p256"]
 
@@ -83,13 +82,7 @@ def verify_cli(
     args = [str(folder / "ctx.tar.gz"), "--envelope", str(folder / "ctx.dsse.json")]
     for key in keys:
         args += ["--public-key", str(key)]
-    return subprocess.run(
-        [sys.executable, "-m", "function", "verify", *args, *extra],
-        cwd=folder,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-    )
+    return run_cli("verify", *args, *extra, cwd=folder)
 
 
 def statement_of(envelope: bytes) -> dict[str, Any]:
@@ -300,25 +293,11 @@ def test_an_unusable_signing_key_stops_start_up(
 ) -> None:
     key = tmp_path / "key.pem"
     key.write_bytes(content)
-    done = subprocess.run(
-        [sys.executable, "-m", "function", "cleanup", "--dry-run"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "BUILD_CONTEXT_SIGNING_KEY_FILE": str(key)},
-        capture_output=True,
-        text=True,
+    done = run_cli(
+        "cleanup", "--dry-run", cwd=tmp_path, env={"BUILD_CONTEXT_SIGNING_KEY_FILE": str(key)}
     )
     assert done.returncode == 2
     assert "BUILD_CONTEXT_SIGNING_KEY_FILE" in done.stderr and problem in done.stderr
-
-
-def _cli(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "function", *args],
-        cwd=folder,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        capture_output=True,
-        text=True,
-    )
 
 
 def test_the_filesystem_store_keeps_the_envelope_beside_the_archive_and_cleanup_deletes_both(
@@ -331,9 +310,7 @@ def test_the_filesystem_store_keeps_the_envelope_beside_the_archive_and_cleanup_
     }
     request = tmp_path / "request.json"
     request.write_text(json.dumps(example("go-dependencies")))
-    done = _cli(
-        tmp_path,
-        env,
+    done = run_cli(
         "create",
         "--request",
         str(request),
@@ -341,14 +318,16 @@ def test_the_filesystem_store_keeps_the_envelope_beside_the_archive_and_cleanup_
         "ctx.tar.gz",
         "--provenance",
         "p.json",
+        cwd=tmp_path,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     created = json.loads(done.stdout)
     envelope = Path(created["provenance"]["envelope"]["path"])
     assert envelope.parent == Path(created["storage"]["path"]).parent
     assert envelope.read_bytes() == (tmp_path / "p.json").read_bytes()
-    checked = _cli(
-        tmp_path, {}, "verify", created["storage"]["path"], "-e", str(envelope), "-k", str(public)
+    checked = run_cli(
+        "verify", created["storage"]["path"], "-e", str(envelope), "-k", str(public), cwd=tmp_path
     )
     assert checked.returncode == 0, checked.stderr
 
@@ -356,12 +335,16 @@ def test_the_filesystem_store_keeps_the_envelope_beside_the_archive_and_cleanup_
     # within the second of the create keeps it ("active"), so run again until a deadline.
     deadline = time.monotonic() + 30
     while True:
-        swept = _cli(
-            tmp_path,
-            {**env, "BUILD_CONTEXT_KEEP_LATEST": "0", "BUILD_CONTEXT_CLEANUP_GRACE_SECONDS": "0"},
+        swept = run_cli(
             "cleanup",
             "--ttl-seconds",
             "0",
+            cwd=tmp_path,
+            env={
+                **env,
+                "BUILD_CONTEXT_KEEP_LATEST": "0",
+                "BUILD_CONTEXT_CLEANUP_GRACE_SECONDS": "0",
+            },
         )
         assert swept.returncode == 0, swept.stderr
         summary = json.loads(swept.stdout)["stores"][0]

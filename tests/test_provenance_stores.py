@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import StartServer
+from tests.support.cli import run_cli
 from tests.support.contexts import ROOT, example
 from tests.support.kube import KubeAPIServer
 from tests.support.registry import Registry
@@ -32,19 +30,8 @@ SWEEP = {
 }
 
 
-def _cli(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "function", *args],
-        cwd=folder,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def _cleanup(folder: Path, env: dict[str, str]) -> dict[str, Any]:
-    done = _cli(folder, {**env, **SWEEP}, "cleanup", "--ttl-seconds", "0")
+    done = run_cli("cleanup", "--ttl-seconds", "0", cwd=folder, env={**env, **SWEEP})
     assert done.returncode == 0, done.stderr
     summary: dict[str, Any] = json.loads(done.stdout)
     return summary
@@ -73,9 +60,7 @@ def test_s3_keeps_the_envelope_beside_the_archive_and_cleanup_deletes_both(
     assert reply.data["provenance"]["signed"] is True
 
     # The init container's way: both read from S3, the verified archive written for kaniko.
-    done = _cli(
-        tmp_path,
-        env,
+    done = run_cli(
         "verify",
         reply.data["contextUri"],
         "--envelope",
@@ -84,6 +69,8 @@ def test_s3_keeps_the_envelope_beside_the_archive_and_cleanup_deletes_both(
         str(public),
         "--output",
         str(tmp_path / "workspace.tar.gz"),
+        cwd=tmp_path,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "workspace.tar.gz").read_bytes() == admin.get_object(
@@ -133,15 +120,15 @@ def test_oci_refers_the_envelope_to_the_context_image_and_cleanup_deletes_both(
     (tmp_path / "context.tar.gz").write_bytes(
         registry.crane("blob", f"{image}@sha256:{reply.data['archiveSha256']}").stdout
     )
-    done = _cli(
-        tmp_path,
-        env,
+    done = run_cli(
         "verify",
         str(tmp_path / "context.tar.gz"),
         "--envelope",
         str(tmp_path / "provenance.dsse.json"),
         "--public-key",
         str(public),
+        cwd=tmp_path,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
 
@@ -185,15 +172,14 @@ def test_configmap_holds_the_envelope_beside_the_archive_and_cleanup_deletes_bot
         for key, value in stored.binary_data.items():
             (workspace / key).write_bytes(base64.b64decode(value))
         assert sorted(stored.binary_data) == ["context.tar.gz", "provenance.dsse.json"]
-        done = _cli(
-            tmp_path,
-            {},
+        done = run_cli(
             "verify",
             str(workspace / "context.tar.gz"),
             "--envelope",
             str(workspace / "provenance.dsse.json"),
             "--public-key",
             str(public),
+            cwd=tmp_path,
         )
         assert done.returncode == 0, done.stderr
 
