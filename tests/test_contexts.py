@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,12 +13,18 @@ from pathlib import Path
 import dockerfile
 import pytest
 
-from tests.support.contexts import ROOT, example, extract, members, read_member
+from tests.support.contexts import (
+    ROOT,
+    assert_hadolint_passes,
+    example,
+    extract,
+    members,
+    read_member,
+)
 from tests.support.server import FunctionServer
 
 EXAMPLES = ["python", "nodejs", "go"]
 WITH_DEPENDENCIES = ["python-dependencies", "nodejs-dependencies", "go-dependencies"]
-HADOLINT = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or "hadolint"
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +46,7 @@ def test_dockerfile_passes_hadolint_and_buildkit_parser(
     module_server: FunctionServer, name: str, tmp_path: Path
 ) -> None:
     _, context = build_context(module_server, name, tmp_path)
-    lint = subprocess.run(
-        [HADOLINT, "--no-color", "--format", "json", "--failure-threshold", "style", "Dockerfile"],
-        cwd=context,
-        capture_output=True,
-        text=True,
-    )
-    assert json.loads(lint.stdout or "[]") == [], lint.stdout
-    assert lint.returncode == 0, lint.stderr
+    assert_hadolint_passes(context)
 
     commands = dockerfile.parse_file(str(context / "Dockerfile"))
     instructions = [c.cmd for c in commands]

@@ -21,8 +21,8 @@ from function.errors import BuildContextError
 from function.settings import Settings
 from function.stores import open_store
 from tests.conftest import StartServer
-from tests.support.contexts import example, extract, read_member
-from tests.test_contexts import HADOLINT, _run_dockerfile_steps
+from tests.support.contexts import assert_hadolint_passes, example, extract, read_member
+from tests.test_contexts import _run_dockerfile_steps
 
 H1 = "h1:" + "A" * 43 + "="
 SHA = "a" * 64
@@ -329,11 +329,4 @@ def test_go_builds_read_only_from_go_sum_and_refuses_a_tampered_sum(tmp_path: Pa
 )
 def test_locked_dockerfiles_pass_hadolint(tmp_path: Path, request_: dict[str, Any]) -> None:
     context = _context(tmp_path, request_, "ctx")
-    lint = subprocess.run(
-        [HADOLINT, "--no-color", "--format", "json", "--failure-threshold", "style", "Dockerfile"],
-        cwd=context,
-        capture_output=True,
-        text=True,
-    )
-    assert json.loads(lint.stdout or "[]") == [], lint.stdout
-    assert lint.returncode == 0, lint.stderr
+    assert_hadolint_passes(context)

@@ -1,15 +1,20 @@
-"""Reading what the function stored: examples, archives and their members."""
+"""Reading what the function stored: examples, archives, their members, and the Dockerfile
+linted as a reviewer would."""
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
+HADOLINT = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or "hadolint"
 
 
 def example(name: str) -> dict[str, Any]:
@@ -33,3 +38,15 @@ def read_member(archive: bytes, name: str) -> str:
         handle = tar.extractfile(name)
         assert handle is not None, name
         return handle.read().decode()
+
+
+def assert_hadolint_passes(context: Path) -> None:
+    """hadolint finds nothing in `context`/Dockerfile, not even a style remark."""
+    lint = subprocess.run(
+        [HADOLINT, "--no-color", "--format", "json", "--failure-threshold", "style", "Dockerfile"],
+        cwd=context,
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(lint.stdout or "[]") == [], lint.stdout
+    assert lint.returncode == 0, lint.stderr
