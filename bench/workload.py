@@ -23,32 +23,39 @@ _DEPENDENCIES = {
 }
 
 
-def _python(index: int, salt: int, rng: random.Random) -> str:
-    return (
-        f"def step_{salt:x}_{index}(value):\n"
-        f'    """Step {index} of plan {salt:x}: scale by {rng.randint(2, 999)}."""\n'
-        f"    total = value * {rng.randint(2, 99999)} + {rng.randint(0, 99999)}\n"
-        f'    return {{"step": {index}, "total": total, "label": "s{rng.getrandbits(32):08x}"}}\n\n\n'
-    )
+_STEP = {
+    "python": (
+        "def step_{salt:x}_{index}(value):\n"
+        '    """Step {index} of plan {salt:x}: scale by {scale}."""\n'
+        "    total = value * {factor} + {offset}\n"
+        '    return {{"step": {index}, "total": total, "label": "s{label:08x}"}}\n\n\n'
+    ),
+    "nodejs": (
+        "function step_{salt:x}_{index}(value) {{\n"
+        "  // Step {index} of plan {salt:x}: scale by {scale}.\n"
+        "  const total = value * {factor} + {offset};\n"
+        '  return {{ step: {index}, total, label: "s{label:08x}" }};\n'
+        "}}\n\n"
+    ),
+    "go": (
+        "// step_{salt:x}_{index} is step {index} of plan {salt:x}: scale by {scale}.\n"
+        "func step_{salt:x}_{index}(value int) (int, string) {{\n"
+        "\ttotal := value*{factor} + {offset}\n"
+        '\treturn total, "s{label:08x}"\n'
+        "}}\n\n"
+    ),
+}
+"""One function of the generated source per runtime; its numbers come from `_step`."""
 
 
-def _nodejs(index: int, salt: int, rng: random.Random) -> str:
-    return (
-        f"function step_{salt:x}_{index}(value) {{\n"
-        f"  // Step {index} of plan {salt:x}: scale by {rng.randint(2, 999)}.\n"
-        f"  const total = value * {rng.randint(2, 99999)} + {rng.randint(0, 99999)};\n"
-        f'  return {{ step: {index}, total, label: "s{rng.getrandbits(32):08x}" }};\n'
-        "}\n\n"
-    )
-
-
-def _go(index: int, salt: int, rng: random.Random) -> str:
-    return (
-        f"// step_{salt:x}_{index} is step {index} of plan {salt:x}: scale by {rng.randint(2, 999)}.\n"
-        f"func step_{salt:x}_{index}(value int) (int, string) {{\n"
-        f"\ttotal := value*{rng.randint(2, 99999)} + {rng.randint(0, 99999)}\n"
-        f'\treturn total, "s{rng.getrandbits(32):08x}"\n'
-        "}\n\n"
+def _step(runtime: str, index: int, salt: int, rng: random.Random) -> str:
+    return _STEP[runtime].format(
+        index=index,
+        salt=salt,
+        scale=rng.randint(2, 999),
+        factor=rng.randint(2, 99999),
+        offset=rng.randint(0, 99999),
+        label=rng.getrandbits(32),
     )
 
 
@@ -62,7 +69,6 @@ _TAIL = {
     "nodejs": "console.log(JSON.stringify(step_{salt:x}_0(1)));\n",
     "go": "func main() {{\n\tfmt.Println(step_{salt:x}_0(1))\n}}\n",
 }
-_STEP = {"python": _python, "nodejs": _nodejs, "go": _go}
 
 
 def source(runtime: str, size: int, salt: int) -> str:
@@ -73,7 +79,7 @@ def source(runtime: str, size: int, salt: int) -> str:
     length = len(head) + len(tail)
     index = 0
     while True:
-        step = _STEP[runtime](index, salt, rng)
+        step = _step(runtime, index, salt, rng)
         if length + len(step) > size and index > 0:
             break
         parts.append(step)
