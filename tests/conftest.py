@@ -61,6 +61,29 @@ def kube() -> Iterator[KubeAPIServer]:
     server.stop()
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("filesystem"),
+        pytest.param("s3", marks=pytest.mark.s3),
+        pytest.param("configmap", marks=pytest.mark.kube),
+    ]
+)
+def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """The environment that points a function server at a new, empty store, once per backend:
+    a folder, a bucket on the shared SeaweedFS server, a namespace on the shared apiserver."""
+    if request.param == "s3":
+        seaweed: SeaweedS3 = request.getfixturevalue("seaweed")
+        return {
+            "BUILD_CONTEXT_STORAGE": "s3",
+            **seaweed.function_env(request.getfixturevalue("bucket")),
+        }
+    if request.param == "configmap":
+        kube: KubeAPIServer = request.getfixturevalue("kube")
+        namespace = kube.new_namespace("store")
+        return {"BUILD_CONTEXT_STORAGE": "configmap", **kube.function_env(namespace)}
+    return {"BUILD_CONTEXT_STORAGE": "filesystem", "BUILD_CONTEXT_FS_ROOT": str(tmp_path / "fs")}
+
+
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """One CNCF Distribution registry (TLS from a test CA, htpasswd auth, deletes on) for the

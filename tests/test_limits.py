@@ -6,7 +6,6 @@ server (its default processes and threads); the store is then read back with a s
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +20,6 @@ from function.settings import load_settings
 from function.stores import open_store
 from tests.conftest import StartServer
 from tests.support.contexts import example
-from tests.support.kube import KubeAPIServer
-from tests.support.seaweed import SeaweedS3
 from tests.support.server import FunctionServer, Reply, encode
 from tests.support.stores import EXTRA, HOME, OPENERS, T0, StoreUnderTest
 
@@ -114,33 +111,11 @@ def check_byte_cap(
     assert sum(stored_of(env, monkeypatch, "bytes-fix")) <= cap
 
 
-def test_caps_hold_on_the_filesystem_store(
-    start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_caps_hold_on_every_store(
+    start_server: StartServer, store_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = {"BUILD_CONTEXT_STORAGE": "filesystem", "BUILD_CONTEXT_FS_ROOT": str(tmp_path / "fs")}
-    check_caps(start_server, env, monkeypatch)
-    check_byte_cap(start_server, env, monkeypatch)
-
-
-@pytest.mark.s3
-def test_caps_hold_on_the_s3_store(
-    start_server: StartServer, seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    bucket = f"limits-{uuid.uuid4().hex[:12]}"
-    seaweed.client().create_bucket(Bucket=bucket)
-    env = {"BUILD_CONTEXT_STORAGE": "s3", **seaweed.function_env(bucket)}
-    check_caps(start_server, env, monkeypatch)
-    check_byte_cap(start_server, env, monkeypatch)
-
-
-@pytest.mark.kube
-def test_caps_hold_on_the_configmap_store(
-    start_server: StartServer, kube: KubeAPIServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    namespace = kube.new_namespace("limits")
-    env = {"BUILD_CONTEXT_STORAGE": "configmap", **kube.function_env(namespace)}
-    check_caps(start_server, env, monkeypatch)
-    check_byte_cap(start_server, env, monkeypatch)
+    check_caps(start_server, store_env, monkeypatch)
+    check_byte_cap(start_server, store_env, monkeypatch)
 
 
 # --- what each store tells the caps -----------------------------------------------------

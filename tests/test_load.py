@@ -11,7 +11,6 @@ import gzip
 import hashlib
 from collections import defaultdict
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +23,6 @@ from function.stores import Store, open_store
 from function.workers import process_count
 from tests.conftest import StartServer
 from tests.support.contexts import members, read_member
-from tests.support.kube import KubeAPIServer
-from tests.support.seaweed import SeaweedS3
 from tests.support.server import FunctionServer
 
 BURST = 150
@@ -158,32 +155,7 @@ def check_cleanup(store: Store[Any], settings: Settings, expected: int) -> None:
     assert list(store.list()) == []
 
 
-def test_burst_filesystem(
-    start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_burst(
+    start_server: StartServer, store_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = {
-        "BUILD_CONTEXT_STORAGE": "filesystem",
-        "BUILD_CONTEXT_FS_ROOT": str(tmp_path / "contexts"),
-    }
-    check_burst(start_server, env, monkeypatch)
-
-
-@pytest.mark.s3
-def test_burst_s3(
-    start_server: StartServer, seaweed: SeaweedS3, bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    env = {"BUILD_CONTEXT_STORAGE": "s3", **seaweed.function_env(bucket)}
-    check_burst(start_server, env, monkeypatch)
-
-
-@pytest.mark.kube
-def test_burst_configmap(
-    start_server: StartServer, kube: KubeAPIServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    namespace = kube.new_namespace("load")
-    assert kube.kubeconfig_path is not None
-    check_burst(
-        start_server,
-        {"BUILD_CONTEXT_STORAGE": "configmap", **kube.function_env(namespace)},
-        monkeypatch,
-    )
+    check_burst(start_server, store_env, monkeypatch)
