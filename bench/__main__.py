@@ -182,34 +182,35 @@ def _cpu(run: Run, cpu: float) -> float:
     return cpu
 
 
+Scenario = tuple[str, int, int, list[Measure]]
+"""Which requests (`_requests` kind), how many, how many in flight, and what is read."""
+
+
+def _at_once(kind: str, sizes: str, short: str = "") -> Scenario:
+    """150 requests in flight at once: p95 latency, throughput and server CPU per request
+    (its label names the sizes as `short`, where given)."""
+    return (
+        kind,
+        150,
+        150,
+        [
+            Measure(f"150 at once, {sizes}: p95", _p95, True),
+            Measure(f"150 at once, {sizes}: req/s", _rate, False),
+            Measure(f"150 at once, {short or sizes}: server CPU per request", _cpu, True),
+        ],
+    )
+
+
 def ratio_section(shape: Shape, rounds: int | None, quick: bool) -> None:
     """The function (filesystem store on TMPDIR's disk) against the floor (bench/floor.py), in
     alternating rounds: each scenario runs on both servers back to back, in turns first, so a
     noisy neighbour hits both alike. Medians over rounds; the cost ratio is function/floor for
     latency and floor/function for throughput, so for every row lower is better (goal <= 1.5)."""
     rounds = rounds or (1 if quick else 7)
-    scenarios = [
+    scenarios: list[Scenario] = [
         ("small", 20 if quick else 60, 1, [Measure("one at a time, 1 KB: p50", _p50, True)]),
-        (
-            "small",
-            150,
-            150,
-            [
-                Measure("150 at once, 1 KB: p95", _p95, True),
-                Measure("150 at once, 1 KB: req/s", _rate, False),
-                Measure("150 at once, 1 KB: server CPU per request", _cpu, True),
-            ],
-        ),
-        (
-            "mixed",
-            150,
-            150,
-            [
-                Measure("150 at once, mixed 1 KB-900 KB: p95", _p95, True),
-                Measure("150 at once, mixed 1 KB-900 KB: req/s", _rate, False),
-                Measure("150 at once, mixed: server CPU per request", _cpu, True),
-            ],
-        ),
+        _at_once("small", "1 KB"),
+        _at_once("mixed", "mixed 1 KB-900 KB", short="mixed"),
     ]
     print(
         f"\n## Against the floor (filesystem store under {tempfile.gettempdir()}; function: "
