@@ -13,7 +13,6 @@ import io
 import json
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from function.create import Built, CreateService
 from function.settings import Settings
 from function.stores import open_store
 from tests.conftest import StartServer
-from tests.support.cli import run_cli
+from tests.support.cli import run_cli, sweep
 from tests.support.contexts import example
 
 KEY_KINDS = ["ed25519", "p256"]
@@ -331,25 +330,7 @@ def test_the_filesystem_store_keeps_the_envelope_beside_the_archive_and_cleanup_
     )
     assert checked.returncode == 0, checked.stderr
 
-    # Records keep whole seconds and `--ttl-seconds 0` expires what is older than that: a run
-    # within the second of the create keeps it ("active"), so run again until a deadline.
-    deadline = time.monotonic() + 30
-    while True:
-        swept = run_cli(
-            "cleanup",
-            "--ttl-seconds",
-            "0",
-            cwd=tmp_path,
-            env={
-                **env,
-                "BUILD_CONTEXT_KEEP_LATEST": "0",
-                "BUILD_CONTEXT_CLEANUP_GRACE_SECONDS": "0",
-            },
-        )
-        assert swept.returncode == 0, swept.stderr
-        summary = json.loads(swept.stdout)["stores"][0]
-        if summary["retained"] != {"active": 1} or time.monotonic() > deadline:
-            break
+    summary = sweep(tmp_path, env)["stores"][0]
     assert summary["deleted"] == 1, summary
     assert not envelope.exists() and not envelope.parent.exists()
 

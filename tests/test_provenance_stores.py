@@ -8,33 +8,23 @@ import base64
 import json
 import uuid
 from pathlib import Path
-from typing import Any
 
 import kubernetes
 import pytest
 import yaml
 
 from tests.conftest import StartServer
-from tests.support.cli import run_cli
+from tests.support.cli import run_cli, sweep
 from tests.support.contexts import ROOT, example
 from tests.support.kube import KubeAPIServer
 from tests.support.registry import Registry
 from tests.support.seaweed import SeaweedS3
 from tests.test_provenance import write_key
 
-SWEEP = {
-    "BUILD_CONTEXT_KEEP_LATEST": "0",
-    "BUILD_CONTEXT_CLEANUP_GRACE_SECONDS": "0",
+FAST_RETRIES = {
     "BUILD_CONTEXT_RETRY_ATTEMPTS": "2",
     "BUILD_CONTEXT_RETRY_BASE_DELAY_SECONDS": "0.01",
 }
-
-
-def _cleanup(folder: Path, env: dict[str, str]) -> dict[str, Any]:
-    done = run_cli("cleanup", "--ttl-seconds", "0", cwd=folder, env={**env, **SWEEP})
-    assert done.returncode == 0, done.stderr
-    summary: dict[str, Any] = json.loads(done.stdout)
-    return summary
 
 
 @pytest.mark.s3
@@ -78,7 +68,7 @@ def test_s3_keeps_the_envelope_beside_the_archive_and_cleanup_deletes_both(
     )["Body"].read()
 
     # Listing sees the archive only; cleanup deletes the archive and then its envelope.
-    summary = _cleanup(tmp_path, env)
+    summary = sweep(tmp_path, {**env, **FAST_RETRIES})
     assert summary["stores"][0]["scanned"] == 1 and summary["stores"][0]["deleted"] == 1
     left = admin.list_objects_v2(Bucket=bucket).get("Contents", [])
     assert [o["Key"] for o in left if not o["Key"].endswith(".claim")] == []
@@ -138,7 +128,7 @@ def test_oci_refers_the_envelope_to_the_context_image_and_cleanup_deletes_both(
 
     # Listing counts the context once (the envelope tag is ours, not a pin); cleanup deletes
     # the context and then its envelope.
-    summary = _cleanup(tmp_path, env)
+    summary = sweep(tmp_path, {**env, **FAST_RETRIES})
     assert summary["stores"][0]["scanned"] == 1 and summary["stores"][0]["deleted"] == 1
     gone = registry.crane("manifest", f"{image}:{where['tag']}", check=False)
     assert gone.returncode != 0
@@ -183,7 +173,7 @@ def test_configmap_holds_the_envelope_beside_the_archive_and_cleanup_deletes_bot
         )
         assert done.returncode == 0, done.stderr
 
-        summary = _cleanup(tmp_path, env)
+        summary = sweep(tmp_path, {**env, **FAST_RETRIES})
         assert summary["stores"][0]["deleted"] == 1
         left = core.list_namespaced_config_map(namespace).items
         assert where["configMap"] not in [item.metadata.name for item in left]
