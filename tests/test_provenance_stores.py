@@ -8,6 +8,7 @@ import base64
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import kubernetes
 import pytest
@@ -19,12 +20,31 @@ from tests.support.contexts import ROOT, example
 from tests.support.kube import KubeAPIServer
 from tests.support.registry import Registry
 from tests.support.seaweed import SeaweedS3
+from tests.support.server import FunctionServer, Reply
 from tests.test_provenance import write_key
 
 FAST_RETRIES = {
     "BUILD_CONTEXT_RETRY_ATTEMPTS": "2",
     "BUILD_CONTEXT_RETRY_BASE_DELAY_SECONDS": "0.01",
 }
+
+
+def _create_signed(
+    start_server: StartServer,
+    tmp_path: Path,
+    key_kind: str,
+    store_env: dict[str, str],
+    request: dict[str, Any],
+) -> tuple[FunctionServer, dict[str, str], Path, Reply]:
+    """A server on `store_env` that signs with a new key of `key_kind`, its environment (for
+    the command line), the public key, and its signed reply to `request`, which it created."""
+    private, public = write_key(tmp_path, key_kind)
+    env = {**store_env, "BUILD_CONTEXT_SIGNING_KEY_FILE": str(private)}
+    server = start_server(**env)
+    reply = server.send(request)
+    assert reply.type == "buildcontext.created", reply
+    assert reply.data["provenance"]["signed"] is True
+    return server, env, public, reply
 
 
 @pytest.mark.s3
@@ -34,20 +54,15 @@ def test_s3_keeps_the_envelope_beside_the_archive_and_cleanup_deletes_both(
     admin = seaweed.client()
     bucket = f"prov-{uuid.uuid4().hex[:10]}"
     admin.create_bucket(Bucket=bucket)
-    private, public = write_key(tmp_path, "ed25519")
-    env = {
-        "BUILD_CONTEXT_STORAGE": "s3",
-        **seaweed.function_env(bucket),
-        "BUILD_CONTEXT_SIGNING_KEY_FILE": str(private),
-    }
-    reply = start_server(**env).send(example("python-dependencies"))
-    assert reply.type == "buildcontext.created", reply
+    store = {"BUILD_CONTEXT_STORAGE": "s3", **seaweed.function_env(bucket)}
+    _, env, public, reply = _create_signed(
+        start_server, tmp_path, "ed25519", store, example("python-dependencies")
+    )
     where = reply.data["provenance"]["envelope"]
     archive_key = reply.data["storage"]["key"]
     assert where["bucket"] == bucket and where["key"] == archive_key.replace(
         ".tar.gz", ".dsse.json"
     )
-    assert reply.data["provenance"]["signed"] is True
 
     # The init container's way: both read from S3, the verified archive written for kaniko.
     done = run_cli(
@@ -79,8 +94,7 @@ def test_oci_refers_the_envelope_to_the_context_image_and_cleanup_deletes_both(
     registry: Registry, start_server: StartServer, tmp_path: Path
 ) -> None:
     prefix = f"prov-{uuid.uuid4().hex[:10]}"
-    private, public = write_key(tmp_path, "ed25519")
-    env = {
+    store = {
         "BUILD_CONTEXT_STORAGE": "oci",
         "BUILD_CONTEXT_OCI_REGISTRY": registry.host,
         "BUILD_CONTEXT_OCI_REPOSITORY": prefix,
@@ -89,14 +103,10 @@ def test_oci_refers_the_envelope_to_the_context_image_and_cleanup_deletes_both(
         ),
         "BUILD_CONTEXT_OCI_CA_FILE": str(registry.ca_path),
         "BUILD_CONTEXT_NAMESPACE": "team-a",
-        "BUILD_CONTEXT_SIGNING_KEY_FILE": str(private),
     }
-    server = start_server(**env)
     request = example("python-dependencies")
-    reply = server.send(request)
-    assert reply.type == "buildcontext.created", reply
+    server, env, public, reply = _create_signed(start_server, tmp_path, "ed25519", store, request)
     storage, where = reply.data["storage"], reply.data["provenance"]["envelope"]
-    assert reply.data["provenance"]["signed"] is True
     assert where["tag"] == f"{reply.data['imageTag']}.dsse"
     assert where["repository"] == storage["repository"]
     image = f"{registry.host}/{storage['repository']}"
@@ -144,14 +154,10 @@ def test_configmap_holds_the_envelope_beside_the_archive_and_cleanup_deletes_bot
     with kube.api_client() as client:
         core = kubernetes.client.CoreV1Api(client)
         core.create_namespace({"metadata": {"name": namespace}})
-        private, public = write_key(tmp_path, "p256")
-        env = {
-            "BUILD_CONTEXT_STORAGE": "configmap",
-            **kube.function_env(namespace),
-            "BUILD_CONTEXT_SIGNING_KEY_FILE": str(private),
-        }
-        reply = start_server(**env).send(example("nodejs"))
-        assert reply.type == "buildcontext.created", reply
+        store = {"BUILD_CONTEXT_STORAGE": "configmap", **kube.function_env(namespace)}
+        _, env, public, reply = _create_signed(
+            start_server, tmp_path, "p256", store, example("nodejs")
+        )
         where = reply.data["provenance"]["envelope"]
         assert where == {**reply.data["storage"], "key": "provenance.dsse.json"}
 
