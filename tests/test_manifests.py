@@ -476,25 +476,37 @@ def test_base_renders_to_the_files_with_the_configmap_store(
                 k: v for k, v in source.items() if k != "metadata"
             }, "tests apply rbac.yaml as is: the rendered RBAC must be the same"
     settings = _rendered_settings(rendered, monkeypatch)
-    assert settings.storage == "configmap"
     assert settings.auth == "oidc", "only the Trigger and the PingSource may call in a cluster"
 
 
 @pytest.mark.kube
-def test_s3_overlay_uses_s3_with_secret_credentials_and_no_configmap_rights(
+@pytest.mark.parametrize(
+    ("name", "storage"), [("knative", "configmap"), ("s3", "s3"), ("oci", "oci")]
+)
+def test_each_overlay_selects_its_store_and_only_the_configmap_store_gets_a_role(
+    name: str, storage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered = kustomize(RENDERED[name])
+    assert _rendered_settings(rendered, monkeypatch).storage == storage
+    roles, bindings = of_kind(rendered, "Role"), of_kind(rendered, "RoleBinding")
+    if storage == "configmap":
+        assert roles and bindings
+    else:
+        assert roles == bindings == [], "a store outside the cluster needs no Kubernetes rights"
+
+
+@pytest.mark.kube
+def test_s3_overlay_reads_the_bucket_credentials_from_a_secret(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rendered = kustomize(RENDERED["s3"])
-    settings = _rendered_settings(rendered, monkeypatch)
-    assert settings.storage == "s3"
-    assert settings.s3_bucket
+    assert _rendered_settings(rendered, monkeypatch).s3_bucket
     for handlers in ("create", "cleanup"):
         env_from = container(handler_service(rendered, handlers))["envFrom"]
         assert env_from == [
             {"configMapRef": {"name": SETTINGS_NAME}},
             {"secretRef": {"name": "build-context-s3"}},
         ]
-    assert of_kind(rendered, "Role") == of_kind(rendered, "RoleBinding") == []
     dead_letters = find(rendered, "Service", "build-context-dead-letters")
     assert "envFrom" not in container(dead_letters)
 
@@ -505,7 +517,7 @@ def test_oci_overlay_mounts_the_pull_secret_where_the_docker_config_setting_poin
 ) -> None:
     rendered = kustomize(RENDERED["oci"])
     settings = _rendered_settings(rendered, monkeypatch)
-    assert (settings.storage, settings.oci_registry) == ("oci", "registry.example.com")
+    assert settings.oci_registry == "registry.example.com"
     config = Path(settings.oci_docker_config)
     for handlers in ("create", "cleanup"):
         service = handler_service(rendered, handlers)
@@ -520,7 +532,6 @@ def test_oci_overlay_mounts_the_pull_secret_where_the_docker_config_setting_poin
             "secretName": "build-context-registry",
             "items": [{"key": ".dockerconfigjson", "path": config.name}],
         }
-    assert of_kind(rendered, "Role") == of_kind(rendered, "RoleBinding") == []
 
 
 @pytest.mark.kube
