@@ -32,7 +32,6 @@ from function.stores.oci.client import credentials_from_docker_config
 from tests.conftest import StartServer
 from tests.support.contexts import ROOT, example, members
 from tests.support.registry import Credentials, Registry
-from tests.support.server import free_port
 
 pytestmark = pytest.mark.oci
 
@@ -350,10 +349,7 @@ def test_http_created_event_names_the_image_by_digest(
 ) -> None:
     server = start_server(
         BUILD_CONTEXT_STORAGE="oci",
-        BUILD_CONTEXT_OCI_REGISTRY=registry.host,
-        BUILD_CONTEXT_OCI_REPOSITORY=prefix,
-        BUILD_CONTEXT_OCI_DOCKER_CONFIG=str(config),
-        BUILD_CONTEXT_OCI_CA_FILE=str(registry.ca_path),
+        **registry.function_env(prefix, config),
         BUILD_CONTEXT_NAMESPACE="team-a",
     )
     request = example("python")
@@ -376,12 +372,12 @@ def test_http_created_event_names_the_image_by_digest(
 
 
 def test_http_an_unreachable_registry_is_retried_then_retryable(
-    config: Path, start_server: StartServer
+    tmp_path: Path, prefix: str, start_server: StartServer
 ) -> None:
+    own = Registry(tmp_path / "own")  # never started: nothing listens on its port
     server = start_server(
         BUILD_CONTEXT_STORAGE="oci",
-        BUILD_CONTEXT_OCI_REGISTRY=f"127.0.0.1:{free_port()}",
-        BUILD_CONTEXT_OCI_DOCKER_CONFIG=str(config),
+        **own.function_env(prefix, own.docker_config(tmp_path / "docker" / "config.json")),
         BUILD_CONTEXT_RETRY_ATTEMPTS="3",
         BUILD_CONTEXT_RETRY_BASE_DELAY_SECONDS="0.01",
     )

@@ -94,14 +94,10 @@ def test_oci_refers_the_envelope_to_the_context_image_and_cleanup_deletes_both(
     registry: Registry, start_server: StartServer, tmp_path: Path
 ) -> None:
     prefix = f"prov-{uuid.uuid4().hex[:10]}"
+    config = registry.docker_config(tmp_path / "docker" / "config.json")
     store = {
         "BUILD_CONTEXT_STORAGE": "oci",
-        "BUILD_CONTEXT_OCI_REGISTRY": registry.host,
-        "BUILD_CONTEXT_OCI_REPOSITORY": prefix,
-        "BUILD_CONTEXT_OCI_DOCKER_CONFIG": str(
-            registry.docker_config(tmp_path / "docker" / "config.json")
-        ),
-        "BUILD_CONTEXT_OCI_CA_FILE": str(registry.ca_path),
+        **registry.function_env(prefix, config),
         "BUILD_CONTEXT_NAMESPACE": "team-a",
     }
     request = example("python-dependencies")

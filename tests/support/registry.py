@@ -380,6 +380,20 @@ class Registry:
         path.write_text(json.dumps({"auths": {self.host: {"auth": auth.decode()}}}))
         return path
 
+    def function_env(self, repository_prefix: str, docker_config: Path) -> dict[str, str]:
+        """The environment that points the function's OCI store here, under `repository_prefix`,
+        with the credentials of `docker_config` (see `docker_config`)."""
+        env = {
+            "BUILD_CONTEXT_OCI_REGISTRY": self.host,
+            "BUILD_CONTEXT_OCI_REPOSITORY": repository_prefix,
+            "BUILD_CONTEXT_OCI_DOCKER_CONFIG": str(docker_config),
+        }
+        if self.ca_path is not None:
+            env["BUILD_CONTEXT_OCI_CA_FILE"] = str(self.ca_path)
+        if not self.tls:
+            env["BUILD_CONTEXT_OCI_INSECURE_HTTP"] = "true"
+        return env
+
     def crane(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
         """`crane` with our credentials (its own docker config) and CA; stdout as bytes."""
         config_dir = self.workdir / "crane-docker-config"
