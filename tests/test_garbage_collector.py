@@ -112,18 +112,24 @@ def test_a_hostile_owner_cannot_get_a_shared_context_collected(
     assert reused.data["reused"]
     shared = created.data["storage"]["configMap"]
 
+    # The function gave the singly owned context its owner's reference, and only that one.
+    owned_name = owned.data["storage"]["configMap"]
+    references = admin.read_namespaced_config_map(owned_name, namespace).metadata.owner_references
+    assert [(r.kind, r.name, r.uid) for r in references] == [
+        ("ConfigMap", "alone-fn", alone.metadata.uid)
+    ]
+
     # The collector works here: a context with one owner goes with its owner, and an object
     # whose only owner does not exist goes too.
-    canary = admin.create_namespaced_config_map(
+    admin.create_namespaced_config_map(
         namespace,
         {"metadata": {"name": "canary", "ownerReferences": [ghost]}},
     )
-    assert canary.metadata.name == "canary"
     admin.delete_namespaced_config_map("alone-fn", namespace)
     admin.delete_namespaced_config_map("first-fn", namespace)
     wait_until(lambda: not exists(admin, namespace, "canary"), "the ghost-owned canary collected")
     wait_until(
-        lambda: not exists(admin, namespace, owned.data["storage"]["configMap"]),
+        lambda: not exists(admin, namespace, owned_name),
         "the singly owned context collected with its owner",
     )
 
