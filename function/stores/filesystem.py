@@ -195,6 +195,22 @@ class FilesystemStore(Store[Path]):
             except (FileNotFoundError, ValueError, KeyError):
                 continue  # deleted meanwhile, or not ours
 
+    def function_sizes(self, namespace: str, function: str) -> Iterator[tuple[str, int]]:
+        """From the folder names and the archives' sizes: one `stat` per context, no record
+        read (the per-function caps ask on every new context)."""
+        try:
+            entries = list(os.scandir(self.root / namespace / function))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                size = os.stat(os.path.join(entry.path, ARCHIVE)).st_size
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            yield entry.name, size
+
     def delete(self, item: Listed[Path], still_expired: StillExpired) -> Deletion:
         folder = item.handle
         record = item.record
