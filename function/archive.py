@@ -114,7 +114,12 @@ def gzip_bytes(data: bytes, level: int = COMPRESSION_LEVEL) -> bytes:
 
 
 def build(files: Mapping[str, str]) -> Archive:
-    encoded = {path: text.encode("utf-8") for path, text in files.items()}
+    return build_encoded({path: text.encode("utf-8") for path, text in files.items()})
+
+
+def build_encoded(encoded: Mapping[str, bytes]) -> Archive:
+    """`build` for files already encoded as UTF-8 (the create use case also hashes them for
+    the provenance statement, from the same bytes)."""
     tar = canonical_tar(encoded)
     data = gzip_bytes(tar)
     return Archive(

@@ -108,7 +108,8 @@ class CreateService:
                 },
             )
         with self.telemetry.stage("archive", attributes):
-            archive = archives.build(files)
+            encoded = {path: text.encode("utf-8") for path, text in files.items()}
+            archive = archives.build_encoded(encoded)
         with self.telemetry.stage("sign", attributes):
             parameters = provenance.BuildParameters(
                 function=valid.function,
@@ -122,7 +123,7 @@ class CreateService:
             )
             statement = provenance.statement(
                 archive,
-                {path: text.encode() for path, text in files.items()},
+                encoded,
                 parameters,
                 provenance.internal_parameters(self.settings),
                 rendered.dockerfile,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from .contract import utc_text
 from .errors import FieldError, QuotaExceeded, StorageUnavailable
 from .settings import Settings
 from .stores.base import ContextRecord, Store, Stored
+from .stores.filesystem import open_lock
 
 Put = Callable[[], "tuple[Stored, bool]"]
 
@@ -154,19 +156,17 @@ class FunctionLimits:
         # Validated names (DNS labels); hashed anyway so no name can reach outside the folder.
         digest = hashlib.sha256(f"{namespace}/{function}".encode()).hexdigest()[:32]
         try:
-            self.lock_dir.mkdir(parents=True, exist_ok=True)
-            lock = open(self.lock_dir / f"{digest}.lock", "a+b")  # noqa: SIM115
+            lock = open_lock(self.lock_dir / f"{digest}.lock")
         except OSError as error:
             raise StorageUnavailable(
                 f"cannot take the per-function lock in {self.lock_dir} "
                 f"({type(error).__name__}); check the volume and retry"
             ) from error
-        with lock:
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+            yield
+        finally:
+            os.close(lock)  # closing the last descriptor releases the lock
 
 
 def _exceeded(limit: str, message: str) -> QuotaExceeded:

@@ -144,3 +144,4 @@ def test_each_store_lists_one_function_alone(store: StoreUnderTest) -> None:
     sizes = sorted(store.client.function_sizes(HOME, "fix"))
     assert sizes == sorted((r.content_hash, r.size_bytes) for r in mine)
     assert list(store.client.function_contexts(HOME, "nobody")) == []
+    assert list(store.client.function_sizes(HOME, "nobody")) == []
