@@ -16,10 +16,10 @@ import hashlib
 import json
 import logging
 
-from ...archive import Archive, image_tag
+from ...archive import Archive
 from ...contract import OwnerReference
 from ..base import MANAGED_BY, ContextRecord, Deletion, Listed, StillExpired, Stored
-from ..failures import NotFound, StoreError
+from ..failures import StoreError
 from .client import OCI_MANIFEST
 from .image import EMPTY, EMPTY_TYPE, MANAGED
 from .store import ENVELOPE_SUFFIX, OCIStore, _Handle
@@ -91,29 +91,13 @@ class AttestedOCIStore(OCIStore):
         return Stored(stored.record, stored.storage, stored.context_uri, stored.reused, where)
 
     def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
-        repository = self.repository(namespace, function)
-        tag = image_tag(content_hash) + ENVELOPE_SUFFIX
-        found = self._call(
-            "read envelope", repository, lambda: self.client.get_manifest(repository, tag)
+        return self._read_layer(
+            (namespace, function, content_hash),
+            ENVELOPE_SUFFIX,
+            ("read envelope", "read envelope"),
+            lambda manifest: manifest["artifactType"] == ENVELOPE_TYPE,
+            MAX_ENVELOPE_BYTES,
         )
-        if found is None:
-            raise KeyError((namespace, function, content_hash))
-        try:
-            manifest = json.loads(found[0])
-            if manifest.get("artifactType") != ENVELOPE_TYPE:
-                raise KeyError((namespace, function, content_hash))
-            layer = str(manifest["layers"][0]["digest"])
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise KeyError((namespace, function, content_hash)) from None
-        try:
-            data: bytes = self._call(
-                "read envelope",
-                repository,
-                lambda: self.client.get_blob(repository, layer, MAX_ENVELOPE_BYTES),
-            )
-        except NotFound:
-            raise KeyError((namespace, function, content_hash)) from None
-        return data
 
     def delete(self, item: Listed[_Handle], still_expired: StillExpired) -> Deletion:
         deletion = super().delete(item, still_expired)

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ...archive import Archive, image_tag
 from ...contract import OwnerReference
@@ -268,28 +268,46 @@ class OCIStore(Store[_Handle]):
     # --- read ------------------------------------------------------------------------------
 
     def get(self, namespace: str, function: str, content_hash: str) -> bytes:
+        return self._read_layer(
+            (namespace, function, content_hash),
+            "",
+            ("read context", "read layer"),
+            lambda manifest: manifest["annotations"][MANAGED] == MANAGED_BY,
+            MAX_LAYER_BYTES,
+        )
+
+    def _read_layer(
+        self,
+        key: tuple[str, str, str],
+        suffix: str,
+        operations: tuple[str, str],
+        ours: Callable[[Any], bool],
+        limit: int,
+    ) -> bytes:
+        """The one layer of the manifest tagged with the content hash (plus `suffix`), read
+        with the two operations' names (manifest, blob) and at most `limit` bytes. KeyError
+        when the tag, the manifest's shape, `ours` or the blob says it is not there."""
+        namespace, function, content_hash = key
         repository = self.repository(namespace, function)
-        tag = image_tag(content_hash)
+        tag = image_tag(content_hash) + suffix
         found = self._call(
-            "read context", repository, lambda: self.client.get_manifest(repository, tag)
+            operations[0], repository, lambda: self.client.get_manifest(repository, tag)
         )
         if found is None:
-            raise KeyError((namespace, function, content_hash))
+            raise KeyError(key)
         try:
             manifest = json.loads(found[0])
-            if manifest["annotations"][MANAGED] != MANAGED_BY:
-                raise KeyError((namespace, function, content_hash))
-            layer = manifest["layers"][0]["digest"]
+            if not ours(manifest):
+                raise KeyError(key)
+            layer = str(manifest["layers"][0]["digest"])
         except (ValueError, KeyError, IndexError, TypeError):
-            raise KeyError((namespace, function, content_hash)) from None
+            raise KeyError(key) from None
         try:
             data: bytes = self._call(
-                "read layer",
-                repository,
-                lambda: self.client.get_blob(repository, layer, MAX_LAYER_BYTES),
+                operations[1], repository, lambda: self.client.get_blob(repository, layer, limit)
             )
         except NotFound:
-            raise KeyError((namespace, function, content_hash)) from None
+            raise KeyError(key) from None
         return data
 
     # --- cleanup ---------------------------------------------------------------------------
