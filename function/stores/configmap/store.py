@@ -172,21 +172,22 @@ class ConfigMapStore(Store[ConfigMapHandle]):
         )
 
     def get(self, namespace: str, function: str, content_hash: str) -> bytes:
-        try:
-            found = self.api.read(namespace, configmap_name(function, content_hash))
-        except NotFound:
-            raise KeyError((namespace, function, content_hash)) from None
-        return base64.b64decode((found.get("binaryData") or {})[KEY])
+        return self._read_binary(namespace, function, content_hash, KEY)
 
     def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
+        return self._read_binary(namespace, function, content_hash, PROVENANCE_FILE)
+
+    def _read_binary(self, namespace: str, function: str, content_hash: str, key: str) -> bytes:
+        """One `binaryData` entry of a context's ConfigMap, decoded; KeyError when the
+        ConfigMap or the entry is missing."""
         try:
             found = self.api.read(namespace, configmap_name(function, content_hash))
         except NotFound:
             raise KeyError((namespace, function, content_hash)) from None
-        envelope = (found.get("binaryData") or {}).get(PROVENANCE_FILE)
-        if envelope is None:
+        data = (found.get("binaryData") or {}).get(key)
+        if data is None:
             raise KeyError((namespace, function, content_hash))
-        return base64.b64decode(envelope)
+        return base64.b64decode(data)
 
     def function_contexts(self, namespace: str, function: str) -> Iterator[ContextRecord]:
         """One listing with the function's label: the apiserver filters."""
