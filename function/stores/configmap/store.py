@@ -52,11 +52,9 @@ _RACES = 5
 
 @dataclass(frozen=True)
 class ConfigMapHandle:
-    """What `delete` needs: the object as it was listed."""
+    """What `delete` needs: the name; it re-reads the object and deletes that version."""
 
     name: str
-    uid: str
-    resource_version: str
 
 
 class _Gone(Exception):
@@ -214,10 +212,7 @@ class ConfigMapStore(Store[ConfigMapHandle]):
                         },
                     )
                     continue
-                handle = ConfigMapHandle(
-                    metadata["name"], metadata["uid"], metadata["resourceVersion"]
-                )
-                yield Listed(record, handle)
+                yield Listed(record, ConfigMapHandle(metadata["name"]))
 
     def delete(self, item: Listed[ConfigMapHandle], still_expired: StillExpired) -> Deletion:
         """Re-read; delete only that very version (uid + resourceVersion preconditions), so a

@@ -53,10 +53,10 @@ DELETE_CONCURRENCY = 8
 
 @dataclass(frozen=True)
 class _Handle:
+    """What `delete` needs: it re-reads the record and the context under `tag` itself."""
+
     repository: str
     tag: str
-    record_digest: str
-    context_digest: str
     foreign_tags: tuple[str, ...]
 
 
@@ -367,8 +367,8 @@ class OCIStore(Store[_Handle]):
                 return None
             if found is None:
                 return None
-            record, digest, subject = found
-            handle = _Handle(repository, tag, digest, subject, tuple(foreign))
+            record, _, subject = found
+            handle = _Handle(repository, tag, tuple(foreign))
             return Listed(replace(record, retain=subject in pinned), handle)
 
         for listed in pool.map(read, records):
