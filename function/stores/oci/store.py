@@ -416,15 +416,8 @@ class OCIStore(Store[_Handle]):
     ) -> Outcomes:
         """`delete` for a page, a few contexts at a time: the registry has no batch delete, and
         each context's re-checks and deletes are independent of the others'."""
-
-        def one(item: Listed[_Handle]) -> Deletion | Exception:
-            try:
-                return self.delete(item, still_expired)
-            except Exception as error:
-                return error
-
         with ThreadPoolExecutor(DELETE_CONCURRENCY, thread_name_prefix="oci-delete") as pool:
-            return list(pool.map(one, items))
+            return list(pool.map(lambda item: self.delete_or_error(item, still_expired), items))
 
     def _pinned(self, handle: _Handle, subject: str) -> bool:
         """A tag we did not make on the context, looked at again right before deleting."""
