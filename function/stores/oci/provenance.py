@@ -18,6 +18,7 @@ import logging
 
 from ...archive import Archive
 from ...contract import OwnerReference
+from ...provenance import ENVELOPE_MEDIA_TYPE
 from ..base import MANAGED_BY, ContextRecord, Deletion, Listed, StillExpired, Stored
 from ..failures import StoreError
 from .client import OCI_MANIFEST
@@ -26,7 +27,6 @@ from .store import ENVELOPE_SUFFIX, OCIStore, _Handle
 
 log = logging.getLogger("build_context.oci")
 
-ENVELOPE_TYPE = "application/vnd.dsse.envelope.v1+json"
 MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
 
 
@@ -40,11 +40,11 @@ def envelope_manifest(envelope: bytes, subject_digest: str, subject_size: int) -
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "artifactType": ENVELOPE_TYPE,
+        "artifactType": ENVELOPE_MEDIA_TYPE,
         "config": empty,
         "layers": [
             {
-                "mediaType": ENVELOPE_TYPE,
+                "mediaType": ENVELOPE_MEDIA_TYPE,
                 "digest": "sha256:" + hashlib.sha256(envelope).hexdigest(),
                 "size": len(envelope),
             }
@@ -95,7 +95,7 @@ class AttestedOCIStore(OCIStore):
             (namespace, function, content_hash),
             ENVELOPE_SUFFIX,
             ("read envelope", "read envelope"),
-            lambda manifest: manifest["artifactType"] == ENVELOPE_TYPE,
+            lambda manifest: manifest["artifactType"] == ENVELOPE_MEDIA_TYPE,
             MAX_ENVELOPE_BYTES,
         )
 
