@@ -83,7 +83,6 @@ class ConfigMapStore(Store[ConfigMapHandle]):
         self.namespaces = frozenset({home_namespace, *namespaces})
         """What `list` reads by default; which namespaces a request may use is the service's
         to check (BUILD_CONTEXT_ALLOWED_NAMESPACES), once."""
-        self.telemetry = telemetry
         calls = StorageCalls(
             self.backend, errors.BOUNDARY, telemetry, retry or RetryPolicy(), sleep
         )

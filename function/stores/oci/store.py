@@ -76,10 +76,10 @@ class OCIStore(Store[_Handle]):
         self.registry = client.registry
         self.prefix = repository_prefix
         self.page_size = page_size
-        self.retry = retry or RetryPolicy()
-        self.telemetry = telemetry
         self._layout = re.compile(re.escape(repository_prefix) + r"/([a-z0-9-]+)/([a-z0-9-]+)")
-        self.calls = StorageCalls(self.backend, RegistryBoundary(), telemetry, self.retry)
+        self.calls = StorageCalls(
+            self.backend, RegistryBoundary(), telemetry, retry or RetryPolicy()
+        )
         self._known_blobs: set[tuple[str, str]] = set()
         """(repository, digest) of the shared empty blob once pushed; blobs outlive manifests
         until registry GC, which runs with the registry read-only (docs/oci.md)."""
