@@ -85,17 +85,9 @@ def dns_label_problem(value: str) -> str | None:
     return None
 
 
-def header_value(value: object) -> str | None:
-    """The value when it may go into an HTTP header as is (visible ASCII and spaces, bounded),
-    else None."""
-    if not isinstance(value, str) or not 0 < len(value) <= EVENT_SOURCE_MAX:
-        return None
-    return value if all(" " <= c <= "~" for c in value) else None
-
-
 TRACE_CONTEXT_MAX = 512
 """W3C trace context: `traceparent` is 55 characters, `tracestate` at most 512."""
-_TRACE_CONTEXT = re.compile(r"[\x20-\x7e]{1,512}")
+_TRACE_CONTEXT = re.compile(rf"[\x20-\x7e]{{1,{TRACE_CONTEXT_MAX}}}")
 
 
 def trace_context(carrier: Mapping[str, Any] | None) -> dict[str, str]:

@@ -185,7 +185,6 @@ _RULES = (
         _high_entropy,
     ),
 )
-KINDS = (*(rule.kind for rule in _RULES), "Kubernetes service-account token")
 
 
 def scan_text(path: str, text: str) -> Iterator[Finding]:

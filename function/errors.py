@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, get_args
+from typing import ClassVar
 
 from .contract import FailureReason
 
@@ -89,6 +89,3 @@ class ConfigurationError(Exception):
     def __str__(self) -> str:
         text = f"{self.variable}: {self.problem}"
         return f"{text}. {self.fix}" if self.fix else text
-
-
-REASONS: tuple[FailureReason, ...] = get_args(FailureReason)

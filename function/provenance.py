@@ -31,6 +31,8 @@ from .signing import SigningKey, VerificationFailed, VerifyingKey, keyid, load_p
 __all__ = ["SigningKey", "VerificationFailed", "VerifyingKey", "keyid", "load_public_keys"]
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
+ENVELOPE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
+"""The media type of the envelope itself, as the stores label it (S3 object, OCI artifact)."""
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "https://build-context.dev/provenance/context/v1"

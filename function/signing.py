@@ -77,11 +77,6 @@ class SigningKey:
             return self.private_key.sign(data)
         return self.private_key.sign(data, ec.ECDSA(hashes.SHA256()))
 
-    def public_pem(self) -> bytes:
-        return self.private_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-
 
 @dataclass(frozen=True)
 class VerifyingKey:

@@ -72,6 +72,36 @@ class Runtime(ABC):
         (in the builder image or at start), or None. Dotfiles are refused for every runtime."""
         return None
 
+    def pinned(self, problems: list[FieldError], checked: list[tuple[int, str, str]]) -> Pinned:
+        """The end of every `dependencies`: the problems found entry by entry and a name listed
+        twice among the (index, name, specifier) entries that passed are refused all at once;
+        else the entries, sorted."""
+        problems = problems + duplicates([(index, name) for index, name, _ in checked])
+        refuse(problems, self.name)
+        return tuple(sorted((name, spec) for _, name, spec in checked))
+
+
+class SpecifierListRuntime(Runtime):
+    """A runtime whose dependencies are one-string specifiers (pip's `requests>=2.31`, Go's
+    `module@v1.2.3`): a list of them, or an object {name: rest} joined with `joiner`."""
+
+    joiner: str
+
+    def dependencies(self, deps: Dependencies, settings: Settings) -> Pinned:
+        problems: list[FieldError] = []
+        checked: list[tuple[int, str, str]] = []
+        for index, spec in enumerate(as_list(deps, self.joiner)):
+            outcome = self.check_specifier(spec, settings)
+            if isinstance(outcome, str):
+                problems.append(FieldError(outcome, field=f"dependencies[{index}]"))
+            else:
+                checked.append((index, *outcome))
+        return self.pinned(problems, checked)
+
+    @abstractmethod
+    def check_specifier(self, spec: str, settings: Settings) -> tuple[str, str] | str:
+        """One entry as (canonical name, specifier to write), or what is wrong with it."""
+
 
 def as_list(deps: Dependencies, joiner: str) -> list[str]:
     if isinstance(deps, Mapping):

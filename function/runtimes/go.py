@@ -9,18 +9,7 @@ import tree_sitter_go
 from ..boundary import quote
 from ..errors import FieldError
 from ..settings import Settings
-from .base import (
-    MAX_LOCK_ENTRIES,
-    Dependencies,
-    Lock,
-    Pinned,
-    Rendered,
-    Runtime,
-    as_list,
-    duplicates,
-    lock_error,
-    refuse,
-)
+from .base import MAX_LOCK_ENTRIES, Lock, Pinned, Rendered, SpecifierListRuntime, lock_error
 from .treesitter import TreeSitterGrammar
 
 _GRAMMAR = TreeSitterGrammar(tree_sitter_go.language(), "Go")
@@ -99,7 +88,7 @@ def version_problem(module: str, version: str) -> str | None:
     return None
 
 
-class GoRuntime(Runtime):
+class GoRuntime(SpecifierListRuntime):
     name = "go"
     aliases = ("golang",)
     entry_file = "remediation.go"
@@ -107,34 +96,19 @@ class GoRuntime(Runtime):
     versions = ("1.25", "1.26", "1.27")
     default_version = "1.26"
     generated_files = frozenset({"Dockerfile", "go.mod", "go.sum"})
+    joiner = "@"
 
-    def dependencies(self, deps: Dependencies, settings: Settings) -> Pinned:
-        problems: list[FieldError] = []
-        pairs: list[tuple[int, str, str]] = []
-        for index, spec in enumerate(as_list(deps, "@")):
-            where = f"dependencies[{index}]"
-            module, at, version = spec.rpartition("@")
-            if not at:
-                problems.append(
-                    FieldError(
-                        f"{quote(spec)} needs a version: write module@version, e.g. "
-                        "'github.com/google/uuid@v1.6.0'",
-                        field=where,
-                    )
-                )
-                continue
-            problem = module_path_problem(module)
-            if problem:
-                problems.append(FieldError(f"module path {quote(module)} {problem}", field=where))
-                continue
-            problem = version_problem(module, version)
-            if problem:
-                problems.append(FieldError(problem, field=where))
-                continue
-            pairs.append((index, module, version))
-        problems += duplicates([(i, m) for i, m, _ in pairs])
-        refuse(problems, self.name)
-        return tuple(sorted((m, v) for _, m, v in pairs))
+    def check_specifier(self, spec: str, settings: Settings) -> tuple[str, str] | str:
+        module, at, version = spec.rpartition("@")
+        if not at:
+            return (
+                f"{quote(spec)} needs a version: write module@version, e.g. "
+                "'github.com/google/uuid@v1.6.0'"
+            )
+        problem = module_path_problem(module)
+        if problem:
+            return f"module path {quote(module)} {problem}"
+        return version_problem(module, version) or (module, version)
 
     def lock(self, text: str, deps: Pinned, settings: Settings) -> Lock:
         """A go.sum: `module version h1:…` and `module version/go.mod h1:…` lines. Every

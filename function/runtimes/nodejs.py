@@ -21,9 +21,7 @@ from .base import (
     Pinned,
     Rendered,
     Runtime,
-    duplicates,
     lock_error,
-    refuse,
 )
 from .treesitter import TreeSitterGrammar
 
@@ -105,9 +103,7 @@ class NodeRuntime(Runtime):
                 )
                 continue
             pairs.append((index, name, spec))
-        problems += duplicates([(i, n) for i, n, _ in pairs])
-        refuse(problems, self.name)
-        return tuple(sorted((n, s) for _, n, s in pairs))
+        return self.pinned(problems, pairs)
 
     def lock(self, text: str, deps: Pinned, settings: Settings) -> Lock:
         """A package-lock.json (lockfileVersion 2 or 3, as npm 7+ writes it). Its root must

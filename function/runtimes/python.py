@@ -16,18 +16,7 @@ from packaging.utils import canonicalize_name
 from ..boundary import quote
 from ..errors import FieldError
 from ..settings import Settings
-from .base import (
-    MAX_LOCK_ENTRIES,
-    Dependencies,
-    Lock,
-    Pinned,
-    Rendered,
-    Runtime,
-    as_list,
-    duplicates,
-    lock_error,
-    refuse,
-)
+from .base import MAX_LOCK_ENTRIES, Lock, Pinned, Rendered, SpecifierListRuntime, lock_error
 from .treesitter import TreeSitterGrammar, too_deep
 
 _GRAMMAR = TreeSitterGrammar(tree_sitter_python.language(), "Python")
@@ -68,7 +57,7 @@ _HASH = re.compile(r"--hash[= ](sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[
 _EXACT = re.compile(r"==[0-9A-Za-z.+!-]{1,64}")
 
 
-class PythonRuntime(Runtime):
+class PythonRuntime(SpecifierListRuntime):
     name = "python"
     aliases = ("python3", "py")
     entry_file = "remediation.py"
@@ -76,61 +65,38 @@ class PythonRuntime(Runtime):
     versions = ("3.11", "3.12", "3.13", "3.14")
     default_version = "3.13"
     generated_files = frozenset({"Dockerfile", "requirements.txt"})
+    joiner = ""
 
-    def dependencies(self, deps: Dependencies, settings: Settings) -> Pinned:
-        problems: list[FieldError] = []
-        parsed: list[tuple[int, Requirement]] = []
-        for index, spec in enumerate(as_list(deps, "")):
-            where = f"dependencies[{index}]"
-            text = spec.strip()
-            if text.startswith("-"):
-                problems.append(
-                    FieldError(
-                        f"{quote(text.split()[0])} is a pip option; options (-e, -r, --index-url, "
-                        "--extra-index-url, ...) are not allowed: list requirements like "
-                        "'requests>=2.31'",
-                        field=where,
-                    )
-                )
-                continue
-            if not text or _PIP_LINE.fullmatch(spec) is None:
-                problems.append(
-                    FieldError(
-                        f"{quote(spec)} must be one requirement of printable ASCII on one line "
-                        "(no control or line-break characters)",
-                        field=where,
-                    )
-                )
-                continue
-            try:
-                requirement = Requirement(text)
-            except InvalidRequirement as exc:
-                problems.append(
-                    FieldError(
-                        f"{quote(text)} is not a PEP 508 requirement "
-                        f"({quote(str(exc).splitlines()[0] if str(exc) else '', 120)}); "
-                        "write e.g. 'requests>=2.31'",
-                        field=where,
-                    )
-                )
-                continue
-            if requirement.url and not settings.allow_url_dependencies:
-                problems.append(
-                    FieldError(
-                        f"{quote(text)} installs from a URL; only index packages are allowed "
-                        "(set BUILD_CONTEXT_ALLOW_URL_DEPENDENCIES=true to permit URLs)",
-                        field=where,
-                    )
-                )
-                continue
-            problem = _pip_line_problem(str(requirement))
-            if problem:
-                problems.append(FieldError(f"{quote(text)} {problem}", field=where))
-                continue
-            parsed.append((index, requirement))
-        problems += duplicates([(i, canonicalize_name(r.name)) for i, r in parsed])
-        refuse(problems, self.name)
-        return tuple(sorted((canonicalize_name(r.name), str(r)) for _, r in parsed))
+    def check_specifier(self, spec: str, settings: Settings) -> tuple[str, str] | str:
+        text = spec.strip()
+        if text.startswith("-"):
+            return (
+                f"{quote(text.split()[0])} is a pip option; options (-e, -r, --index-url, "
+                "--extra-index-url, ...) are not allowed: list requirements like "
+                "'requests>=2.31'"
+            )
+        if not text or _PIP_LINE.fullmatch(spec) is None:
+            return (
+                f"{quote(spec)} must be one requirement of printable ASCII on one line "
+                "(no control or line-break characters)"
+            )
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement as exc:
+            return (
+                f"{quote(text)} is not a PEP 508 requirement "
+                f"({quote(str(exc).splitlines()[0] if str(exc) else '', 120)}); "
+                "write e.g. 'requests>=2.31'"
+            )
+        if requirement.url and not settings.allow_url_dependencies:
+            return (
+                f"{quote(text)} installs from a URL; only index packages are allowed "
+                "(set BUILD_CONTEXT_ALLOW_URL_DEPENDENCIES=true to permit URLs)"
+            )
+        problem = _pip_line_problem(str(requirement))
+        if problem:
+            return f"{quote(text)} {problem}"
+        return canonicalize_name(requirement.name), str(requirement)
 
     def lock(self, text: str, deps: Pinned, settings: Settings) -> Lock:
         """pip requirements in hash-checking mode, as `pip-compile --generate-hashes` or

@@ -156,13 +156,14 @@ class Store(ABC, Generic[H]):
 
     def delete_many(self, items: Sequence[Listed[H]], still_expired: StillExpired) -> Outcomes:
         """`delete` for a page; one at a time here, a store with a batch call does better."""
-        outcomes: Outcomes = []
-        for item in items:
-            try:
-                outcomes.append(self.delete(item, still_expired))
-            except Exception as error:
-                outcomes.append(error)
-        return outcomes
+        return [self.delete_or_error(item, still_expired) for item in items]
+
+    def delete_or_error(self, item: Listed[H], still_expired: StillExpired) -> Deletion | Exception:
+        """`delete` of one item, its exception returned as its outcome (see `Outcomes`)."""
+        try:
+            return self.delete(item, still_expired)
+        except Exception as error:
+            return error
 
     def sweep_leftovers(self, older_than: datetime, dry_run: bool) -> Swept:
         """Remove what crashed writes left behind, last changed before `older_than`.

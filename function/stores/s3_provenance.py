@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from ..archive import Archive
 from ..contract import OwnerReference
+from ..provenance import ENVELOPE_MEDIA_TYPE
 from .base import ContextRecord, Deletion, Listed, Outcomes, StillExpired, Stored
 from .failures import NotFound, StoreError
 from .s3 import Head, S3Store
@@ -23,7 +24,6 @@ from .s3.codec import SUFFIX
 log = logging.getLogger("build_context.s3")
 
 ENVELOPE_SUFFIX = ".dsse.json"
-ENVELOPE_TYPE = "application/vnd.dsse.envelope.v1+json"
 _BATCH = 1000
 """Keys per DeleteObjects call: the S3 limit."""
 
@@ -42,7 +42,7 @@ class AttestedS3Store(S3Store):
             archive.provenance is not None
             and self.objects.head_object(key) is None
             and self.objects.put_new(
-                envelope_key(key), archive.provenance, ContentType=ENVELOPE_TYPE
+                envelope_key(key), archive.provenance, ContentType=ENVELOPE_MEDIA_TYPE
             )
         )
         try:

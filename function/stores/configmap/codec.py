@@ -80,7 +80,7 @@ def configmap_body(
         },
     }
     if owner is not None:
-        metadata["ownerReferences"] = [owner_reference(owner)]
+        metadata["ownerReferences"] = [owner.wire()]
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -121,12 +121,3 @@ def record_from_metadata(metadata: Mapping[str, Any]) -> ContextRecord:
         metadata={str(k): str(v) for k, v in extra.items()},
         retain=str(labels.get(RETAIN, "")).lower() == "true",
     )
-
-
-def owner_reference(owner: OwnerReference) -> dict[str, str]:
-    return {
-        "apiVersion": owner.api_version,
-        "kind": owner.kind,
-        "name": owner.name,
-        "uid": owner.uid,
-    }

@@ -52,11 +52,9 @@ _RACES = 5
 
 @dataclass(frozen=True)
 class ConfigMapHandle:
-    """What `delete` needs: the object as it was listed."""
+    """What `delete` needs: the name; it re-reads the object and deletes that version."""
 
     name: str
-    uid: str
-    resource_version: str
 
 
 class _Gone(Exception):
@@ -85,7 +83,6 @@ class ConfigMapStore(Store[ConfigMapHandle]):
         self.namespaces = frozenset({home_namespace, *namespaces})
         """What `list` reads by default; which namespaces a request may use is the service's
         to check (BUILD_CONTEXT_ALLOWED_NAMESPACES), once."""
-        self.telemetry = telemetry
         calls = StorageCalls(
             self.backend, errors.BOUNDARY, telemetry, retry or RetryPolicy(), sleep
         )
@@ -172,21 +169,22 @@ class ConfigMapStore(Store[ConfigMapHandle]):
         )
 
     def get(self, namespace: str, function: str, content_hash: str) -> bytes:
-        try:
-            found = self.api.read(namespace, configmap_name(function, content_hash))
-        except NotFound:
-            raise KeyError((namespace, function, content_hash)) from None
-        return base64.b64decode((found.get("binaryData") or {})[KEY])
+        return self._read_binary(namespace, function, content_hash, KEY)
 
     def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
+        return self._read_binary(namespace, function, content_hash, PROVENANCE_FILE)
+
+    def _read_binary(self, namespace: str, function: str, content_hash: str, key: str) -> bytes:
+        """One `binaryData` entry of a context's ConfigMap, decoded; KeyError when the
+        ConfigMap or the entry is missing."""
         try:
             found = self.api.read(namespace, configmap_name(function, content_hash))
         except NotFound:
             raise KeyError((namespace, function, content_hash)) from None
-        envelope = (found.get("binaryData") or {}).get(PROVENANCE_FILE)
-        if envelope is None:
+        data = (found.get("binaryData") or {}).get(key)
+        if data is None:
             raise KeyError((namespace, function, content_hash))
-        return base64.b64decode(envelope)
+        return base64.b64decode(data)
 
     def function_contexts(self, namespace: str, function: str) -> Iterator[ContextRecord]:
         """One listing with the function's label: the apiserver filters."""
@@ -213,10 +211,7 @@ class ConfigMapStore(Store[ConfigMapHandle]):
                         },
                     )
                     continue
-                handle = ConfigMapHandle(
-                    metadata["name"], metadata["uid"], metadata["resourceVersion"]
-                )
-                yield Listed(record, handle)
+                yield Listed(record, ConfigMapHandle(metadata["name"]))
 
     def delete(self, item: Listed[ConfigMapHandle], still_expired: StillExpired) -> Deletion:
         """Re-read; delete only that very version (uid + resourceVersion preconditions), so a

@@ -264,17 +264,26 @@ class RegistryClient:
             raise Unavailable(f"blob {digest} of {repository} came back with other bytes")
         return data
 
-    def get_manifest(self, repository: str, reference: str) -> tuple[bytes, str] | None:
-        """(bytes, digest) of a manifest by tag or digest; None when absent."""
+    def _manifest_request(
+        self, method: str, repository: str, reference: str
+    ) -> requests.Response | None:
+        """A manifest by tag or digest, in any media type we read (streamed: the caller bounds
+        what it reads); None when absent."""
         try:
-            response = self.request(
-                "GET",
+            return self.request(
+                method,
                 f"/v2/{repository}/manifests/{reference}",
                 _scope(repository),
                 headers={"Accept": ACCEPT_MANIFESTS},
                 stream=True,
             )
         except Missing:
+            return None
+
+    def get_manifest(self, repository: str, reference: str) -> tuple[bytes, str] | None:
+        """(bytes, digest) of a manifest by tag or digest; None when absent."""
+        response = self._manifest_request("GET", repository, reference)
+        if response is None:
             return None
         data = _read_bounded(response, MAX_MANIFEST_BYTES)
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -284,14 +293,8 @@ class RegistryClient:
 
     def head_manifest(self, repository: str, reference: str) -> str | None:
         """The digest a tag points at (Docker-Content-Digest); None when absent."""
-        try:
-            response = self.request(
-                "HEAD",
-                f"/v2/{repository}/manifests/{reference}",
-                _scope(repository),
-                headers={"Accept": ACCEPT_MANIFESTS},
-            )
-        except Missing:
+        response = self._manifest_request("HEAD", repository, reference)
+        if response is None:
             return None
         response.close()
         digest = response.headers.get("Docker-Content-Digest", "")

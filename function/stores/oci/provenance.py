@@ -16,17 +16,17 @@ import hashlib
 import json
 import logging
 
-from ...archive import Archive, image_tag
+from ...archive import Archive
 from ...contract import OwnerReference
+from ...provenance import ENVELOPE_MEDIA_TYPE
 from ..base import MANAGED_BY, ContextRecord, Deletion, Listed, StillExpired, Stored
-from ..failures import NotFound, StoreError
+from ..failures import StoreError
 from .client import OCI_MANIFEST
 from .image import EMPTY, EMPTY_TYPE, MANAGED
 from .store import ENVELOPE_SUFFIX, OCIStore, _Handle
 
 log = logging.getLogger("build_context.oci")
 
-ENVELOPE_TYPE = "application/vnd.dsse.envelope.v1+json"
 MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
 
 
@@ -40,11 +40,11 @@ def envelope_manifest(envelope: bytes, subject_digest: str, subject_size: int) -
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "artifactType": ENVELOPE_TYPE,
+        "artifactType": ENVELOPE_MEDIA_TYPE,
         "config": empty,
         "layers": [
             {
-                "mediaType": ENVELOPE_TYPE,
+                "mediaType": ENVELOPE_MEDIA_TYPE,
                 "digest": "sha256:" + hashlib.sha256(envelope).hexdigest(),
                 "size": len(envelope),
             }
@@ -91,29 +91,13 @@ class AttestedOCIStore(OCIStore):
         return Stored(stored.record, stored.storage, stored.context_uri, stored.reused, where)
 
     def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
-        repository = self.repository(namespace, function)
-        tag = image_tag(content_hash) + ENVELOPE_SUFFIX
-        found = self._call(
-            "read envelope", repository, lambda: self.client.get_manifest(repository, tag)
+        return self._read_layer(
+            (namespace, function, content_hash),
+            ENVELOPE_SUFFIX,
+            ("read envelope", "read envelope"),
+            lambda manifest: manifest["artifactType"] == ENVELOPE_MEDIA_TYPE,
+            MAX_ENVELOPE_BYTES,
         )
-        if found is None:
-            raise KeyError((namespace, function, content_hash))
-        try:
-            manifest = json.loads(found[0])
-            if manifest.get("artifactType") != ENVELOPE_TYPE:
-                raise KeyError((namespace, function, content_hash))
-            layer = str(manifest["layers"][0]["digest"])
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise KeyError((namespace, function, content_hash)) from None
-        try:
-            data: bytes = self._call(
-                "read envelope",
-                repository,
-                lambda: self.client.get_blob(repository, layer, MAX_ENVELOPE_BYTES),
-            )
-        except NotFound:
-            raise KeyError((namespace, function, content_hash)) from None
-        return data
 
     def delete(self, item: Listed[_Handle], still_expired: StillExpired) -> Deletion:
         deletion = super().delete(item, still_expired)

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ...archive import Archive, image_tag
 from ...contract import OwnerReference
@@ -53,10 +53,10 @@ DELETE_CONCURRENCY = 8
 
 @dataclass(frozen=True)
 class _Handle:
+    """What `delete` needs: it re-reads the record and the context under `tag` itself."""
+
     repository: str
     tag: str
-    record_digest: str
-    context_digest: str
     foreign_tags: tuple[str, ...]
 
 
@@ -76,10 +76,10 @@ class OCIStore(Store[_Handle]):
         self.registry = client.registry
         self.prefix = repository_prefix
         self.page_size = page_size
-        self.retry = retry or RetryPolicy()
-        self.telemetry = telemetry
         self._layout = re.compile(re.escape(repository_prefix) + r"/([a-z0-9-]+)/([a-z0-9-]+)")
-        self.calls = StorageCalls(self.backend, RegistryBoundary(), telemetry, self.retry)
+        self.calls = StorageCalls(
+            self.backend, RegistryBoundary(), telemetry, retry or RetryPolicy()
+        )
         self._known_blobs: set[tuple[str, str]] = set()
         """(repository, digest) of the shared empty blob once pushed; blobs outlive manifests
         until registry GC, which runs with the registry read-only (docs/oci.md)."""
@@ -268,28 +268,46 @@ class OCIStore(Store[_Handle]):
     # --- read ------------------------------------------------------------------------------
 
     def get(self, namespace: str, function: str, content_hash: str) -> bytes:
+        return self._read_layer(
+            (namespace, function, content_hash),
+            "",
+            ("read context", "read layer"),
+            lambda manifest: manifest["annotations"][MANAGED] == MANAGED_BY,
+            MAX_LAYER_BYTES,
+        )
+
+    def _read_layer(
+        self,
+        key: tuple[str, str, str],
+        suffix: str,
+        operations: tuple[str, str],
+        ours: Callable[[Any], bool],
+        limit: int,
+    ) -> bytes:
+        """The one layer of the manifest tagged with the content hash (plus `suffix`), read
+        with the two operations' names (manifest, blob) and at most `limit` bytes. KeyError
+        when the tag, the manifest's shape, `ours` or the blob says it is not there."""
+        namespace, function, content_hash = key
         repository = self.repository(namespace, function)
-        tag = image_tag(content_hash)
+        tag = image_tag(content_hash) + suffix
         found = self._call(
-            "read context", repository, lambda: self.client.get_manifest(repository, tag)
+            operations[0], repository, lambda: self.client.get_manifest(repository, tag)
         )
         if found is None:
-            raise KeyError((namespace, function, content_hash))
+            raise KeyError(key)
         try:
             manifest = json.loads(found[0])
-            if manifest["annotations"][MANAGED] != MANAGED_BY:
-                raise KeyError((namespace, function, content_hash))
-            layer = manifest["layers"][0]["digest"]
+            if not ours(manifest):
+                raise KeyError(key)
+            layer = str(manifest["layers"][0]["digest"])
         except (ValueError, KeyError, IndexError, TypeError):
-            raise KeyError((namespace, function, content_hash)) from None
+            raise KeyError(key) from None
         try:
             data: bytes = self._call(
-                "read layer",
-                repository,
-                lambda: self.client.get_blob(repository, layer, MAX_LAYER_BYTES),
+                operations[1], repository, lambda: self.client.get_blob(repository, layer, limit)
             )
         except NotFound:
-            raise KeyError((namespace, function, content_hash)) from None
+            raise KeyError(key) from None
         return data
 
     # --- cleanup ---------------------------------------------------------------------------
@@ -349,8 +367,8 @@ class OCIStore(Store[_Handle]):
                 return None
             if found is None:
                 return None
-            record, digest, subject = found
-            handle = _Handle(repository, tag, digest, subject, tuple(foreign))
+            record, _, subject = found
+            handle = _Handle(repository, tag, tuple(foreign))
             return Listed(replace(record, retain=subject in pinned), handle)
 
         for listed in pool.map(read, records):
@@ -398,15 +416,8 @@ class OCIStore(Store[_Handle]):
     ) -> Outcomes:
         """`delete` for a page, a few contexts at a time: the registry has no batch delete, and
         each context's re-checks and deletes are independent of the others'."""
-
-        def one(item: Listed[_Handle]) -> Deletion | Exception:
-            try:
-                return self.delete(item, still_expired)
-            except Exception as error:
-                return error
-
         with ThreadPoolExecutor(DELETE_CONCURRENCY, thread_name_prefix="oci-delete") as pool:
-            return list(pool.map(one, items))
+            return list(pool.map(lambda item: self.delete_or_error(item, still_expired), items))
 
     def _pinned(self, handle: _Handle, subject: str) -> bool:
         """A tag we did not make on the context, looked at again right before deleting."""
