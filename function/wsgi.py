@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -68,76 +69,91 @@ class InFlight:
         return True
 
 
-class BodyLimit:
-    """Refuses a body above `max_body` bytes (by its Content-Length) with 413, unread."""
+@dataclass(eq=False)
+class Layer:
+    """A layer that answers some requests itself (`answer` returns the body) and passes every
+    other request on to `app` (`answer` returns None)."""
 
-    def __init__(self, app: WSGIApp, max_body: int) -> None:
-        self.app = app
-        self.max_body = max_body
+    app: WSGIApp
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
+        answered = self.answer(environ, start_response)
+        return self.app(environ, start_response) if answered is None else answered
+
+    def answer(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes] | None:
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class BodyLimit(Layer):
+    """Refuses a body above `max_body` bytes (by its Content-Length) with 413, unread."""
+
+    max_body: int
+
+    def answer(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes] | None:
         length = int(environ.get("CONTENT_LENGTH") or 0)
-        if length > self.max_body:
-            return json_reply(
-                start_response,
-                "413 Request Entity Too Large",
-                {
-                    "error": f"request body is {length} bytes; the limit is {self.max_body} "
-                    "(BUILD_CONTEXT_MAX_REQUEST_BYTES): send less source",
-                    "status": 413,
-                },
-            )
-        return self.app(environ, start_response)
+        if length <= self.max_body:
+            return None
+        return json_reply(
+            start_response,
+            "413 Request Entity Too Large",
+            {
+                "error": f"request body is {length} bytes; the limit is {self.max_body} "
+                "(BUILD_CONTEXT_MAX_REQUEST_BYTES): send less source",
+                "status": 413,
+            },
+        )
 
 
-class SenderCheck:
+@dataclass(eq=False)
+class SenderCheck(Layer):
     """Refuses a request whose sender `authenticate` does not admit, before its body is parsed
     (docs/security.md); the admitted sender is left in the environ for the handler."""
 
-    def __init__(self, app: WSGIApp, authenticate: Authenticate) -> None:
-        self.app = app
-        self.authenticate = authenticate
+    authenticate: Authenticate
 
-    def __call__(
+    def answer(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
+    ) -> Iterable[bytes] | None:
         refused = self.authenticate(environ)
         if refused is None:
-            return self.app(environ, start_response)
+            return None
         status, body, headers = refused
         data = body.encode()
         start_response(status, [*headers.items(), ("Content-Length", str(len(data)))])
         return [data]
 
 
-class MetricsRoute:
+@dataclass(eq=False)
+class MetricsRoute(Layer):
     """Sends `/metrics` to the Prometheus app, everything else on to `app`."""
 
-    def __init__(self, app: WSGIApp, metrics: WSGIApp | None) -> None:
-        self.app = app
-        self.metrics = metrics
+    metrics: WSGIApp | None
 
-    def __call__(
+    def answer(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
-        if self.metrics is not None and environ.get("PATH_INFO", "") == "/metrics":
-            return self.metrics(environ, start_response)
-        return self.app(environ, start_response)
+    ) -> Iterable[bytes] | None:
+        if self.metrics is None or environ.get("PATH_INFO", "") != "/metrics":
+            return None
+        return self.metrics(environ, start_response)
 
 
-class Readiness:
+@dataclass(eq=False)
+class Readiness(Layer):
     """Answers `/health/readiness` with 503 once `draining` is set, so Knative stops routing
     here; until then the app answers it."""
 
-    def __init__(self, app: WSGIApp) -> None:
-        self.app = app
-        self.draining = threading.Event()
+    draining: threading.Event = field(default_factory=threading.Event, init=False)
 
-    def __call__(
+    def answer(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
-        if self.draining.is_set() and environ.get("PATH_INFO", "") == "/health/readiness":
-            return json_reply(start_response, "503 Service Unavailable", {"status": "draining"})
-        return self.app(environ, start_response)
+    ) -> Iterable[bytes] | None:
+        if not self.draining.is_set() or environ.get("PATH_INFO", "") != "/health/readiness":
+            return None
+        return json_reply(start_response, "503 Service Unavailable", {"status": "draining"})
