@@ -30,7 +30,7 @@ from function.stores.oci import errors as oci_errors
 from function.stores.oci.client import Credentials as DockerCredentials
 from function.stores.oci.client import credentials_from_docker_config
 from tests.conftest import StartServer
-from tests.support.contexts import ROOT, example, members
+from tests.support.contexts import ROOT, assert_is_the_announced_archive, example
 from tests.support.registry import Credentials, Registry
 
 pytestmark = pytest.mark.oci
@@ -366,7 +366,7 @@ def test_http_created_event_names_the_image_by_digest(
     }
     assert data["contextUri"] == f"oci://{registry.host}/{repository}@{digest}"
     layer = registry.crane("blob", f"{registry.host}/{repository}@sha256:{data['archiveSha256']}")
-    assert set(members(layer.stdout)) == set(data["files"])
+    assert_is_the_announced_archive(layer.stdout, data)
     assert (again["reused"], again["contextUri"]) == (True, data["contextUri"])
     assert again["createdAt"] == data["createdAt"]
 

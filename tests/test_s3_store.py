@@ -39,7 +39,7 @@ from function.stores.s3 import ClaimTimes, S3Store
 from function.stores.traced import TracedStore
 from function.telemetry import Telemetry
 from tests.conftest import StartServer
-from tests.support.contexts import ROOT, example, members
+from tests.support.contexts import ROOT, assert_is_the_announced_archive, example
 from tests.support.kube import KubeAPIServer
 from tests.support.records import FAST_RETRIES, FAST_RETRIES_ENV, NOW, incompressible, record
 from tests.support.seaweed import SeaweedS3
@@ -806,8 +806,7 @@ def test_http_created_event_points_kaniko_at_the_object(
     assert data["contextUri"] == f"s3://{bucket}/{key}"
     assert data["overflow"] is False
     stored = admin.get_object(Bucket=bucket, Key=key)["Body"].read()
-    assert hashlib.sha256(stored).hexdigest() == data["archiveSha256"]
-    assert set(members(stored)) == set(data["files"])
+    assert_is_the_announced_archive(stored, data)
     assert (again["reused"], again["contextUri"]) == (True, data["contextUri"])
 
 

@@ -3,12 +3,15 @@ linted as a reviewer would."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import json
 import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,15 @@ def example(name: str) -> dict[str, Any]:
 def members(archive: bytes) -> dict[str, tarfile.TarInfo]:
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         return {m.name: m for m in tar.getmembers()}
+
+
+def assert_is_the_announced_archive(stored: bytes, reply: Mapping[str, Any]) -> None:
+    """`stored` (as a builder would fetch it) is the archive the created event announced: its
+    sha256, its content hash (of the uncompressed tar) and exactly its files."""
+    assert hashlib.sha256(stored).hexdigest() == reply["archiveSha256"]
+    assert hashlib.sha256(gzip.decompress(stored)).hexdigest() == reply["contentHash"]
+    files = {name for name, member in members(stored).items() if member.isfile()}
+    assert files == set(reply["files"])
 
 
 def extract(archive: bytes, into: Path) -> Path:
