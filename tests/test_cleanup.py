@@ -25,20 +25,18 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.trace import NoOpTracerProvider
 
-from function.archive import Archive
 from function.cleanup import CleanupService, context_key
 from function.contract import CleanupCompleted, CleanupRequest, StoreCleanupSummary
 from function.stores.base import (
-    ContextRecord,
     Deletion,
     Listed,
     Outcomes,
     StillExpired,
     Store,
-    Stored,
 )
 from function.stores.filesystem import FilesystemStore
-from function.telemetry import Telemetry
+from function.stores.traced import TracedStore
+from function.telemetry import NOOP, Telemetry
 from tests.conftest import StartServer
 from tests.support.contexts import ROOT, example
 from tests.support.server import FunctionServer
@@ -256,30 +254,25 @@ def test_two_runs_at_once_delete_each_context_once_and_keep_the_rest(
     assert sum(s.deleted for s in summaries) == deletable, "each context deleted exactly once"
 
 
-class ReusesJustBeforeDelete(Store[Any]):
-    """Test double around the real store: right before each delete, a request on another
-    client (another thread, the store's own locking) reuses that very context."""
+class ReusesJustBeforeDelete(TracedStore[Any]):
+    """Test double around the real store (forwarding every call, as the server's TracedStore
+    does): right before each delete, a request on another client (another thread, the store's
+    own locking) reuses that very context."""
 
     def __init__(self, store: StoreUnderTest, at: datetime) -> None:
+        super().__init__(store.client, NOOP)
         self.under_test = store
-        self.inner = store.client
-        self.backend = self.inner.backend
         self.request_client = store.second_client()
         self.at = at
         self.reused: list[bool] = []
 
-    def put_if_absent(self, archive: Archive, record: ContextRecord, owner: Any = None) -> Stored:
-        return self.inner.put_if_absent(archive, record, owner)
-
-    def get(self, namespace: str, function: str, content_hash: str) -> bytes:
-        return self.inner.get(namespace, function, content_hash)
-
-    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[Any]]:
-        return self.inner.list(namespaces)
-
     def delete(self, item: Listed[Any], still_expired: StillExpired) -> Deletion:
         self.request_reuses(item)
-        return self.inner.delete(item, still_expired)
+        return super().delete(item, still_expired)
+
+    def delete_many(self, items: Sequence[Listed[Any]], still_expired: StillExpired) -> Outcomes:
+        """The base class's one delete at a time, each through `delete` above."""
+        return Store.delete_many(self, items, still_expired)
 
     def request_reuses(self, item: Listed[Any]) -> None:
         request = threading.Thread(
@@ -298,7 +291,7 @@ class ReusesJustBeforeBatchDelete(ReusesJustBeforeDelete):
     def delete_many(self, items: Sequence[Listed[Any]], still_expired: StillExpired) -> Outcomes:
         for item in items:
             self.request_reuses(item)
-        return self.inner.delete_many(items, still_expired)
+        return TracedStore.delete_many(self, items, still_expired)
 
 
 @pytest.mark.parametrize("ttl_seconds", [None, 0], ids=["configured-ttl", "event-ttl-0"])
