@@ -17,7 +17,7 @@ A user pins a context by tagging it (`<tag>.retain`, or any other tag of theirs)
 manifest by digest would take every tag on it, so cleanup never deletes a context that carries
 a tag it did not make. docs/oci.md has the layout, races and what registry GC must do. client.py speaks the
 distribution API (and is the one place its failures are classified), image.py builds the two
-manifests, store.py is the store.
+manifests, store.py is the store, cleanup.py its listing and deletes.
 """
 
 from .client import RegistryClient, credentials_from_docker_config

@@ -21,9 +21,10 @@ from ...contract import OwnerReference
 from ...provenance import ENVELOPE_MEDIA_TYPE
 from ..base import MANAGED_BY, ContextRecord, Deletion, Listed, StillExpired, Stored
 from ..failures import StoreError
+from .cleanup import ENVELOPE_SUFFIX, Handle
 from .client import OCI_MANIFEST
 from .image import EMPTY, EMPTY_TYPE, MANAGED
-from .store import ENVELOPE_SUFFIX, OCIStore, _Handle
+from .store import OCIStore
 
 log = logging.getLogger("build_context.oci")
 
@@ -62,24 +63,24 @@ class AttestedOCIStore(OCIStore):
         stored = super().put_if_absent(archive, record, owner)
         repository = str(stored.storage["repository"])
         tag = str(stored.storage["tag"]) + ENVELOPE_SUFFIX
-        digest = self._call(
+        digest = self.call(
             "read envelope", repository, lambda: self.client.head_manifest(repository, tag)
         )
         if digest is None and archive.provenance is not None:
             envelope = archive.provenance
             subject = str(stored.storage["digest"])
-            context = self._call(
+            context = self.call(
                 "read context", repository, lambda: self.client.get_manifest(repository, subject)
             )
             size = len(context[0]) if context else 0
             body = envelope_manifest(envelope, subject, size)
             blob = "sha256:" + hashlib.sha256(envelope).hexdigest()
-            self._call(
+            self.call(
                 "push envelope",
                 repository,
                 lambda: self.client.upload_blob(repository, blob, envelope),
             )
-            self._call(
+            self.call(
                 "push envelope",
                 repository,
                 lambda: self.client.put_manifest(repository, tag, body, OCI_MANIFEST),
@@ -99,7 +100,7 @@ class AttestedOCIStore(OCIStore):
             MAX_ENVELOPE_BYTES,
         )
 
-    def delete(self, item: Listed[_Handle], still_expired: StillExpired) -> Deletion:
+    def delete(self, item: Listed[Handle], still_expired: StillExpired) -> Deletion:
         deletion = super().delete(item, still_expired)
         if deletion is Deletion.DELETED:
             self._forget_envelope(item.handle.repository, item.handle.tag + ENVELOPE_SUFFIX)
@@ -107,11 +108,11 @@ class AttestedOCIStore(OCIStore):
 
     def _forget_envelope(self, repository: str, tag: str) -> None:
         try:
-            digest = self._call(
+            digest = self.call(
                 "read envelope", repository, lambda: self.client.head_manifest(repository, tag)
             )
             if digest is not None:
-                self._call(
+                self.call(
                     "delete envelope",
                     repository,
                     lambda: self.client.delete_manifest(repository, digest),

@@ -8,7 +8,6 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ...archive import Archive, image_tag
@@ -28,7 +27,14 @@ from ..base import (
     Stored,
 )
 from ..calls import StorageCalls
-from ..failures import NotFound, StoreError, Unsupported
+from ..failures import NotFound, StoreError
+from .cleanup import (
+    DELETE_CONCURRENCY,
+    LIST_CONCURRENCY,
+    RECORD_SUFFIX,
+    Handle,
+    Sweeper,
+)
 from .client import (
     OCI_MANIFEST,
     RegistryClient,
@@ -41,26 +47,10 @@ from .image import EMPTY, EMPTY_DIGEST, MANAGED, ContextImage, record_from_manif
 T = TypeVar("T")
 log = logging.getLogger("build_context.oci")
 
-RECORD_SUFFIX = ".record"
-RETAIN_SUFFIX = ".retain"
-ENVELOPE_SUFFIX = ".dsse"
-"""The provenance envelope's tag (provenance.py): ours, never a user's pin."""
-CONTEXT_TAG = re.compile(r"sha256-[0-9a-f]{24}")
 MAX_LAYER_BYTES = 512 * 1024 * 1024
-LIST_CONCURRENCY = 8
-DELETE_CONCURRENCY = 8
 
 
-@dataclass(frozen=True)
-class _Handle:
-    """What `delete` needs: it re-reads the record and the context under `tag` itself."""
-
-    repository: str
-    tag: str
-    foreign_tags: tuple[str, ...]
-
-
-class OCIStore(Store[_Handle]):
+class OCIStore(Store[Handle]):
     backend = "oci"
 
     def __init__(
@@ -76,10 +66,11 @@ class OCIStore(Store[_Handle]):
         self.registry = client.registry
         self.prefix = repository_prefix
         self.page_size = page_size
-        self._layout = re.compile(re.escape(repository_prefix) + r"/([a-z0-9-]+)/([a-z0-9-]+)")
         self.calls = StorageCalls(
             self.backend, RegistryBoundary(), telemetry, retry or RetryPolicy()
         )
+        self.layout = re.compile(re.escape(repository_prefix) + r"/([a-z0-9-]+)/([a-z0-9-]+)")
+        self.sweeper = Sweeper(self)
         self._known_blobs: set[tuple[str, str]] = set()
         """(repository, digest) of the shared empty blob once pushed; blobs outlive manifests
         until registry GC, which runs with the registry read-only (docs/oci.md)."""
@@ -125,11 +116,11 @@ class OCIStore(Store[_Handle]):
         repository = self.repository(record.namespace, record.function)
         tag = image_tag(record.content_hash)
         context = ContextImage.of(archive, record)
-        found = self._call("read record", repository, lambda: self._read_record(repository, tag))
+        found = self.call("read record", repository, lambda: self.read_record(repository, tag))
         if found is None:
             self._push_blobs(repository, archive, context, new=True)
             self._put_record(repository, tag, record, context)
-            self._tag_context(repository, tag, context)
+            self.tag_context(repository, tag, context)
             return self._stored(repository, tag, context, record, reused=False)
         existing, record_digest, subject = found
         if existing.content_hash != record.content_hash or subject != context.digest:
@@ -138,7 +129,7 @@ class OCIStore(Store[_Handle]):
                 "context; it is left as it is. Remove it or change BUILD_CONTEXT_OCI_REPOSITORY."
             )
         wanted = self._refresh(repository, tag, context, existing, record_digest, record)
-        current = self._call(
+        current = self.call(
             "read context", repository, lambda: self.client.head_manifest(repository, tag)
         )
         if current != context.digest:
@@ -149,7 +140,7 @@ class OCIStore(Store[_Handle]):
                 )
             # A crash before the last step, or a cleanup that deleted it a moment ago.
             self._push_blobs(repository, archive, context)
-            self._tag_context(repository, tag, context)
+            self.tag_context(repository, tag, context)
         return self._stored(repository, tag, context, wanted, reused=True)
 
     def _refresh(
@@ -169,9 +160,7 @@ class OCIStore(Store[_Handle]):
                 return wanted
             self._put_record(repository, tag, wanted, context)
             self._forget(repository, digest)
-            found = self._call(
-                "read record", repository, lambda: self._read_record(repository, tag)
-            )
+            found = self.call("read record", repository, lambda: self.read_record(repository, tag))
             if found is None:  # gone meanwhile: write it again; the caller re-tags the context
                 self._put_record(repository, tag, wanted, context)
                 return wanted
@@ -199,7 +188,7 @@ class OCIStore(Store[_Handle]):
                 if upload or not self.client.has_blob(repository, digest):
                     self.client.upload_blob(repository, digest, data)
 
-            self._call("push blob", repository, push)
+            self.call("push blob", repository, push)
             if digest == EMPTY_DIGEST:
                 self._known_blobs.add((repository, digest))
 
@@ -207,14 +196,14 @@ class OCIStore(Store[_Handle]):
         self, repository: str, tag: str, record: ContextRecord, context: ContextImage
     ) -> None:
         body = record_manifest(record, context)
-        self._call(
+        self.call(
             "push record",
             repository,
             lambda: self.client.put_manifest(repository, tag + RECORD_SUFFIX, body, OCI_MANIFEST),
         )
 
-    def _tag_context(self, repository: str, tag: str, context: ContextImage) -> None:
-        self._call(
+    def tag_context(self, repository: str, tag: str, context: ContextImage) -> None:
+        self.call(
             "tag context",
             repository,
             lambda: self.client.put_manifest(repository, tag, context.manifest, OCI_MANIFEST),
@@ -223,7 +212,7 @@ class OCIStore(Store[_Handle]):
     def _forget(self, repository: str, digest: str) -> None:
         """Delete a superseded record by digest; a leftover only costs registry GC a little."""
         try:
-            self._call("delete record", repository, lambda: self.client.delete_manifest(
+            self.call("delete record", repository, lambda: self.client.delete_manifest(
                 repository, digest
             ))  # fmt: skip
         except StoreError as error:
@@ -232,7 +221,7 @@ class OCIStore(Store[_Handle]):
                 extra={"repository": repository, "digest": digest, "error": error.message},
             )
 
-    def _read_record(self, repository: str, tag: str) -> tuple[ContextRecord, str, str] | None:
+    def read_record(self, repository: str, tag: str) -> tuple[ContextRecord, str, str] | None:
         found = self.client.get_manifest(repository, tag + RECORD_SUFFIX)
         if found is None:
             return None
@@ -290,7 +279,7 @@ class OCIStore(Store[_Handle]):
         namespace, function, content_hash = key
         repository = self.repository(namespace, function)
         tag = image_tag(content_hash) + suffix
-        found = self._call(
+        found = self.call(
             operations[0], repository, lambda: self.client.get_manifest(repository, tag)
         )
         if found is None:
@@ -303,138 +292,30 @@ class OCIStore(Store[_Handle]):
         except (ValueError, KeyError, IndexError, TypeError):
             raise KeyError(key) from None
         try:
-            data: bytes = self._call(
+            data: bytes = self.call(
                 operations[1], repository, lambda: self.client.get_blob(repository, layer, limit)
             )
         except NotFound:
             raise KeyError(key) from None
         return data
 
-    # --- cleanup ---------------------------------------------------------------------------
+    # --- cleanup (cleanup.py) ----------------------------------------------------------------
 
-    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[_Handle]]:
-        """Our repositories from the catalog, their tags page by page, records a few at a time."""
-        after = f"{self.prefix}/"
-        try:
-            repositories = self._call(
-                "list repositories",
-                self.prefix,
-                lambda: list(self.client.repositories(self.page_size, after)),
-            )
-        except NotFound:
-            raise Unsupported(
-                f"OCI store: {self.registry} does not serve the catalog (GET /v2/_catalog), "
-                "which cleanup needs to find our repositories; enable it, or leave expiry to "
-                "the registry's own retention rules (docs/oci.md)"
-            ) from None
-        with ThreadPoolExecutor(LIST_CONCURRENCY, thread_name_prefix="oci-list") as pool:
-            for repository in repositories:
-                match = self._layout.fullmatch(repository)
-                if match is None:
-                    continue
-                if namespaces is not None and match.group(1) not in namespaces:
-                    continue
-                yield from self._list_repository(repository, pool)
+    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[Handle]]:
+        return self.sweeper.list(namespaces)
 
-    def _list_repository(
-        self, repository: str, pool: ThreadPoolExecutor
-    ) -> Iterator[Listed[_Handle]]:
-        tags = self._call(
-            "list tags", repository, lambda: list(self.client.tags(repository, self.page_size))
-        )
-        records = [t for t in tags if t.endswith(RECORD_SUFFIX)]
-        envelopes = {t for t in tags if t.endswith(ENVELOPE_SUFFIX)}
-        ours = {t for t in tags if CONTEXT_TAG.fullmatch(t)} | set(records) | envelopes
-        foreign = sorted(set(tags) - ours)
-        pinned = set(
-            pool.map(
-                lambda t: self._call(
-                    "read tag", repository, lambda: self.client.head_manifest(repository, t)
-                ),
-                foreign,
-            )
-        )
+    def delete(self, item: Listed[Handle], still_expired: StillExpired) -> Deletion:
+        return self.sweeper.delete(item, still_expired)
 
-        def read(record_tag: str) -> Listed[_Handle] | None:
-            tag = record_tag.removesuffix(RECORD_SUFFIX)
-            if not CONTEXT_TAG.fullmatch(tag):
-                return None
-            try:
-                found = self._call(
-                    "read record", repository, lambda: self._read_record(repository, tag)
-                )
-            except StorageConflict:
-                return None
-            if found is None:
-                return None
-            record, _, subject = found
-            handle = _Handle(repository, tag, tuple(foreign))
-            return Listed(replace(record, retain=subject in pinned), handle)
-
-        for listed in pool.map(read, records):
-            if listed is not None:
-                yield listed
-
-    def delete(self, item: Listed[_Handle], still_expired: StillExpired) -> Deletion:
-        handle = item.handle
-        repository, tag = handle.repository, handle.tag
-        found = self._call("read record", repository, lambda: self._read_record(repository, tag))
-        if found is None:
-            return Deletion.GONE
-        record, record_digest, subject = found
-        if self._pinned(handle, subject) or not still_expired(record):
-            return Deletion.KEPT
-        context = ContextImage.from_record(record)
-        if context.digest != subject:
-            return Deletion.KEPT  # not a record this version of the store wrote: leave it
-        self._call(
-            "delete context", repository, lambda: self.client.delete_manifest(repository, subject)
-        )
-        after = self._call(
-            "read record",
-            repository,
-            lambda: self.client.head_manifest(repository, tag + RECORD_SUFFIX),
-        )
-        if after is None:
-            return Deletion.GONE  # another cleanup run finished this delete
-        if after != record_digest:
-            # Reused while we deleted: put the context back, rebuilt from its record (its blobs
-            # stay until registry GC, which runs with the registry read-only, so not now).
-            self._tag_context(repository, tag, context)
-            return Deletion.KEPT
-        # Of two cleanup runs on the same context, the DELETE of the record usually finds it
-        # for one only; a registry may answer 202 to both (docs/oci.md, Races).
-        deleted: bool = self._call(
-            "delete record",
-            repository,
-            lambda: self.client.delete_manifest(repository, record_digest),
-        )
-        return Deletion.DELETED if deleted else Deletion.GONE
-
-    def delete_many(
-        self, items: Sequence[Listed[_Handle]], still_expired: StillExpired
-    ) -> Outcomes:
+    def delete_many(self, items: Sequence[Listed[Handle]], still_expired: StillExpired) -> Outcomes:
         """`delete` for a page, a few contexts at a time: the registry has no batch delete, and
         each context's re-checks and deletes are independent of the others'."""
         with ThreadPoolExecutor(DELETE_CONCURRENCY, thread_name_prefix="oci-delete") as pool:
             return list(pool.map(lambda item: self.delete_or_error(item, still_expired), items))
 
-    def _pinned(self, handle: _Handle, subject: str) -> bool:
-        """A tag we did not make on the context, looked at again right before deleting."""
-        candidates = (*handle.foreign_tags, handle.tag + RETAIN_SUFFIX)
-        for other in dict.fromkeys(candidates):
-            digest = self._call(
-                "read tag",
-                handle.repository,
-                lambda other=other: self.client.head_manifest(handle.repository, other),  # type: ignore[misc]
-            )
-            if digest == subject:
-                return True
-        return False
-
     # --- errors, once ----------------------------------------------------------------------
 
-    def _call(self, what: str, repository: str, operation: Callable[[], T]) -> T:
+    def call(self, what: str, repository: str, operation: Callable[[], T]) -> T:
         """One registry call (or a few that belong together) through the shared wrapper: a
         span, retries of transient failures, and the client's error typed once (errors.py)."""
         return self.calls.run(
