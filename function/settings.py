@@ -304,7 +304,7 @@ class Settings(BaseSettings):
     def _image_reference(cls, value: str) -> str:
         if not _IMAGE_REF.fullmatch(value):
             raise ValueError(
-                f"{value!r} is not an image reference (lowercase name, optional :tag, "
+                f"{value[:80]!r} is not an image reference (lowercase name, optional :tag, "
                 "`{version}` where the runtime version goes)"
             )
         return value
@@ -324,14 +324,14 @@ class Settings(BaseSettings):
     @classmethod
     def _mirror(cls, value: str) -> str:
         if value and not re.fullmatch(r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*/", value):
-            raise ValueError(f"{value!r} must be a registry host and path ending in '/'")
+            raise ValueError(f"{value[:80]!r} must be a registry host and path ending in '/'")
         return value
 
     @field_validator("s3_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
         if value.startswith("/") or (value and not value.endswith("/")):
-            raise ValueError(f"{value!r} must not start with '/' and must end with '/'")
+            raise ValueError(f"{value[:80]!r} must not start with '/' and must end with '/'")
         return value
 
     @field_validator("oci_registry")

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from function.docs import schemas
+from function.errors import ConfigurationError
+from function.settings import load_settings
 from tests.support.cli import run_cli
 from tests.support.contexts import EXAMPLES, ROOT
 from tests.support.server import FunctionServer
@@ -96,6 +98,18 @@ def test_bad_settings_exit_2_naming_the_variable(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "missing.py" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["BUILD_CONTEXT_PYTHON_IMAGE", "BUILD_CONTEXT_REGISTRY_MIRROR", "BUILD_CONTEXT_S3_PREFIX"],
+)
+def test_a_bad_setting_is_quoted_shortened(variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variable, "/" + "X" * 5000)
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert variable in message and "X" * 60 in message and "X" * 100 not in message
 
 
 def test_published_schemas_are_generated_from_the_models() -> None:

@@ -60,7 +60,6 @@ class S3Store(Store[Head]):
         self.bucket = bucket
         self.prefix = prefix
         self.page_size = page_size
-        self.telemetry = telemetry
         encryption: dict[str, Any] = {}
         if sse:
             encryption["ServerSideEncryption"] = sse
