@@ -302,16 +302,13 @@ def open_lock(path: Path) -> int:
         return os.open(path, flags, 0o666)
 
 
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def _write_atomic(path: Path, data: bytes, folder: Path) -> None:
     temp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.json"
-    _write(temp, data)
+    fd = _write_new(str(temp), data)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(temp, path)
 
 
