@@ -50,13 +50,17 @@ class Settings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
     threads: int = Field(
-        8, ge=1, le=256, description="Worker threads of the HTTP server (see README, Speed)."
+        2,
+        ge=1,
+        le=256,
+        description="Worker threads of each server process (see README, Speed); raise it for a "
+        "store far away on the network.",
     )
     processes: int = Field(
         0,
         ge=0,
         le=64,
-        description="Server processes sharing the port, each with its own threads; 0: one per "
+        description="Server processes sharing the port, each with its own threads; 0: two per "
         "CPU the container may use (affinity and cgroup quota), at most 4. See README, Speed.",
     )
     shutdown_grace_seconds: float = Field(

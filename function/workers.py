@@ -1,10 +1,10 @@
 """Several server processes on one port, so that the server can use more than one core.
 
 One Python process runs Python on one core at a time. With `BUILD_CONTEXT_PROCESSES` above 1
-(by default: one per CPU the container may use), the process started by `python -m function`
-becomes a supervisor: it binds the port, forks the workers, which share the listening socket and
-each build their own stores, telemetry and waitress threads, forwards SIGTERM/SIGINT to them and
-waits for their drains, and replaces a worker that dies. It serves no request itself.
+(by default: two per CPU the container may use, at most 4), the process started by
+`python -m function` becomes a supervisor: it binds the port, forks the workers, which share the
+listening socket and each build their own stores, telemetry and waitress threads, forwards
+SIGTERM/SIGINT to them and waits for their drains, and replaces a worker that dies. It serves no request itself.
 
 `/metrics` is answered by whichever worker the scrape reaches, for all of them: each worker
 also serves its own registry on a Unix socket in the supervisor's private folder, and the one
@@ -70,14 +70,23 @@ def usable_cpus(cpu_max: Path = CPU_MAX) -> int:
     return max(1, count)
 
 
+AUTO_PROCESSES_PER_CPU = 2
+"""`BUILD_CONTEXT_PROCESSES=0` starts two processes per usable CPU (each with few threads): a
+thread of one process waits for the GIL behind its siblings after every system call, so under a
+burst more processes of fewer threads spend less CPU per request than one of many threads
+(docs/performance.md, "Processes and threads")."""
 AUTO_PROCESSES_MAX = 4
-"""`BUILD_CONTEXT_PROCESSES=0` starts one process per usable CPU, but no more than this: each
-costs 60-70 MiB idle and up to ~200 MiB while parsing large sources, and a container without a
-CPU limit would otherwise start one per CPU of the node."""
+"""... but no more than this: each costs 60-70 MiB idle and more while parsing large sources,
+and a container without a CPU limit would otherwise start two per CPU of the node."""
 
 
-def process_count(settings: Settings) -> int:
-    return settings.processes or min(usable_cpus(), AUTO_PROCESSES_MAX)
+def process_count(settings: Settings, cpus: int | None = None) -> int:
+    """Worker processes to start; `cpus` (default: the usable ones) for the automatic count."""
+    if settings.processes:
+        return settings.processes
+    return min(
+        AUTO_PROCESSES_PER_CPU * (usable_cpus() if cpus is None else cpus), AUTO_PROCESSES_MAX
+    )
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from kubernetes.client.rest import ApiException
 from function import contract
 from function.docs import render
 from function.settings import Settings, env_name
+from function.workers import process_count
 from tests.support.kube import REPO_ROOT, KubeAPIServer, kube_apiserver, kube_bin_dir, load_crds
 from tests.support.manifests import (
     BASE_DIR,
@@ -233,7 +234,8 @@ def test_function_services_are_locked_down() -> None:
 
 def test_timeouts_and_concurrency_fit_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     docs = raw_manifests()
-    settings = _settings(load_documents(SETTINGS_CONFIGMAP)[0]["data"], monkeypatch)
+    settings_data = load_documents(SETTINGS_CONFIGMAP)[0]["data"]
+    settings = _settings(settings_data, monkeypatch)
     requests_service = handler_service(docs, "create")["spec"]["template"]
     cleanup_service = handler_service(docs, "cleanup")["spec"]["template"]
     delivery = find(docs, "Trigger", "build-context-requests")["spec"]["delivery"]
@@ -243,9 +245,21 @@ def test_timeouts_and_concurrency_fit_the_settings(monkeypatch: pytest.MonkeyPat
     for template in (requests_service, cleanup_service):
         # Knative gives a pod timeoutSeconds to stop: the drain must fit in it.
         assert settings.shutdown_grace_seconds <= template["spec"]["timeoutSeconds"]
-    assert requests_service["spec"]["containerConcurrency"] == settings.threads
-    assert cleanup_service["spec"]["containerConcurrency"] == 1
+    # One request per server thread, over the processes the pod's CPU limit starts.
+    for template, concurrency in ((requests_service, None), (cleanup_service, 1)):
+        main = template["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in main.get("env", []) if "value" in e}
+        pod = _settings({**settings_data, **env}, monkeypatch)
+        cpus = _cpus(main["resources"]["limits"]["cpu"])
+        threads = pod.threads if concurrency is None else concurrency
+        assert template["spec"]["containerConcurrency"] == threads * process_count(pod, cpus)
     assert cleanup_service["metadata"]["annotations"]["autoscaling.knative.dev/max-scale"] == "1"
+
+
+def _cpus(quantity: str) -> int:
+    """A CPU limit ("1", "500m") as the whole CPUs the function counts (rounded up)."""
+    millis = int(quantity[:-1]) if quantity.endswith("m") else int(float(quantity) * 1000)
+    return max(1, -(-millis // 1000))
 
 
 def test_trigger_sends_requests_to_the_request_handler_with_retries() -> None:
@@ -370,7 +384,7 @@ def test_func_yaml_deploys_the_request_handler_as_the_manifests_do() -> None:
     }
     assert deploy["options"]["resources"]["requests"] == main["resources"]["requests"]
     limits = deploy["options"]["resources"]["limits"]
-    assert limits == {**main["resources"]["limits"], "concurrency": 8}
+    assert limits == {**main["resources"]["limits"], "concurrency": 4}
     assert limits["concurrency"] == template["spec"]["containerConcurrency"]
     annotations = template["metadata"]["annotations"]
     assert (

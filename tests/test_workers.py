@@ -156,12 +156,13 @@ def test_usable_cpus_follows_affinity_and_the_cgroup_quota(tmp_path: Path) -> No
     assert pinned.stdout.strip() == "1"
 
 
-def test_the_default_is_one_process_per_cpu_up_to_four(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_is_two_processes_per_cpu_up_to_four(monkeypatch: pytest.MonkeyPatch) -> None:
     from function import workers
 
-    for cpus, expected in ((1, 1), (2, 2), (16, 4)):
+    for cpus, expected in ((1, 2), (2, 4), (16, 4)):
         monkeypatch.setattr(workers, "usable_cpus", lambda cpus=cpus: cpus)
         assert workers.process_count(load_settings()) == expected
+    assert workers.process_count(load_settings(), cpus=1) == 2  # a pod's CPU limit of one
     monkeypatch.setattr(workers, "usable_cpus", lambda: 16)
     assert workers.process_count(load_settings(processes=6)) == 6
 
