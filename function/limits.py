@@ -156,7 +156,7 @@ class FunctionLimits:
         # Validated names (DNS labels); hashed anyway so no name can reach outside the folder.
         digest = hashlib.sha256(f"{namespace}/{function}".encode()).hexdigest()[:32]
         try:
-            lock = open_lock(self.lock_dir / f"{digest}.lock")
+            lock = open_lock(os.path.join(self.lock_dir, f"{digest}.lock"))
         except OSError as error:
             raise StorageUnavailable(
                 f"cannot take the per-function lock in {self.lock_dir} "

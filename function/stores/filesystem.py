@@ -59,6 +59,7 @@ class FilesystemStore(Store[Path]):
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        self._root = str(self.root)  # the request path joins strings: no Path objects per call
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -112,9 +113,9 @@ class FilesystemStore(Store[Path]):
         return self.root / namespace / function / content_hash
 
     @contextlib.contextmanager
-    def _locked(self, namespace: str, function: str) -> Iterator[Path]:
-        parent = self.root / namespace / function
-        lock = open_lock(parent / ".lock")
+    def _locked(self, namespace: str, function: str) -> Iterator[str]:
+        parent = os.path.join(self._root, namespace, function)
+        lock = open_lock(os.path.join(parent, ".lock"))
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield parent
@@ -122,15 +123,15 @@ class FilesystemStore(Store[Path]):
             os.close(lock)  # closing the last descriptor releases the lock
 
     def _stored(self, record: ContextRecord, reused: bool, provenance: bool) -> Stored:
-        folder = self.folder(record.namespace, record.function, record.content_hash)
-        path = folder / ARCHIVE
-        envelope = folder / PROVENANCE
+        folder = os.path.join(self._root, record.namespace, record.function, record.content_hash)
+        path = os.path.join(folder, ARCHIVE)
+        envelope = os.path.join(folder, PROVENANCE)
         return Stored(
             record,
-            {"backend": self.backend, "path": str(path)},
+            {"backend": self.backend, "path": path},
             f"tar://{path}",
             reused,
-            {"backend": self.backend, "path": str(envelope)} if provenance else None,
+            {"backend": self.backend, "path": envelope} if provenance else None,
         )
 
     def put_if_absent(
@@ -138,18 +139,20 @@ class FilesystemStore(Store[Path]):
     ) -> Stored:
         try:
             with self._locked(record.namespace, record.function) as parent:
-                target = parent / record.content_hash
-                if (target / RECORD).exists():
+                target = os.path.join(parent, record.content_hash)
+                if os.path.exists(os.path.join(target, RECORD)):
                     current = _read(target)
                     refreshed = current.refreshed(record.expires_at)
                     if refreshed != current:
-                        _write_atomic(target / RECORD, _encode(refreshed), parent)
+                        _write_atomic(os.path.join(target, RECORD), _encode(refreshed), parent)
                         _fsync_path(target)
                     return self._stored(
-                        refreshed, reused=True, provenance=(target / PROVENANCE).exists()
+                        refreshed,
+                        reused=True,
+                        provenance=os.path.exists(os.path.join(target, PROVENANCE)),
                     )
-                temp = parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-                temp.mkdir()
+                temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+                os.mkdir(temp)
                 fds: list[int] = []
                 try:
                     files = {ARCHIVE: archive.data, RECORD: _encode(record)}
@@ -208,7 +211,7 @@ class FilesystemStore(Store[Path]):
         """From the folder names and the archives' sizes: one `stat` per context, no record
         read (the per-function caps ask on every new context)."""
         try:
-            entries = list(os.scandir(self.root / namespace / function))
+            entries = list(os.scandir(os.path.join(self._root, namespace, function)))
         except FileNotFoundError:
             return
         for entry in entries:
@@ -230,7 +233,7 @@ class FilesystemStore(Store[Path]):
                 return Deletion.GONE
             if not still_expired(current):
                 return Deletion.KEPT
-            trash = parent / f"{TEMP_PREFIX}trash-{uuid.uuid4().hex}"
+            trash = os.path.join(parent, f"{TEMP_PREFIX}trash-{uuid.uuid4().hex}")
             os.rename(folder, trash)
         shutil.rmtree(trash, ignore_errors=True)
         return Deletion.DELETED
@@ -274,8 +277,9 @@ def _encode(record: ContextRecord) -> bytes:
     return json.dumps(record_fields(record), sort_keys=True, indent=2).encode() + b"\n"
 
 
-def _read(folder: Path) -> ContextRecord:
-    return record_from_fields(json.loads((folder / RECORD).read_bytes()))
+def _read(folder: str | Path) -> ContextRecord:
+    with open(os.path.join(folder, RECORD), "rb") as file:
+        return record_from_fields(json.loads(file.read()))
 
 
 def _write_new(path: str, data: bytes) -> int:
@@ -291,20 +295,20 @@ def _write_new(path: str, data: bytes) -> int:
     return fd
 
 
-def open_lock(path: Path) -> int:
+def open_lock(path: str) -> int:
     """A lock file's descriptor, to `flock`; its folder is made on first use only (one system
     call per request instead of a mkdir that fails with EEXIST, then the open)."""
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
     try:
         return os.open(path, flags, 0o666)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         return os.open(path, flags, 0o666)
 
 
-def _write_atomic(path: Path, data: bytes, folder: Path) -> None:
-    temp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.json"
-    fd = _write_new(str(temp), data)
+def _write_atomic(path: str, data: bytes, folder: str) -> None:
+    temp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}.json")
+    fd = _write_new(temp, data)
     try:
         os.fsync(fd)
     finally:
@@ -312,7 +316,7 @@ def _write_atomic(path: Path, data: bytes, folder: Path) -> None:
     os.replace(temp, path)
 
 
-def _fsync_path(path: Path) -> None:
+def _fsync_path(path: str) -> None:
     """fsync a file or a folder by path (a folder: the names in it)."""
     fd = os.open(path, os.O_RDONLY)
     try:
