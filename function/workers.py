@@ -4,7 +4,8 @@ One Python process runs Python on one core at a time. With `BUILD_CONTEXT_PROCES
 (by default: two per CPU the container may use, at most 4), the process started by
 `python -m function` becomes a supervisor: it binds the port, forks the workers, which share the
 listening socket and each build their own stores, telemetry and waitress threads, forwards
-SIGTERM/SIGINT to them and waits for their drains, and replaces a worker that dies. It serves no request itself.
+SIGTERM/SIGINT to them and waits for their drains, and replaces a worker that dies. It serves no
+request itself.
 
 `/metrics` is answered by whichever worker the scrape reaches, for all of them: each worker
 also serves its own registry on a Unix socket in the supervisor's private folder, and the one
