@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import http.client
 import logging
@@ -36,6 +37,7 @@ from function.settings import load_settings
 from function.stores import open_store
 from function.stores.base import RETAIN, ContextRecord, Deletion, Listed
 from function.stores.s3 import ClaimTimes, S3Store
+from function.stores.s3_provenance import AttestedS3Store, envelope_key
 from function.stores.traced import TracedStore
 from function.telemetry import Telemetry
 from tests.conftest import StartServer
@@ -73,6 +75,7 @@ def open_s3(
     identity: str = "admin",
     telemetry: Telemetry | None = None,
     parts: dict[str, Any] | None = None,
+    kind: type[S3Store] = S3Store,
     **settings: Any,
 ) -> S3Store:
     credentials = seaweed.admin if identity == "admin" else seaweed.restricted
@@ -87,7 +90,7 @@ def open_s3(
         s3_region=seaweed.region,
         **{**FAST_RETRIES, **settings},
     )
-    store = S3Store.from_settings(
+    store = kind.from_settings(
         loaded, telemetry or TelemetryRecorder().telemetry, session, **(parts or {})
     )
     store.check()
@@ -193,6 +196,29 @@ def test_identical_content_is_reused_never_uploaded_again_and_expiry_only_moves_
     assert head["ContentType"] == "application/gzip"
     assert admin.get_object(Bucket=bucket, Key=first.storage["key"])["Body"].read() == built.data
     assert keys(admin, bucket) == [first.storage["key"]]
+
+
+def test_a_new_signed_context_reads_its_key_once_and_a_reuse_writes_nothing(
+    seaweed: SeaweedS3, admin: Any, bucket: str
+) -> None:
+    store = open_s3(seaweed, bucket, kind=AttestedS3Store)
+    built = dataclasses.replace(small(), provenance=b'{"payloadType": "test"}')
+    sent = calls(store, "HeadObject", "PutObject", "CopyObject", "GetObject")
+
+    first = store.put_if_absent(built, record(built))
+
+    key = first.storage["key"]
+    # One read of the key decides both writes: the envelope, then the archive (conditional).
+    assert sent == ["HeadObject", "PutObject", "PutObject"]
+    assert sorted(keys(admin, bucket)) == sorted([key, envelope_key(key)])
+    assert store.get_provenance("team-a", "fix-it", built.content_hash) == built.provenance
+    sent.clear()
+
+    again = store.put_if_absent(built, record(built, request_id="r2"))
+
+    assert again.reused and again.record == first.record
+    assert "PutObject" not in sent and "CopyObject" not in sent, sent
+    store.close()
 
 
 def test_concurrent_identical_requests_leave_one_object(

@@ -37,16 +37,18 @@ class AttestedS3Store(S3Store):
         self, archive: Archive, record: ContextRecord, owner: OwnerReference | None = None
     ) -> Stored:
         key = self.key(record.namespace, record.function, record.content_hash)
-        # A stored context already has its envelope: only a new one writes it (first).
+        # A stored context already has its envelope: only a new one writes it (first). The
+        # context's put starts from this same HEAD (one read fewer per request).
+        current = self.objects.head(key)
         written = (
             archive.provenance is not None
-            and self.objects.head_object(key) is None
+            and current is None
             and self.objects.put_new(
                 envelope_key(key), archive.provenance, ContentType=ENVELOPE_MEDIA_TYPE
             )
         )
         try:
-            stored = super().put_if_absent(archive, record, owner)
+            stored = self._put(key, archive, record, current)
         except BaseException:
             if written:
                 self._forget_envelope(envelope_key(key))

@@ -139,9 +139,17 @@ class S3Store(Store[Head]):
         """Upload once; a reuse answers only after the object showed the wanted expiry, no
         cleanup claimed it since, and it was still there after that (docs/s3.md, Races)."""
         key = self.key(record.namespace, record.function, record.content_hash)
+        return self._put(key, archive, record, self.objects.head(key))
+
+    def _put(
+        self, key: str, archive: Archive, record: ContextRecord, current: Head | None
+    ) -> Stored:
+        """`put_if_absent` from a HEAD of `key` already taken (`current`); every later round
+        reads it again."""
         unclaimed = False
-        for _ in range(_RACES):
-            current = self.objects.head(key)
+        for attempt in range(_RACES):
+            if attempt:
+                current = self.objects.head(key)
             if current is None:
                 if self.uploader.upload(key, archive, record):
                     return self._stored(key, record, reused=False)
