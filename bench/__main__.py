@@ -411,7 +411,7 @@ class Shape:
 
     def describe(self) -> str:
         settings = load_settings(**{k: v for k, v in vars(self).items() if v})
-        return f"server threads: {settings.threads}, processes: {process_count(settings)}"
+        return f"server threads: {settings.server_threads}, processes: {process_count(settings)}"
 
 
 @contextlib.contextmanager

@@ -90,7 +90,7 @@ def serve(
     readiness, in_flight = wsgi_app(app, shared.wsgi_app if shared else None)
     server = waitress.create_server(
         readiness,
-        threads=settings.threads,
+        threads=settings.server_threads,
         ident="build-context",
         clear_untrusted_proxy_headers=True,
         channel_timeout=120,
@@ -108,7 +108,7 @@ def serve(
     runner = threading.Thread(target=server.run, name="waitress", daemon=True)
     runner.start()
     host, port = server.effective_host, server.effective_port
-    log.info("serving", extra={"host": host, "port": int(port), "threads": settings.threads})
+    log.info("serving", extra={"host": host, "port": int(port), "threads": settings.server_threads})
     if ready:
         ready(str(host), int(port))
     while not stop.wait(0.5):

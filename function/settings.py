@@ -50,11 +50,11 @@ class Settings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
     threads: int = Field(
-        2,
-        ge=1,
+        0,
+        ge=0,
         le=256,
-        description="Worker threads of each server process (see README, Speed); raise it for a "
-        "store far away on the network.",
+        description="Worker threads of each server process; 0: 2 with the filesystem store, 4 "
+        "with a store on the network (ConfigMap, S3, OCI). See README, Speed.",
     )
     processes: int = Field(
         0,
@@ -374,6 +374,15 @@ class Settings(BaseSettings):
                     f"BUILD_CONTEXT_ALLOWED_NAMESPACES: {ns!r} is not a namespace name"
                 )
         return self
+
+    @property
+    def server_threads(self) -> int:
+        """`threads`, else 2 for the filesystem store (a thread hands the GIL to its siblings
+        after every system call, and its waits are short) and 4 for a store on the network
+        (more requests wait on it at once). docs/performance.md, "Processes and threads"."""
+        if self.threads:
+            return self.threads
+        return 2 if self.storage == "filesystem" else 4
 
     @cached_property
     def extra_namespaces(self) -> frozenset[str]:

@@ -57,7 +57,7 @@ def warm_up(server: FunctionServer) -> set[tuple[str, str]]:
         )
     ]
     settings = load_settings()
-    concurrency = settings.threads * process_count(settings)
+    concurrency = settings.server_threads * process_count(settings)
     stored = set()
     rehearsal = workload.mixed(BURST, seed=7, identical_every=10)
     for order, at_once in (

@@ -245,15 +245,21 @@ def test_timeouts_and_concurrency_fit_the_settings(monkeypatch: pytest.MonkeyPat
     for template in (requests_service, cleanup_service):
         # Knative gives a pod timeoutSeconds to stop: the drain must fit in it.
         assert settings.shutdown_grace_seconds <= template["spec"]["timeoutSeconds"]
-    # One request per server thread, over the processes the pod's CPU limit starts.
-    for template, concurrency in ((requests_service, None), (cleanup_service, 1)):
-        main = template["spec"]["containers"][0]
-        env = {e["name"]: e["value"] for e in main.get("env", []) if "value" in e}
-        pod = _settings({**settings_data, **env}, monkeypatch)
-        cpus = _cpus(main["resources"]["limits"]["cpu"])
-        threads = pod.threads if concurrency is None else concurrency
-        assert template["spec"]["containerConcurrency"] == threads * process_count(pod, cpus)
+    # Cleanup runs one at a time, in one process (the requests' concurrency: per overlay).
+    assert cleanup_service["spec"]["containerConcurrency"] == 1
+    assert _pod_shape(cleanup_service, settings_data, monkeypatch)[1] == 1
     assert cleanup_service["metadata"]["annotations"]["autoscaling.knative.dev/max-scale"] == "1"
+
+
+def _pod_shape(
+    template: Manifest, settings_data: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, int]:
+    """Server threads per process and processes of a Service's pod: its settings ConfigMap plus
+    its container's env, at its CPU limit."""
+    main = template["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in main.get("env", []) if "value" in e}
+    pod = _settings({**settings_data, **env}, monkeypatch)
+    return pod.server_threads, process_count(pod, _cpus(main["resources"]["limits"]["cpu"]))
 
 
 def _cpus(quantity: str) -> int:
@@ -384,7 +390,7 @@ def test_func_yaml_deploys_the_request_handler_as_the_manifests_do() -> None:
     }
     assert deploy["options"]["resources"]["requests"] == main["resources"]["requests"]
     limits = deploy["options"]["resources"]["limits"]
-    assert limits == {**main["resources"]["limits"], "concurrency": 4}
+    assert limits == {**main["resources"]["limits"], "concurrency": 8}
     assert limits["concurrency"] == template["spec"]["containerConcurrency"]
     annotations = template["metadata"]["annotations"]
     assert (
@@ -502,6 +508,11 @@ def test_each_overlay_selects_its_store_and_only_the_configmap_store_gets_a_role
 ) -> None:
     rendered = kustomize(RENDERED[name])
     assert _rendered_settings(rendered, monkeypatch).storage == storage
+    # One request per server thread, over the processes the pod's CPU limit starts.
+    requests_service = handler_service(rendered, "create")["spec"]["template"]
+    data = find(rendered, "ConfigMap", SETTINGS_NAME)["data"]
+    threads, processes = _pod_shape(requests_service, data, monkeypatch)
+    assert requests_service["spec"]["containerConcurrency"] == threads * processes
     roles, bindings = of_kind(rendered, "Role"), of_kind(rendered, "RoleBinding")
     if storage == "configmap":
         assert roles and bindings

@@ -167,6 +167,16 @@ def test_the_default_is_two_processes_per_cpu_up_to_four(monkeypatch: pytest.Mon
     assert workers.process_count(load_settings(processes=6)) == 6
 
 
+def test_the_default_threads_follow_the_store() -> None:
+    """Short fsyncs: few threads per process; a store on the network: more requests waiting."""
+    assert load_settings(storage="filesystem").server_threads == 2
+    network = {"s3_bucket": "b", "oci_registry": "registry.example.com"}
+    for storage in ("configmap", "s3", "oci"):
+        assert load_settings(storage=storage, **network).server_threads == 4
+    assert load_settings(storage="s3", threads=16, **network).server_threads == 16
+    assert load_settings(threads=1).server_threads == 1
+
+
 def test_a_worker_stuck_past_the_grace_period_is_killed(start_server: StartServer) -> None:
     server = start_server(BUILD_CONTEXT_PROCESSES="2", BUILD_CONTEXT_SHUTDOWN_GRACE_SECONDS="0")
     stuck, _ = workers_of(server)

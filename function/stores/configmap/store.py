@@ -112,7 +112,7 @@ class ConfigMapStore(Store[ConfigMapHandle]):
             ),
             namespaces=settings.namespaces,
             retry=RetryPolicy.from_settings(settings),
-            threads=settings.threads,
+            threads=settings.server_threads,
             page_size=settings.cleanup_page_size,
             telemetry=telemetry,
             **parts,

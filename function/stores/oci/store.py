@@ -84,7 +84,7 @@ class OCIStore(Store[Handle]):
                 insecure_http=settings.oci_insecure_http,
                 ca_file=configured_ca_file(settings.oci_ca_file),
                 timeout=settings.retry_deadline_seconds,
-                pool_size=settings.threads + LIST_CONCURRENCY + DELETE_CONCURRENCY,
+                pool_size=settings.server_threads + LIST_CONCURRENCY + DELETE_CONCURRENCY,
             ),
             settings.oci_repository,
             page_size=settings.cleanup_page_size,
