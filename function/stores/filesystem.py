@@ -109,8 +109,8 @@ class FilesystemStore(Store[Path]):
                 "BUILD_CONTEXT_FS_ROOT", f"{self.root} is not a writable folder ({exc.strerror})"
             ) from None
 
-    def folder(self, namespace: str, function: str, content_hash: str) -> Path:
-        return self.root / namespace / function / content_hash
+    def folder(self, namespace: str, function: str, content_hash: str) -> str:
+        return os.path.join(self._root, namespace, function, content_hash)
 
     @contextlib.contextmanager
     def _locked(self, namespace: str, function: str) -> Iterator[str]:
@@ -123,7 +123,7 @@ class FilesystemStore(Store[Path]):
             os.close(lock)  # closing the last descriptor releases the lock
 
     def _stored(self, record: ContextRecord, reused: bool, provenance: bool) -> Stored:
-        folder = os.path.join(self._root, record.namespace, record.function, record.content_hash)
+        folder = self.folder(record.namespace, record.function, record.content_hash)
         path = os.path.join(folder, ARCHIVE)
         envelope = os.path.join(folder, PROVENANCE)
         return Stored(
@@ -178,14 +178,17 @@ class FilesystemStore(Store[Path]):
             ) from exc
 
     def get(self, namespace: str, function: str, content_hash: str) -> bytes:
-        try:
-            return (self.folder(namespace, function, content_hash) / ARCHIVE).read_bytes()
-        except FileNotFoundError:
-            raise KeyError((namespace, function, content_hash)) from None
+        return self._read_file(namespace, function, content_hash, ARCHIVE)
 
     def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
+        return self._read_file(namespace, function, content_hash, PROVENANCE)
+
+    def _read_file(self, namespace: str, function: str, content_hash: str, name: str) -> bytes:
         try:
-            return (self.folder(namespace, function, content_hash) / PROVENANCE).read_bytes()
+            with open(
+                os.path.join(self.folder(namespace, function, content_hash), name), "rb"
+            ) as f:
+                return f.read()
         except FileNotFoundError:
             raise KeyError((namespace, function, content_hash)) from None
 
