@@ -64,15 +64,18 @@ def is_name_of_a_thing(value: str) -> bool:
     """A resource, constant or header name: words joined by separators, each a word with
     perhaps a number after it (`payments-db-credentials-v2`, `TR31_K0_KEY_ENCRYPTION_KEY`,
     `Access-Control-Allow-Credentials`), or words joined by case, of 3 characters and more
-    on average (`SSOProviderInvalidToken`, `userAuthPubKeyOkMsg`). A generated secret changes
-    case or class every one or two characters, and mixes digits into its letters."""
+    on average, none of
+    one letter, digits only at the end (`SSOProviderInvalidToken`, `encryptionKey1024`). A
+    generated secret changes case or class every one or two characters, and mixes digits into
+    its letters."""
     if _NAME_CHARS.fullmatch(value) is None:
         return False
     if _SEPARATOR.search(value) is not None:
         return all(_WORD.fullmatch(part) for part in _SEPARATOR.split(value) if part)
-    if value == value.lower() or value == value.upper():
+    if value == value.lower() or value == value.upper() or not _WORD.fullmatch(value):
         return False
-    return sum(c.isalnum() for c in value) / len(_HUMP.findall(value)) >= 3
+    humps = _HUMP.findall(value)
+    return min(len(h) for h in humps) >= 2 and sum(map(len, humps)) / len(humps) >= 3
 
 
 def is_hex(value: str) -> bool:
