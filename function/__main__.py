@@ -208,6 +208,7 @@ def _create(args: argparse.Namespace) -> int:
                     "reason": error.reason,
                     "message": error.message,
                     "errors": [e.as_dict() for e in error.errors],
+                    **({"errorsOmitted": error.omitted} if error.omitted else {}),
                 },
                 indent=2,
             )

@@ -3,7 +3,7 @@
 A value that reaches a reply header, a ConfigMap name/label/annotation, S3 user metadata, a
 filesystem record or a log line has passed one of these checks first. Patterns are used with
 `fullmatch` only (`$` also matches before a final newline). Messages quote request text through
-`quote`, which shortens it.
+`quote` (or `escaped`), which redacts credentials and then shortens it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from . import credentials
 
 DNS_LABEL_MAX = 63
 DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
@@ -41,20 +43,25 @@ QUOTE_CHARS = 64
 
 
 def quote(value: object, limit: int = QUOTE_CHARS) -> str:
-    """`repr` of the value's first `limit` characters, with the full length when cut: control
+    """`repr` of the value's first `limit` characters, credentials redacted first (a cut can
+    drop the `@` that shows `user:password@` is one), with the full length when cut: control
     and unprintable characters come out escaped, so a message is one line of bounded size."""
     text = value if isinstance(value, str) else str(value)
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}…({len(text)} chars)"
+    shown = credentials.redact(text)
+    if len(shown) <= limit and len(text) <= credentials.WINDOW:
+        return repr(shown)
+    return f"{shown[:limit]!r}…({len(text)} chars)"
 
 
 def escaped(value: str, limit: int = QUOTE_CHARS) -> str:
-    """The value as printable ASCII (backslash escapes), cut to `limit` characters: for echoing
-    an identifier that failed its check into a JSON reply body (never into a header)."""
-    text = value[:limit].encode("unicode_escape").decode("ascii")
+    """The value as printable ASCII (backslash escapes), credentials redacted, cut to `limit`
+    characters: for echoing an identifier that failed its check into a JSON reply body (never
+    into a header)."""
+    shown = credentials.redact(value)
+    text = shown[:limit].encode("unicode_escape").decode("ascii")
     text = "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in text)
-    return text if len(value) <= limit else f"{text}...({len(value)} chars)"
+    whole = len(shown) <= limit and len(value) <= credentials.WINDOW
+    return text if whole else f"{text}...({len(value)} chars)"
 
 
 def is_dns_label(value: object) -> bool:

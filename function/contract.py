@@ -139,7 +139,10 @@ class BuildContextCreated(_Model):
     secret_warnings: list[SecretFinding] | None = Field(
         None,
         description="Credentials found in the source and let through "
-        "(BUILD_CONTEXT_SECRET_SCAN=warn): file, line and kind only.",
+        "(BUILD_CONTEXT_SECRET_SCAN=warn): file, line and kind only; the first 20.",
+    )
+    secret_warnings_omitted: int | None = Field(
+        None, description="Credentials found but not listed in `secretWarnings`."
     )
     warnings: list[str] = Field(
         default_factory=list,
@@ -178,7 +181,12 @@ class BuildContextFailed(_Model):
     reason: FailureReason
     message: str
     retryable: bool
-    errors: list[ErrorDetail] = Field(default_factory=list)
+    errors: list[ErrorDetail] = Field(
+        default_factory=list, description="The first 20 problems found (errorsOmitted: the rest)."
+    )
+    errors_omitted: int | None = Field(
+        None, description="Problems found but not listed in `errors` (absent when none)."
+    )
     request_id: str
 
 

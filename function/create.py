@@ -23,10 +23,11 @@ from .errors import (
     StorageForbidden,
 )
 from .limits import FunctionLimits
+from .secret_scan import check_credentials
 from .settings import Settings
 from .stores.base import ContextRecord, Store, Stored, utcnow
 from .telemetry import NOOP, Telemetry
-from .validation import ValidRequest, check_credentials, parse, validate
+from .validation import ValidRequest, parse, validate
 
 log = logging.getLogger("build_context")
 
@@ -40,7 +41,7 @@ class Built:
     archive: archives.Archive
     envelope: bytes
     """DSSE envelope (JSON) of the in-toto provenance statement; unsigned without a key."""
-    secret_warnings: tuple[credentials.Finding, ...] = ()
+    secret_warnings: credentials.Scan = credentials.NOTHING
 
 
 def _event_source(source: str) -> str:
@@ -96,7 +97,7 @@ class CreateService:
             warnings = valid.credential_warnings + check_credentials(
                 rendered.manifests, self.settings, lambda _: "dependencies"
             )
-        for finding in warnings:
+        for finding in warnings.findings:
             log.warning(
                 "credential in the source",
                 extra={
@@ -105,6 +106,15 @@ class CreateService:
                     "file": finding.file,
                     "line": finding.line,
                     "kind": finding.kind,
+                },
+            )
+        if warnings.omitted:
+            log.warning(
+                "credentials in the source not listed",
+                extra={
+                    "requestId": request_id,
+                    "function": valid.function,
+                    "omitted": warnings.omitted,
                 },
             )
         with self.telemetry.stage("archive", attributes):
@@ -186,9 +196,11 @@ class CreateService:
             metadata=dict(stored.record.metadata),
             warnings=list(valid.warnings),
             secret_warnings=[
-                SecretFinding(file=f.file, line=f.line, kind=f.kind) for f in built.secret_warnings
+                SecretFinding(file=f.file, line=f.line, kind=f.kind)
+                for f in built.secret_warnings.findings
             ]
             or None,
+            secret_warnings_omitted=built.secret_warnings.omitted or None,
             provenance=self._provenance(stored, built, overflowed),
         )
 

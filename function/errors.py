@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .contract import FailureReason
+from .credentials import redact
+
+MAX_ERRORS = 20
+"""Errors a failure lists; the rest are only counted, so that a request full of mistakes (or
+of findings) gets a short reply and a short log line."""
+MESSAGE_MAX = 600
+"""Characters of a failure's message and of each error's; a longer one is cut."""
 
 
 @dataclass(frozen=True)
@@ -21,15 +29,41 @@ class FieldError:
     def as_dict(self) -> dict[str, object]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
+    def bounded(self) -> FieldError:
+        """Credentials redacted and the text cut to `MESSAGE_MAX`."""
+        return dataclasses.replace(
+            self,
+            message=bounded(self.message),
+            field=bounded(self.field) if self.field else self.field,
+            file=bounded(self.file) if self.file else self.file,
+        )
+
+
+def bounded(text: str) -> str:
+    """Credentials redacted (a caller may have put request text in without `quote`), then cut
+    to `MESSAGE_MAX` characters."""
+    text = redact(text)
+    return text if len(text) <= MESSAGE_MAX else f"{text[: MESSAGE_MAX - 1]}…"
+
 
 class BuildContextError(Exception):
+    """A failure the caller is told about: its message and at most `MAX_ERRORS` errors (the
+    rest counted in `omitted`), all redacted and bounded here, once for every reply and log
+    line built from it."""
+
     reason: ClassVar[FailureReason] = "InternalError"
     retryable = False
 
-    def __init__(self, message: str, errors: list[FieldError] | None = None) -> None:
+    def __init__(
+        self, message: str, errors: list[FieldError] | None = None, omitted: int = 0
+    ) -> None:
+        message = bounded(message)
         super().__init__(message)
         self.message = message
-        self.errors: list[FieldError] = errors or []
+        errors = errors or []
+        self.errors: list[FieldError] = [e.bounded() for e in errors[:MAX_ERRORS]]
+        self.omitted = omitted + max(0, len(errors) - MAX_ERRORS)
+        """Errors found but not listed."""
 
 
 class InvalidRequest(BuildContextError):

@@ -9,6 +9,7 @@ from . import boundary
 from .boundary import quote
 from .contract import OwnerReference
 from .errors import FieldError, InvalidRequest
+from .secret_scan import check_metadata
 from .settings import Settings
 
 _API_GROUP_VERSION = re.compile(r"(?:(?P<group>[^/]+)/)?(?P<version>[^/]+)")
@@ -29,15 +30,15 @@ def ttl(ttl: int | None, settings: Settings) -> int:
 
 
 def metadata(metadata: Mapping[str, str], settings: Settings) -> dict[str, str]:
-    problems = []
+    """Bounded first (entries), then each key and value, then the size as stored, then
+    credentials (secret_scan.check_metadata)."""
     if len(metadata) > settings.max_metadata_entries:
-        problems.append(
-            FieldError(
-                f"{len(metadata)} entries; the limit is {settings.max_metadata_entries} "
-                "(BUILD_CONTEXT_MAX_METADATA_ENTRIES)",
-                field="metadata",
-            )
+        message = (
+            f"metadata: {len(metadata)} entries; the limit is {settings.max_metadata_entries} "
+            "(BUILD_CONTEXT_MAX_METADATA_ENTRIES): send fewer"
         )
+        raise InvalidRequest(message, [FieldError(message, field="metadata")])
+    problems = []
     for key, value in metadata.items():
         if boundary.METADATA_KEY.fullmatch(key) is None:
             problems.append(
@@ -65,6 +66,7 @@ def metadata(metadata: Mapping[str, str], settings: Settings) -> dict[str, str]:
         )
     if problems:
         raise InvalidRequest(f"metadata: {problems[0].message}", problems)
+    check_metadata(metadata, settings)
     return dict(sorted(metadata.items()))
 
 

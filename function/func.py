@@ -246,6 +246,7 @@ def _failed(
         message=error.message,
         retryable=error.retryable,
         errors=[contract.ErrorDetail(**e.as_dict()) for e in error.errors],
+        errors_omitted=error.omitted or None,
         request_id=identity.id,
     )
     duration = time.perf_counter() - start
@@ -268,6 +269,7 @@ def _failed(
             "errors": [
                 {k: v for k, v in e.as_dict().items() if k != "message"} for e in error.errors
             ],
+            "errorsOmitted": error.omitted,
             "durationMs": round(duration * 1000, 1),
         },
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from .contract import BuildContextRequest, OwnerReference
 from .errors import ContextTooLarge, FieldError, InvalidRequest, InvalidSource
 from .runtimes import Runtime, resolve
 from .runtimes.base import Lock, Pinned
+from .secret_scan import check_credentials
 from .settings import Settings
 
 _PATH_PART = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9._@+-]*")
@@ -33,7 +34,7 @@ class ValidRequest:
     metadata: Mapping[str, str]
     namespace: str | None
     owner: OwnerReference | None
-    credential_warnings: tuple[credentials.Finding, ...] = ()
+    credential_warnings: credentials.Scan = credentials.NOTHING
     lock: Lock | None = None
     warnings: tuple[str, ...] = ()
 
@@ -332,38 +333,8 @@ def _syntax(sources: Mapping[str, str], runtime: Runtime, version: str) -> None:
 
 def _credentials(
     request: BuildContextRequest, sources: Mapping[str, str], settings: Settings
-) -> tuple[credentials.Finding, ...]:
+) -> credentials.Scan:
     return check_credentials(sources, settings, lambda path: _source_field(request, path))
-
-
-def check_credentials(
-    files: Mapping[str, str], settings: Settings, field_of: Callable[[str], str]
-) -> tuple[credentials.Finding, ...]:
-    """Credentials in these files: refused (InvalidSource), or returned as warnings, by
-    BUILD_CONTEXT_SECRET_SCAN. File, line and kind only: never the secret."""
-    if settings.secret_scan == "off":
-        return ()
-    findings = tuple(credentials.scan(files))
-    if not findings or settings.secret_scan == "warn":
-        return findings
-    problems = [
-        FieldError(
-            f"line {f.line}: {f.kind}; keep credentials out of the source (read them at run time "
-            f"from a mounted Secret or the environment), or mark a false positive with "
-            f"'{credentials.ALLOW_MARKER}' in a comment on that line",
-            field=field_of(f.file),
-            file=f.file,
-            line=f.line,
-        )
-        for f in findings
-    ]
-    first = findings[0]
-    raise InvalidSource(
-        f"{first.file}: line {first.line}: {first.kind} in the source ({len(findings)} "
-        f"finding{'s' if len(findings) > 1 else ''}); remove it and read it at run time from a "
-        f"Secret, or mark a false positive with '{credentials.ALLOW_MARKER}' on that line",
-        problems,
-    )
 
 
 def _source_field(request: BuildContextRequest, path: str) -> str:

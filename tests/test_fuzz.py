@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
 
@@ -278,3 +278,115 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FunctionSe
     server = FunctionServer({}, tmp_path_factory.mktemp("fuzz-http")).start()
     yield server
     server.stop()
+
+
+# --- credentials: never repeated, findings bounded (issue 21) ---------------------------------
+
+ALNUM_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+SECRET = st.lists(
+    st.tuples(st.sampled_from(ALNUM_CHARS[:52]), st.sampled_from(ALNUM_CHARS[52:])),
+    min_size=8,
+    max_size=20,
+).map(lambda pairs: "".join(a + b for a, b in pairs))
+"""Letters and digits alternating: no 8 characters of it can be a word of our own messages."""
+CREDENTIAL_SHAPES = ["AKIA{S16}", "ghp_{s36}", "postgres://app:{s}@db/app", "x = 1", "{s}"]
+CREDENTIAL_IN = st.sampled_from(
+    ["https://user:{s}@host/x", "deploy:{s}@git.example.com/m@v1.0.0",
+     "git+https://{s}@github.com/o/r.git", "--index-url https://h/{s}/simple",
+     "--extra-index-url={s}", "https://h/p?x=1&access_token={s}", "?X-Amz-Signature={s}",
+     "ghp_{s36}", "AKIA{S16}", "xoxb-123456789012-{s}", "postgres://app:{s}@db/app"]
+)  # fmt: skip
+
+
+def _with_secret(template: str, secret: str) -> str:
+    padded = (secret * 3)[:36]
+    return template.format(s=secret, s36=padded, S16=padded.upper()[:16])
+
+
+def _leaks(secret: str, text: str) -> bool:
+    return any(secret[i : i + 8] in text for i in range(len(secret) - 7))
+
+
+@FUZZ
+@given(st.text(max_size=120), CREDENTIAL_IN, SECRET, st.text(max_size=60), st.integers(1, 200))
+def test_a_quote_never_keeps_a_credential(
+    before: str, template: str, secret: str, after: str, limit: int
+) -> None:
+    from function import boundary
+
+    assume(not _leaks(secret[:36], f"{before} {template} {after}"))
+    text = f"{before} {_with_secret(template, secret)} {after}"
+    for shown in (boundary.quote(text, limit), boundary.escaped(text, limit)):
+        assert not _leaks(secret[:36], shown), (text, shown)
+
+
+@FUZZ
+@given(
+    st.sampled_from(["dependencies", "metadata-value", "metadata-key", "lambdaFunction", "lock"]),
+    CREDENTIAL_IN,
+    SECRET,
+    st.text(max_size=40),
+)
+def test_a_secret_anywhere_in_a_request_never_comes_back(
+    flask_app: tuple[Any, Path], field: str, template: str, secret: str, noise: str
+) -> None:
+    import logging
+
+    from function.telemetry.logs import JsonFormatter
+
+    client, _ = flask_app
+    assume(not _leaks(secret[:36], f"{noise} {template} fix print(1) requests==2.32.3"))
+    value = f"{noise} {_with_secret(template, secret)}"
+    data: dict[str, Any] = {"lambdaFunction": "fix", "sourceCode": "print(1)\n"}
+    if field == "dependencies":
+        data["dependencies"] = [f"pkg @ {value}"]
+    elif field == "metadata-value":
+        data["metadata"] = {"ticket": value[:1000]}
+    elif field == "metadata-key":
+        data["metadata"] = {value[:63]: "x"}
+    elif field == "lambdaFunction":
+        data["lambdaFunction"] = value
+    else:
+        data["dependencies"] = ["requests>=2.31"]
+        data["lockFile"] = f"{value}\nrequests==2.32.3 --hash=sha256:{'a' * 64}\n"
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(JsonFormatter().format(record))  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    try:
+        body = json.dumps(
+            {"specversion": "1.0", "type": "remediation.buildcontext.requested", "id": "1",
+             "source": "/agent", "datacontenttype": "application/json", "data": data}
+        )  # fmt: skip
+        response = client.post(
+            "/", data=body, headers={"Content-Type": "application/cloudevents+json"}
+        )
+    finally:
+        logging.getLogger().removeHandler(handler)
+    reply = response.get_data(as_text=True)
+    if response.headers.get("ce-type") == "buildcontext.created":
+        return  # not refused: nothing quoted (a lone token shape in a name is just a name)
+    assert not _leaks(secret[:36], reply), reply[:500]
+    assert not _leaks(secret[:36], "\n".join(lines))
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(CREDENTIAL_SHAPES), max_size=300), st.integers(0, 3))
+def test_findings_are_bounded_whatever_their_number(lines: list[str], files: int) -> None:
+    from function import credentials
+    from function.errors import MAX_ERRORS, InvalidSource
+    from function.secret_scan import check_credentials
+
+    text = "".join(
+        f"V{i} = '{_with_secret(line, 'Zx8Kq2LmN4pR7sT1vW3y')}'\n" for i, line in enumerate(lines)
+    )
+    sources = {f"f{n}.py": text for n in range(files + 1)}
+    found = credentials.scan(sources)
+    assert len(found.findings) <= credentials.MAX_FINDINGS
+    assert found.total >= len(found.findings)
+    try:
+        check_credentials(sources, Settings(), lambda path: path)
+    except InvalidSource as refused:
+        assert len(refused.errors) <= MAX_ERRORS
+        assert refused.omitted == found.total - len(refused.errors)
+        assert len(refused.message) < 1000

@@ -1,15 +1,14 @@
-"""What may go into a log line or a message: URL credentials dropped, length capped."""
+"""What may go into a log line or a message: credentials redacted, length capped."""
 
 from __future__ import annotations
 
-import re
-
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+from ..credentials import redact as redact_credentials
 
 
 def redact(text: str, limit: int = 500) -> str:
-    """Drop credentials of URLs (`scheme://user:token@host`) and cap the length."""
-    text = _USERINFO.sub("***@", text)
+    """Credentials hidden (URL userinfo, tokens, keys: credentials.redaction), then the length
+    capped; redacted before the cap, so a cut never keeps a secret whose marker it dropped."""
+    text = redact_credentials(text)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
