@@ -7,8 +7,8 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
+from . import boundary
 from .errors import BuildContextError, ConfigurationError
 
 
@@ -174,7 +174,9 @@ def _create(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     try:
-        data: dict[str, Any] = json.loads(args.request.read_text()) if args.request else {}
+        data = boundary.json_document(args.request.read_bytes()) if args.request else {}
+        if not isinstance(data, dict) or not isinstance(data.get("files", {}), dict):
+            raise ValueError("it must be a JSON object (event data), with `files` an object")
         files: dict[str, str] = dict(data.pop("files", {}))
         for path in args.paths:
             if path.is_dir():
@@ -182,8 +184,8 @@ def _create(args: argparse.Namespace) -> int:
                     files[file.relative_to(path).as_posix()] = file.read_text("utf-8")
             else:
                 files[path.name] = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        print(f"create: cannot read the input: {error}", file=sys.stderr)
+    except (OSError, ValueError) as error:  # UnicodeDecodeError and JSON's are ValueErrors
+        print(f"create: cannot read the input: {boundary.quote(str(error), 200)}", file=sys.stderr)
         return 2
     data["files"] = files
     for key, value in (
@@ -322,7 +324,12 @@ def _send(args: argparse.Namespace) -> int:
     from cloudevents.conversion import to_binary, to_structured
     from cloudevents.http import CloudEvent
 
-    raw = sys.stdin.read() if args.data == "-" else Path(args.data).read_text()
+    try:
+        raw = sys.stdin.buffer.read() if args.data == "-" else Path(args.data).read_bytes()
+        data = boundary.json_document(raw) if raw.strip() else None
+    except (OSError, ValueError) as error:
+        print(f"send: cannot read the data: {boundary.quote(str(error), 200)}", file=sys.stderr)
+        return 2
     event = CloudEvent(
         {
             "type": args.type,
@@ -330,7 +337,7 @@ def _send(args: argparse.Namespace) -> int:
             "id": args.id or str(uuid.uuid4()),
             "datacontenttype": "application/json",
         },
-        json.loads(raw) if raw.strip() else None,
+        data,
     )
     headers, body = (to_structured if args.structured else to_binary)(event)
     token = _token(args)

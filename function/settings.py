@@ -240,7 +240,8 @@ class Settings(BaseSettings):
         50,
         ge=0,
         description="Most live (unexpired) contexts one function name may hold, over every "
-        "store; 0: no cap. A reuse of the same content is always allowed.",
+        "store; 0: no cap. Never exceeded: a reuse of a live context is allowed, the same "
+        "content after it expired counts as a new one.",
     )
     max_bytes_per_function: int = Field(
         128 * 1024 * 1024,

@@ -115,7 +115,7 @@ def validate(request: BuildContextRequest, settings: Settings) -> ValidRequest:
         )
         raise InvalidRequest(message, [FieldError(message, field="dependencies")])
     deps = runtime.dependencies(request.dependencies, settings)
-    lock = _lock(request, runtime, deps, settings)
+    lock = _lock(request, runtime, deps, settings, version)
     sources = _sources(request, runtime, settings)
     warnings = _credentials(request, sources, settings)
     _syntax(sources, runtime, version)
@@ -144,7 +144,11 @@ def _approximate(runtime: str, version: str) -> str:
 
 
 def _lock(
-    request: BuildContextRequest, runtime: Runtime, deps: Pinned, settings: Settings
+    request: BuildContextRequest,
+    runtime: Runtime,
+    deps: Pinned,
+    settings: Settings,
+    version: str,
 ) -> Lock | None:
     text = request.lock_file
     if text is None:
@@ -169,7 +173,7 @@ def _lock(
     if "\x00" in text or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
         message = "lockFile: must be UTF-8 text without NUL bytes"
         raise InvalidRequest(message, [FieldError(message, field="lockFile")])
-    return runtime.lock(text, deps, settings)
+    return runtime.lock(text, deps, settings, version)
 
 
 def path_problem(path: str, max_length: int) -> str | None:

@@ -319,6 +319,80 @@ def test_a_quote_never_keeps_a_credential(
     for shown in (boundary.quote(text, limit), boundary.escaped(text, limit)):
         assert not _leaks(secret[:36], shown), (text, shown)
 
+# --- locks: a pin counts only where pip installs it; any nesting is a caller's error --------
+
+MARKER_VARIABLES = st.sampled_from(
+    ["python_version", "python_full_version", "implementation_version", "platform_machine",
+     "platform_release", "platform_version", "sys_platform", "os_name", "platform_system",
+     "implementation_name", "platform_python_implementation", "extra"]
+)  # fmt: skip
+MARKER_OPS = st.sampled_from(["==", "!=", "<", "<=", ">", ">=", "~=", "===", "in", "not in"])
+MARKER_VALUES = st.sampled_from(
+    ["3", "3.0", "3.11", "3.12", "3.13", "3.14", "3.13.0", "3.13.1", "3.13.*", "3.12.4", "",
+     "linux", "Linux", "posix", "cpython", "CPython", "win32", "x86_64", "aarch64", "arm",
+     "6.1.0", "5", "socks", "nt"]
+)  # fmt: skip
+
+
+@st.composite
+def markers_(draw: st.DrawFn, depth: int = 0) -> str:
+    if depth < 3 and draw(st.integers(0, 3)) == 0:
+        joined = draw(st.sampled_from([" and ", " or "]))
+        return f"({draw(markers_(depth + 1))}{joined}{draw(markers_(depth + 1))})"
+    variable, op, value = draw(MARKER_VARIABLES), draw(MARKER_OPS), draw(MARKER_VALUES)
+    if draw(st.booleans()):
+        return f'{variable} {op} "{value}"'
+    return f'"{value}" {op} {variable}'
+
+
+def pip_installs(marker: str, version: str, machine: str, patch: int) -> bool:
+    """What pip's own evaluator says on a builder of `version` (Linux), `machine` and `patch`:
+    a false marker, or one it cannot evaluate, installs nothing."""
+    from pip._vendor.packaging.markers import Marker as PipMarker
+
+    environment = {
+        "python_version": version,
+        "python_full_version": f"{version}.{patch}",
+        "implementation_version": f"{version}.{patch}",
+        "platform_machine": machine,
+        "extra": "",
+    }
+    try:
+        return bool(PipMarker(marker).evaluate(environment))
+    except Exception:
+        return False
+
+
+@FUZZ
+@given(markers_(), st.sampled_from(["3.11", "3.12", "3.13", "3.14"]))
+def test_a_pin_locks_a_dependency_only_where_pip_installs_it(marker: str, version: str) -> None:
+    from function.errors import BuildContextError
+    from function.validation import parse, validate
+
+    request = {
+        "lambdaFunction": "fix",
+        "runtimeVersion": version,
+        "sourceCode": "print(1)\n",
+        "dependencies": ["requests>=2.31"],
+        "lockFile": f"requests==2.32.3 ; {marker} --hash=sha256:{'a' * 64}\n",
+    }
+    try:
+        valid = validate(parse(request), Settings())
+    except BuildContextError as error:
+        assert error.reason == "InvalidRequest", error.message
+        return
+    assert valid.dependencies_locked
+    for machine in ("x86_64", "aarch64"):
+        for patch in (0, 1, 2, 9):
+            assert pip_installs(marker, version, machine, patch), (marker, machine, patch)
+
+
+NESTED = st.recursive(
+    st.none() | st.integers() | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=20,
+)
+
 
 @FUZZ
 @given(
@@ -390,3 +464,28 @@ def test_findings_are_bounded_whatever_their_number(lines: list[str], files: int
         assert len(refused.errors) <= MAX_ERRORS
         assert refused.omitted == found.total - len(refused.errors)
         assert len(refused.message) < 1000
+
+    st.sampled_from(["python", "nodejs", "go"]),
+    st.integers(1, 200_000),
+    st.sampled_from(["[", '{"a":', '{"packages":{"":', "(", '["', "{"]),
+    NESTED,
+)
+def test_any_nesting_in_a_lock_is_a_callers_error(
+    runtime: str, depth: int, opener: str, inner: Any
+) -> None:
+    from function.errors import BuildContextError
+    from function.validation import parse, validate
+
+    closer = {"[": "]", '{"a":': "}", '{"packages":{"":': "}}", "(": ")", '["': '"]', "{": "}"}
+    lock = opener * depth + json.dumps(inner) + closer[opener] * depth
+    if runtime == "python":
+        lock = f"requests==2.32.3 ; {lock} --hash=sha256:{'a' * 64}\n"
+    request = {
+        "lambdaFunction": "fix",
+        "runtime": runtime,
+        **VALID[runtime],
+        "lockFile": lock,
+    }
+    with pytest.raises(BuildContextError) as caught:
+        validate(parse(request), Settings())
+    assert caught.value.reason in CALLER_REASONS, caught.value.message

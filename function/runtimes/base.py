@@ -50,8 +50,9 @@ class Runtime(ABC):
         file, also what the runtime needs of it beyond syntax."""
 
     @abstractmethod
-    def lock(self, text: str, deps: Pinned, settings: Settings) -> Lock:
-        """Check the request's lock file against the checked dependencies (InvalidRequest)."""
+    def lock(self, text: str, deps: Pinned, settings: Settings, version: str) -> Lock:
+        """Check the request's lock file against the checked dependencies (InvalidRequest):
+        every declared dependency is pinned by an entry the `version` image installs."""
 
     @abstractmethod
     def render(

@@ -110,7 +110,7 @@ class GoRuntime(SpecifierListRuntime):
             return f"module path {quote(module)} {problem}"
         return version_problem(module, version) or (module, version)
 
-    def lock(self, text: str, deps: Pinned, settings: Settings) -> Lock:
+    def lock(self, text: str, deps: Pinned, settings: Settings, version: str) -> Lock:
         """A go.sum: `module version h1:…` and `module version/go.mod h1:…` lines. Every
         declared module needs both; with -mod=readonly the build then fails on any module
         whose sum is missing or differs, so `dependencies` must list every module the build

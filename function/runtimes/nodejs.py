@@ -52,9 +52,14 @@ _LOCK_VERSION = re.compile(r"[0-9A-Za-z.+-]{1,64}")
 _LOCK_TARBALL = re.compile(r"[a-z0-9._~-]{1,214}-[0-9A-Za-z.+-]{1,64}\.tgz")
 _FLAGS = ("dev", "optional", "devOptional", "peer", "hasInstallScript", "inBundle")
 _MAPS = ("dependencies", "optionalDependencies", "peerDependencies")
-_KEPT = ("version", "resolved", "integrity", "license", *_FLAGS, *_MAPS)
-_IGNORED = ("engines", "bin", "funding", "deprecated", "cpu", "os", "libc", "peerDependenciesMeta")
-"""Fields npm writes that do not change what `npm ci` installs here; dropped from the copy."""
+_PLATFORM = {"os": ("linux",), "cpu": ("x64", "arm64"), "libc": ("glibc",)}
+"""npm's platform fields, and what they must admit for the build: Debian (glibc) Linux on
+either architecture the builders run (the machine is not known before the build)."""
+_PLATFORM_VALUE = re.compile(r"!?[A-Za-z0-9_]{1,32}")
+_KEPT = ("version", "resolved", "integrity", "license", *_FLAGS, *_MAPS, *_PLATFORM)
+_IGNORED = ("engines", "bin", "funding", "deprecated", "peerDependenciesMeta")
+"""Fields npm writes that do not change what `npm ci` installs here; dropped from the copy.
+`engines` only warns (EBADENGINE) unless engine-strict is set, which the image does not."""
 
 
 class NodeRuntime(Runtime):
@@ -105,16 +110,21 @@ class NodeRuntime(Runtime):
             pairs.append((index, name, spec))
         return self.pinned(problems, pairs)
 
-    def lock(self, text: str, deps: Pinned, settings: Settings) -> Lock:
+    def lock(self, text: str, deps: Pinned, settings: Settings, version: str) -> Lock:
         """A package-lock.json (lockfileVersion 2 or 3, as npm 7+ writes it). Its root must
         declare exactly the request's dependencies (npm ci refuses a lock out of step with
         package.json), every package must come from the npm registry with a sha512 integrity,
-        and each direct dependency's locked version must be in its declared range. The copy
-        in the context keeps only the fields npm ci reads (lockfileVersion 3)."""
+        and each direct dependency's locked version must be in its declared range. What npm
+        ci would skip or fail on in the image is refused for a dependency the lock must pin:
+        a direct one marked dev, optional, peer or bundled (`--omit=dev` leaves a dev one
+        out; npm never writes those flags on a direct dependency), and any package whose
+        os/cpu/libc may exclude the builder, unless it is optional (npm then skips it, as
+        with the caller's lock). The copy in the context keeps only the fields npm ci reads
+        (lockfileVersion 3)."""
         try:
-            data = json.loads(text)
+            data = boundary.json_document(text)
         except ValueError as error:
-            raise lock_error(f"is not JSON ({error})", self.name) from None
+            raise lock_error(f"is not JSON ({quote(str(error), 120)})", self.name) from None
         if not isinstance(data, dict) or data.get("lockfileVersion") not in (2, 3):
             raise lock_error(
                 "must be a package-lock.json with lockfileVersion 2 or 3 (npm 7 or later)",
@@ -148,6 +158,14 @@ class NodeRuntime(Runtime):
             if semantic_version.Version(entry["version"]) not in semantic_version.NpmSpec(spec):
                 raise lock_error(
                     f"the lock has {name}@{entry['version']}, outside the declared range {quote(spec)}",
+                    self.name,
+                )
+            flagged = [flag for flag in _FLAGS if entry.get(flag) and flag != "hasInstallScript"]
+            if flagged:
+                raise lock_error(
+                    f"the direct dependency {quote(name)} is marked {flagged[0]}, which npm "
+                    "never writes on a direct dependency and which may make npm ci leave it "
+                    "out (--omit=dev); generate the lock again (`npm install --package-lock-only`)",
                     self.name,
                 )
         return {
@@ -261,6 +279,9 @@ def _package(path: str, entry: Any, runtime: str) -> dict[str, Any]:
             if not isinstance(entry[flag], bool):
                 raise lock_error(f"{path}: {flag} must be true or false", runtime)
             kept[flag] = entry[flag]
+    for field, wanted in _PLATFORM.items():
+        if field in entry:
+            kept[field] = _platform(path, field, entry[field], wanted, runtime, kept)
     if isinstance(entry.get("license"), str) and len(entry["license"]) <= 200:
         kept["license"] = entry["license"]
     for field in _MAPS:
@@ -273,6 +294,42 @@ def _package(path: str, entry: Any, runtime: str) -> dict[str, Any]:
                 raise lock_error(f"{path}: {field} must map names to ranges", runtime)
             kept[field] = dict(sorted(ranges.items()))
     return kept
+
+
+def _platform(
+    path: str, field: str, value: Any, wanted: tuple[str, ...], runtime: str, kept: dict[str, Any]
+) -> list[str]:
+    """An os/cpu/libc list, checked; a package that is not optional must admit every `wanted`
+    value, or npm ci fails on the builder (EBADPLATFORM) or depends on its machine."""
+    values = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(values, list)
+        or not 0 < len(values) <= 32
+        or not all(isinstance(v, str) and _PLATFORM_VALUE.fullmatch(v) for v in values)
+    ):
+        raise lock_error(f"{path}: {field} must be a list of names such as 'linux'", runtime)
+    if not kept.get("optional"):
+        excluded = [w for w in wanted if not npm_admits(w, values)]
+        if excluded:
+            raise lock_error(
+                f"{path}: {field} {quote(' '.join(values))} excludes {excluded[0]!r}, where "
+                "the context is built "
+                f"(Linux with glibc on {' or '.join(_PLATFORM['cpu'])}): npm ci fails there "
+                "(EBADPLATFORM), unless the package is optional",
+                runtime,
+            )
+    return list(values)
+
+
+def npm_admits(current: str, values: list[str]) -> bool:
+    """npm-install-checks' checkList: 'any' alone admits all; otherwise no negated entry
+    ('!linux') may name the value, and a plain entry must, if there is any."""
+    if values == ["any"]:
+        return True
+    plain = [v for v in values if not v.startswith("!")]
+    if f"!{current}" in values:
+        return False
+    return not plain or current in plain
 
 
 def _is_range(spec: str) -> bool:

@@ -10,12 +10,14 @@ import tokenize
 import warnings
 
 import tree_sitter_python
+from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from ..boundary import quote
 from ..errors import FieldError
 from ..settings import Settings
+from . import markers
 from .base import MAX_LOCK_ENTRIES, Lock, Pinned, Rendered, SpecifierListRuntime, lock_error
 from .treesitter import TreeSitterGrammar, too_deep
 
@@ -98,13 +100,16 @@ class PythonRuntime(SpecifierListRuntime):
             return f"{quote(text)} {problem}"
         return canonicalize_name(requirement.name), str(requirement)
 
-    def lock(self, text: str, deps: Pinned, settings: Settings) -> Lock:
+    def lock(self, text: str, deps: Pinned, settings: Settings, version: str) -> Lock:
         """pip requirements in hash-checking mode, as `pip-compile --generate-hashes` or
         `uv pip compile --generate-hashes` write them: `name==version` (extras and markers
         allowed) with one or more `--hash=sha256:…`; comments and line continuations; no other
         option. Every declared dependency must be pinned there to a version its specifier
-        admits; the other entries are what they pull in (--no-deps installs nothing else)."""
+        admits, by a line pip installs in the `version` image wherever it would install the
+        dependency (its marker, if any, surely true there: markers.py); the other entries are
+        what they pull in (--no-deps installs nothing else)."""
         entries: dict[str, dict[str, object]] = {}
+        markers_of: dict[str, tuple[int, Marker | None]] = {}
         for line, logical in _logical_lines(text):
             requirement_text, _, options = logical.partition(" --")
             options = f"--{options}" if options else ""
@@ -129,6 +134,14 @@ class PythonRuntime(SpecifierListRuntime):
             )
             if problem:
                 raise lock_error(f"{quote(written)} {problem}", self.name, line)
+            unknown = set(markers.names(requirement.marker)) - markers.PEP_508
+            if unknown:
+                raise lock_error(
+                    f"the marker of {quote(written)} names {quote(min(unknown))}, which is not a "
+                    "PEP 508 environment marker (the pip of the image may not know it)",
+                    self.name,
+                    line,
+                )
             pins = list(requirement.specifier)
             if (
                 requirement.url
@@ -153,6 +166,7 @@ class PythonRuntime(SpecifierListRuntime):
             name = canonicalize_name(requirement.name)
             if name in entries:
                 raise lock_error(f"{quote(name)} is pinned twice", self.name, line)
+            markers_of[name] = (line, requirement.marker)
             entries[name] = {
                 "name": name,
                 "requirement": str(requirement),
@@ -161,6 +175,7 @@ class PythonRuntime(SpecifierListRuntime):
             }
             if len(entries) > MAX_LOCK_ENTRIES:
                 raise lock_error(f"more than {MAX_LOCK_ENTRIES} entries", self.name, line)
+        budget = markers.MAX_CASES
         for declared_name, spec in deps:
             declared = Requirement(spec)
             entry = entries.get(declared_name)
@@ -171,6 +186,18 @@ class PythonRuntime(SpecifierListRuntime):
                     f"the lock pins {declared_name}=={entry['version']}, which {quote(spec)} does "
                     "not admit",
                     self.name,
+                )
+            line, marker = markers_of[declared_name]
+            verdict = markers.implies(declared.marker, marker, version, budget)
+            budget -= verdict.cases
+            if not verdict.surely:
+                raise lock_error(
+                    f"the pin of {quote(spec)}, {quote(entry['requirement'], 120)}, may not "
+                    f"be installed: its marker {verdict.where}, and pip ignores such a line "
+                    "(the dependency would not be installed at all); lock it for "
+                    f"runtimeVersion {version} on Linux with no marker that can exclude it",
+                    self.name,
+                    line,
                 )
         return {"requirements": [entries[name] for name in sorted(entries)]}
 
