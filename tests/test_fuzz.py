@@ -319,6 +319,79 @@ def test_a_quote_never_keeps_a_credential(
     for shown in (boundary.quote(text, limit), boundary.escaped(text, limit)):
         assert not _leaks(secret[:36], shown), (text, shown)
 
+
+@FUZZ
+@given(
+    st.sampled_from(["dependencies", "metadata-value", "metadata-key", "lambdaFunction", "lock"]),
+    CREDENTIAL_IN,
+    SECRET,
+    st.text(max_size=40),
+)
+def test_a_secret_anywhere_in_a_request_never_comes_back(
+    flask_app: tuple[Any, Path], field: str, template: str, secret: str, noise: str
+) -> None:
+    import logging
+
+    from function.telemetry.logs import JsonFormatter
+
+    client, _ = flask_app
+    assume(not _leaks(secret[:36], f"{noise} {template} fix print(1) requests==2.32.3"))
+    value = f"{noise} {_with_secret(template, secret)}"
+    data: dict[str, Any] = {"lambdaFunction": "fix", "sourceCode": "print(1)\n"}
+    if field == "dependencies":
+        data["dependencies"] = [f"pkg @ {value}"]
+    elif field == "metadata-value":
+        data["metadata"] = {"ticket": value[:1000]}
+    elif field == "metadata-key":
+        data["metadata"] = {value[:63]: "x"}
+    elif field == "lambdaFunction":
+        data["lambdaFunction"] = value
+    else:
+        data["dependencies"] = ["requests>=2.31"]
+        data["lockFile"] = f"{value}\nrequests==2.32.3 --hash=sha256:{'a' * 64}\n"
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(JsonFormatter().format(record))  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    try:
+        body = json.dumps(
+            {"specversion": "1.0", "type": "remediation.buildcontext.requested", "id": "1",
+             "source": "/agent", "datacontenttype": "application/json", "data": data}
+        )  # fmt: skip
+        response = client.post(
+            "/", data=body, headers={"Content-Type": "application/cloudevents+json"}
+        )
+    finally:
+        logging.getLogger().removeHandler(handler)
+    reply = response.get_data(as_text=True)
+    if response.headers.get("ce-type") == "buildcontext.created":
+        return  # not refused: nothing quoted (a lone token shape in a name is just a name)
+    assert not _leaks(secret[:36], reply), reply[:500]
+    assert not _leaks(secret[:36], "\n".join(lines))
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(CREDENTIAL_SHAPES), max_size=300), st.integers(0, 3))
+def test_findings_are_bounded_whatever_their_number(lines: list[str], files: int) -> None:
+    from function import credentials
+    from function.errors import MAX_ERRORS, InvalidSource
+    from function.secret_scan import check_credentials
+
+    text = "".join(
+        f"V{i} = '{_with_secret(line, 'Zx8Kq2LmN4pR7sT1vW3y')}'\n" for i, line in enumerate(lines)
+    )
+    sources = {f"f{n}.py": text for n in range(files + 1)}
+    found = credentials.scan(sources)
+    assert len(found.findings) <= credentials.MAX_FINDINGS
+    assert found.total >= len(found.findings)
+    try:
+        check_credentials(sources, Settings(), lambda path: path)
+    except InvalidSource as refused:
+        assert len(refused.errors) <= MAX_ERRORS
+        assert refused.omitted == found.total - len(refused.errors)
+        assert len(refused.message) < 1000
+
+
 # --- locks: a pin counts only where pip installs it; any nesting is a caller's error --------
 
 MARKER_VARIABLES = st.sampled_from(
@@ -396,75 +469,6 @@ NESTED = st.recursive(
 
 @FUZZ
 @given(
-    st.sampled_from(["dependencies", "metadata-value", "metadata-key", "lambdaFunction", "lock"]),
-    CREDENTIAL_IN,
-    SECRET,
-    st.text(max_size=40),
-)
-def test_a_secret_anywhere_in_a_request_never_comes_back(
-    flask_app: tuple[Any, Path], field: str, template: str, secret: str, noise: str
-) -> None:
-    import logging
-
-    from function.telemetry.logs import JsonFormatter
-
-    client, _ = flask_app
-    assume(not _leaks(secret[:36], f"{noise} {template} fix print(1) requests==2.32.3"))
-    value = f"{noise} {_with_secret(template, secret)}"
-    data: dict[str, Any] = {"lambdaFunction": "fix", "sourceCode": "print(1)\n"}
-    if field == "dependencies":
-        data["dependencies"] = [f"pkg @ {value}"]
-    elif field == "metadata-value":
-        data["metadata"] = {"ticket": value[:1000]}
-    elif field == "metadata-key":
-        data["metadata"] = {value[:63]: "x"}
-    elif field == "lambdaFunction":
-        data["lambdaFunction"] = value
-    else:
-        data["dependencies"] = ["requests>=2.31"]
-        data["lockFile"] = f"{value}\nrequests==2.32.3 --hash=sha256:{'a' * 64}\n"
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(JsonFormatter().format(record))  # type: ignore[method-assign]
-    logging.getLogger().addHandler(handler)
-    try:
-        body = json.dumps(
-            {"specversion": "1.0", "type": "remediation.buildcontext.requested", "id": "1",
-             "source": "/agent", "datacontenttype": "application/json", "data": data}
-        )  # fmt: skip
-        response = client.post(
-            "/", data=body, headers={"Content-Type": "application/cloudevents+json"}
-        )
-    finally:
-        logging.getLogger().removeHandler(handler)
-    reply = response.get_data(as_text=True)
-    if response.headers.get("ce-type") == "buildcontext.created":
-        return  # not refused: nothing quoted (a lone token shape in a name is just a name)
-    assert not _leaks(secret[:36], reply), reply[:500]
-    assert not _leaks(secret[:36], "\n".join(lines))
-
-
-@FUZZ
-@given(st.lists(st.sampled_from(CREDENTIAL_SHAPES), max_size=300), st.integers(0, 3))
-def test_findings_are_bounded_whatever_their_number(lines: list[str], files: int) -> None:
-    from function import credentials
-    from function.errors import MAX_ERRORS, InvalidSource
-    from function.secret_scan import check_credentials
-
-    text = "".join(
-        f"V{i} = '{_with_secret(line, 'Zx8Kq2LmN4pR7sT1vW3y')}'\n" for i, line in enumerate(lines)
-    )
-    sources = {f"f{n}.py": text for n in range(files + 1)}
-    found = credentials.scan(sources)
-    assert len(found.findings) <= credentials.MAX_FINDINGS
-    assert found.total >= len(found.findings)
-    try:
-        check_credentials(sources, Settings(), lambda path: path)
-    except InvalidSource as refused:
-        assert len(refused.errors) <= MAX_ERRORS
-        assert refused.omitted == found.total - len(refused.errors)
-        assert len(refused.message) < 1000
-
     st.sampled_from(["python", "nodejs", "go"]),
     st.integers(1, 200_000),
     st.sampled_from(["[", '{"a":', '{"packages":{"":', "(", '["', "{"]),
