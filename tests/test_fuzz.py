@@ -4,7 +4,9 @@ reply rendering (parliament's Flask app, and the real HTTP server for a sample).
 
 Invariants: no InternalError, retryable failure or 5xx for caller input; no CR, LF or
 non-Latin-1 in any reply header; nothing stored after a failure; whatever is created is read
-back by its consumers (pip, npm-package-arg, go, CPython) as validated.
+back by its consumers (pip, npm-package-arg, go, CPython) as validated. Generated `files` trees
+are refused (InvalidSource) exactly when two paths clash, else packed with every name once and
+no file under a file.
 
 The normal suite runs a fixed seed with a small budget. A long, randomised run:
 
@@ -13,6 +15,7 @@ The normal suite runs a fixed seed with a small budget. A long, randomised run:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
 
@@ -278,3 +281,69 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FunctionSe
     server = FunctionServer({}, tmp_path_factory.mktemp("fuzz-http")).start()
     yield server
     server.stop()
+
+
+# --- `files` trees: refused, or packed with every name once and no file under a file ---------
+
+PARTS = ["lib", "Lib", "LIB", "util.py", "x.py", "a", "A", "Dockerfile", "dockerfile",
+         "requirements.txt", "remediation.py", "Remediation.py", "b"]  # fmt: skip
+GENERATED_PY = ["Dockerfile", "requirements.txt", "remediation.py"]
+
+
+def _clashes(paths: list[str]) -> bool:
+    """An oracle of its own, pair by pair: two paths clash when one folded equals the other,
+    or a folded path is a folder of the other's, or two folders differ only by case."""
+    for i, p in enumerate(paths):
+        for q in paths[i + 1 :]:
+            if p.lower() == q.lower():
+                return True
+            for a, b in ((p, q), (q, p)):
+                if b.lower().startswith(a.lower() + "/"):
+                    return True
+            parts_p, parts_q = p.split("/")[:-1], q.split("/")[:-1]
+            for x, y in zip(parts_p, parts_q, strict=False):
+                if x != y:
+                    if x.lower() == y.lower():
+                        return True
+                    break
+    return False
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.lists(st.sampled_from(PARTS), min_size=1, max_size=3).map("/".join),
+        min_size=1,
+        max_size=5,
+        unique=True,
+    )
+)
+def test_generated_files_trees_are_refused_or_pack_each_name_once(
+    flask_app: tuple[Any, Path], paths: list[str]
+) -> None:
+    client, _ = flask_app
+    files = {path: "X = 1\n" for path in paths if path != "remediation.py"}
+    name = "trees-" + hashlib.sha256(json.dumps(paths).encode()).hexdigest()[:12]  # no cap
+    data = {"lambdaFunction": name, "sourceCode": "print(1)\n", "files": files}
+    body = json.dumps(
+        {"specversion": "1.0", "type": "remediation.buildcontext.requested", "id": "t",
+         "source": "/fuzz", "datacontenttype": "application/json", "data": data}
+    )  # fmt: skip
+    response = client.post("/", data=body, headers={"Content-Type": "application/cloudevents+json"})
+    reply = response.get_json()
+    generated_clash = any(p.lower() in {g.lower() for g in GENERATED_PY} for p in files)
+    expected_refusal = generated_clash or _clashes([*GENERATED_PY, *files])
+    event(response.headers["ce-type"])
+    if response.headers["ce-type"] == "buildcontext.failed":
+        assert reply["reason"] == "InvalidSource", reply
+        assert expected_refusal, (paths, reply["message"])
+        return
+    assert not expected_refusal, paths
+    with tarfile.open(fileobj=io.BytesIO(Path(reply["storage"]["path"]).read_bytes())) as tar:
+        members = tar.getmembers()
+    names = [m.name.lower() for m in members]
+    assert len(names) == len(set(names))
+    regular = {m.name.lower() for m in members if m.isfile()}
+    assert not any(
+        n.rsplit("/", i)[0] in regular for n in names for i in range(1, n.count("/") + 1)
+    )
