@@ -7,6 +7,7 @@ import json
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 from . import boundary
 from .errors import BuildContextError, ConfigurationError
@@ -84,40 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also treat contexts created more than this many seconds ago as expired",
     )
 
-    verify = commands.add_parser(
-        "verify",
-        help="check a context archive against its signed provenance (DSSE envelope)",
-        description="Check the envelope's signature with the public key(s), the archive's "
-        "digests against the statement's subjects and file digests, and that the Dockerfile "
-        "and manifests are exactly what build-context renders from the statement's "
-        "parameters. Exit 0 and print a summary when everything holds, else exit 1 and say "
-        "which check failed.",
-    )
-    verify.add_argument("archive", help="the context .tar.gz: a file, or s3://bucket/key")
-    verify.add_argument(
-        "--envelope", "-e", required=True, help="the DSSE envelope: a file, or s3://bucket/key"
-    )
-    verify.add_argument(
-        "--output",
-        "-o",
-        type=Path,
-        help="write the archive here once verified (what the builder then reads: an object "
-        "changed in the store after the check is never built)",
-    )
-    verify.add_argument(
-        "--public-key",
-        "-k",
-        type=Path,
-        action="append",
-        default=[],
-        help="PEM public key (Ed25519 or ECDSA P-256), or a folder of them; repeat for "
-        "rotation: any one may verify",
-    )
-    verify.add_argument(
-        "--allow-unsigned",
-        action="store_true",
-        help="accept an envelope without signature (a function run without a signing key)",
-    )
+    _verify_parser(commands)
 
     settings_cmd = commands.add_parser(
         "settings", help="print every environment variable with its default and meaning"
@@ -228,61 +196,127 @@ def _create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_parser(commands: Any) -> None:
+    from .refusals import exit_codes
+
+    verify = commands.add_parser(
+        "verify",
+        help="the builder's gate: check a context archive against its signed provenance",
+        description="Check that the archive is the one the builder expects (--expect-*, from "
+        "the buildcontext.created reply), that the envelope's signature verifies with the "
+        "public key(s), that the archive is its statement's subject and holds only plain files "
+        "and folders with safe, unambiguous names, and that the Dockerfile and manifests are "
+        "exactly what build-context renders from the statement's parameters. Print a summary "
+        "and exit 0 when everything holds; else print one line and exit with the code of the "
+        "first check that failed.",
+        epilog="exit codes: "
+        + "; ".join(f"{code} {meaning}" for code, meaning in exit_codes().items()),
+    )
+    verify.add_argument(
+        "archive", help="the context .tar.gz: a file, s3://BUCKET/KEY or oci://REGISTRY/REPO@DIGEST"
+    )
+    verify.add_argument(
+        "--envelope", "-e", required=True, help="the DSSE envelope: a file, s3:// or oci://"
+    )
+    verify.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        help="write the archive here once verified (what the builder then reads: an object "
+        "changed in the store after the check is never built)",
+    )
+    verify.add_argument(
+        "--public-key",
+        "-k",
+        type=Path,
+        action="append",
+        default=[],
+        help="PEM public key (Ed25519 or ECDSA P-256), or a folder of them; repeat for "
+        "rotation: any one may verify",
+    )
+    verify.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="accept an envelope without signature (a function run without a signing key)",
+    )
+    pins = verify.add_argument_group(
+        "expectations",
+        "From the buildcontext.created reply. A builder gives at least one digest, so that no "
+        "other validly signed context (an older version, another function's) passes.",
+    )
+    pins.add_argument("--expect-archive-sha256", metavar="HEX", help="the reply's archiveSha256")
+    pins.add_argument("--expect-content-hash", metavar="HEX", help="the reply's contentHash")
+    pins.add_argument("--expect-function", metavar="NAME", help="the reply's lambdaFunction")
+    pins.add_argument(
+        "--unpinned",
+        action="store_true",
+        help="check without an expected digest (inspecting a context by hand; never a builder)",
+    )
+
+
 def _verify(args: argparse.Namespace) -> int:
-    from . import provenance
+    """One line on stderr and the exit code of the check's class for every refusal (and for
+    a bug, 1, rather than a traceback a builder's log would cut)."""
+    from . import locations, verification
+    from .boundary import quote
+    from .refusals import UnusableInput, VerificationFailed
+    from .signing import load_public_keys
 
     try:
-        keys = provenance.load_public_keys(args.public_key)
-        archive = _read_input(args.archive, provenance.MAX_ARCHIVE_BYTES)
-        envelope = _read_input(args.envelope, provenance.MAX_ENVELOPE_BYTES)
-        verified = provenance.verify(archive, envelope, keys, allow_unsigned=args.allow_unsigned)
-    except OSError as error:
-        print(f"verify: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
-        return 2
-    except KeyError as error:
-        print(f"verify: {error.args[0]}", file=sys.stderr)
-        return 2
-    except provenance.VerificationFailed as error:
-        print(f"verify: REFUSED: {error}", file=sys.stderr)
+        expected = verification.Expected(
+            args.expect_archive_sha256, args.expect_content_hash, args.expect_function
+        )
+        if not expected.pinned and not args.unpinned:
+            raise UnusableInput(
+                "give --expect-archive-sha256 or --expect-content-hash (the reply's "
+                "archiveSha256, contentHash), or --unpinned to check any context by hand"
+            )
+        try:
+            keys = load_public_keys(args.public_key)
+        except OSError as error:
+            raise UnusableInput(f"cannot read {error.filename}: {error.strerror}") from None
+        archive = locations.read(args.archive, verification.MAX_ARCHIVE_BYTES)
+        envelope = locations.read(args.envelope, verification.MAX_ENVELOPE_BYTES)
+        verified = verification.verify(archive, envelope, keys, args.allow_unsigned, expected)
+        if args.output:
+            try:
+                args.output.write_bytes(archive)
+            except OSError as error:
+                raise UnusableInput(f"cannot write --output: {error.strerror}") from None
+    except VerificationFailed as error:
+        print(f"verify: REFUSED ({error.summary}): {error}", file=sys.stderr)
+        return error.exit_code
+    except Exception as error:  # a bug: still one line, and not a refusal's code
+        print(
+            f"verify: internal error: {quote(f'{type(error).__name__}: {error}', 300)}",
+            file=sys.stderr,
+        )
         return 1
-    definition = verified.statement["predicate"]["buildDefinition"]
-    external = definition["externalParameters"]
+    parsed = verified.parsed
+    definition = parsed.predicate.buildDefinition
     summary = {
         "verified": True,
         "signed": verified.keyid is not None,
         "keyid": verified.keyid,
-        "subject": {s["name"]: s["digest"]["sha256"] for s in verified.statement["subject"]},
-        "function": external["function"],
-        "runtime": external["runtime"],
-        "runtimeVersion": external["runtimeVersion"],
-        "dependenciesLocked": external.get("dependenciesLocked", False),
-        "baseImages": [d["uri"] for d in definition.get("resolvedDependencies", [])],
-        "files": len(external["files"]),
+        "subject": {s.name: s.digest.sha256 for s in parsed.subject},
+        "function": parsed.external.function,
+        "runtime": parsed.external.runtime,
+        "runtimeVersion": parsed.external.runtimeVersion,
+        "dependenciesLocked": parsed.external.dependenciesLocked,
+        "baseImages": [d.uri for d in definition.resolvedDependencies],
+        "files": len(parsed.external.files),
+        "expected": {
+            k: v
+            for k, v in (
+                ("archiveSha256", expected.archive_sha256),
+                ("contentHash", expected.content_hash),
+                ("lambdaFunction", expected.function),
+            )
+            if v is not None
+        },
     }
-    if args.output:
-        args.output.write_bytes(archive)
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def _read_input(location: str, limit: int) -> bytes:
-    """A local file, or an S3 object read with the function's S3 settings (endpoint, region,
-    path style) and boto3's credential chain. At most `limit` + 1 bytes, so a larger input is
-    refused by the check instead of filling memory."""
-    if not location.startswith("s3://"):
-        with open(location, "rb") as handle:
-            return handle.read(limit + 1)
-    from .settings import load_settings
-    from .stores.s3 import s3_client
-
-    bucket, _, key = location.removeprefix("s3://").partition("/")
-    client = s3_client(load_settings())
-    try:
-        body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{limit}")["Body"]
-    except client.exceptions.NoSuchKey:
-        raise KeyError(f"{location} does not exist") from None
-    data: bytes = body.read()
-    return data
 
 
 def _cleanup(args: argparse.Namespace) -> int:

@@ -88,10 +88,8 @@ class CreateService:
             namespace = self._namespace(request)
             source = _event_source(request_source)
         with self.telemetry.stage("render", attributes):
-            rendered = valid.runtime.render(
-                valid.runtime_version, valid.dependencies, self.settings, valid.lock
-            )
-            files = {**valid.sources, **rendered.files()}
+            rendered = valid.rendered
+            files = valid.context_files()
             # The manifests carry the request's dependencies (a URL dependency may hold a
             # token) into the context: no secret there either.
             warnings = valid.credential_warnings + check_credentials(
