@@ -51,10 +51,10 @@ def head(path: str = "/", *, version: str = "1.1", headers: dict[str, str] | Non
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def event(**extra: str) -> tuple[bytes, bytes]:
-    """A binary-mode CloudEvent of the python example: its head (`extra` headers added or
-    replaced) and its body."""
-    headers, body = encode(example("python"))
+def event(data: dict[str, Any] | None = None, **extra: str) -> tuple[bytes, bytes]:
+    """A binary-mode CloudEvent (of the python example by default): its head (`extra` headers
+    added or replaced) and its body."""
+    headers, body = encode(data or example("python"))
     return head(headers={**headers, "Content-Length": str(len(body)), **extra}), body
 
 
@@ -128,7 +128,7 @@ class Trickle(threading.Thread):
 
 def test_a_declared_oversized_body_is_refused_without_reading_it(server: FunctionServer) -> None:
     with connect(server) as sock:
-        sock.sendall(event(**{"Content-Length": str(DECLARED)})[0])
+        sock.sendall(event(None, **{"Content-Length": str(DECLARED)})[0])
         reply = read_reply(sock)
     assert_refused(reply, 413, "body_too_large", names="BUILD_CONTEXT_MAX_REQUEST_BYTES")
     assert str(DECLARED) in reply.json()["error"]
@@ -340,30 +340,43 @@ def test_an_unknown_sender_is_refused_without_reading_its_body(
 def test_a_slow_issuer_holds_up_no_other_connection(
     issuer: IssuerDouble, guarded: FunctionServer
 ) -> None:
-    """The first token needs the issuer's keys: while the issuer takes its time, the request
-    waits unread (no `100 Continue`), and everyone else is answered."""
+    """The first token needs the issuer's keys: while the issuer takes its time, its requests
+    wait unread (no `100 Continue`; of a body sent at once, one read is kept), and everyone else
+    is answered. Then both go on."""
     issuer.answering.clear()
-    waiting_head, body = event(
-        Authorization=f"Bearer {issuer.token('key-1')}", Expect="100-continue"
-    )
-    waiting = connect(guarded)
-    waiting.sendall(waiting_head)
+    token = f"Bearer {issuer.token('key-1')}"
+    invited_head, body = event(Authorization=token, Expect="100-continue")
+    invited = connect(guarded)
+    invited.sendall(invited_head)
     assert issuer.asked.wait(PATIENCE), "the server never asked for the keys"
+    padded = example("python")["sourceCode"] + "# " + "p" * 200_000 + "\n"
+    eager_head, large = event(
+        {**example("python"), "lambdaFunction": "large", "sourceCode": padded}, Authorization=token
+    )
+    eager = connect(guarded)
+    eager.sendall(eager_head)
+    eager_sender = Trickle(eager, large, 64 * 1024, 0)  # all at once, as far as buffers go
+    eager_sender.start()
     assert requests.get(f"{guarded.url}/health/readiness", timeout=PATIENCE).ok
     with connect(guarded) as sock:
         sock.sendall(declared(None))
         assert read_reply(sock).status == 401
-    waiting.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        waiting.recv(1)  # no 100 Continue, no reply: the sender is not known yet
-    waiting.setblocking(True)
+    for sock in (invited, eager):
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)  # no 100 Continue, no reply: the sender is not known yet
+        sock.setblocking(True)
     issuer.answering.set()
-    interim = read_reply_line(waiting)
+    interim = read_reply_line(invited)
     assert interim == b"HTTP/1.1 100 Continue", interim
-    waiting.sendall(body)
-    reply = read_reply(waiting)
-    waiting.close()
-    assert reply.status == 200 and reply.headers["ce-type"] == "buildcontext.created", reply
+    invited.sendall(body)
+    replies = [read_reply(invited), read_reply(eager)]
+    eager_sender.join(PATIENCE)
+    assert eager_sender.sent == len(large)
+    for sock in (invited, eager):
+        sock.close()
+    for reply in replies:
+        assert reply.status == 200 and reply.headers["ce-type"] == "buildcontext.created", reply
 
 
 def read_reply_line(sock: socket.socket) -> bytes:
