@@ -102,7 +102,7 @@ class Answer(Error):  # type: ignore[misc]  # waitress is untyped
 
 
 def body_too_large(limits: Limits, length: int | None) -> Answer:
-    size = f"is {length} bytes" if length is not None else "(chunked, framing included) runs"
+    size = f"is {length} bytes," if length is not None else "(chunked, framing included) runs"
     return Answer.of(
         413,
         "body_too_large",
