@@ -333,12 +333,13 @@ class EdgeChannel(HTTPChannel):  # type: ignore[misc]
         self._hand_over(request)
 
     def _hand_over(self, request: EdgeParser) -> None:
-        """Queue a request completed off the read path, as waitress's `received` does."""
+        """Queue a request completed off the read path, as waitress's `received` does (queued
+        before it is cleared: the drain must always see it, server.py's `_receiving`)."""
         with self.requests_lock:
+            self.requests.append(request)
             self.request = None
             self.receiving_since = None
             self.sent_continue = False
-            self.requests.append(request)
             if len(self.requests) == 1:
                 self.server.add_task(self)
 
