@@ -14,6 +14,7 @@ import json
 import logging
 import ssl
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,11 @@ CLOCK_SKEW_SECONDS = 30
 """Leeway on `exp` and `nbf` for clocks that disagree between nodes."""
 POD_CA = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
 POD_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+class KeysPending(Exception):
+    """The verdict needs the issuer's keys read over the network (first use, expired cache, or
+    a key id we have not seen): `verify(..., wait=False)` says so instead of waiting for them."""
 
 
 class Refused(Exception):
@@ -126,10 +132,39 @@ class _IssuerKeys(jwt.PyJWKClient):
             cooldown_duration=REFRESH_COOLDOWN_SECONDS,
         )
         self.token_file = token_file
+        self.fetched_at: float | None = None
 
     def fetch_data(self) -> Any:
+        if _NO_WAITING.active:
+            raise KeysPending
         self.headers = _bearer(self.token_file)
-        return super().fetch_data()
+        data = super().fetch_data()
+        self.fetched_at = time.monotonic()
+        return data
+
+    def cached_key(self, kid: str) -> jwt.PyJWK | None:
+        """`get_signing_key` without the network and without its lock (which a fetch holds):
+        None for a key id the issuer does not have and the cooldown keeps us from asking about
+        again (as `get_signing_key` decides); KeysPending when the keys must be fetched."""
+        _NO_WAITING.active = True
+        try:
+            key = self.match_kid(self.get_signing_keys(), kid)
+        finally:
+            _NO_WAITING.active = False
+        fetched = self.fetched_at
+        if key is None and (
+            fetched is None or time.monotonic() - fetched >= self.cooldown_duration
+        ):
+            raise KeysPending
+        return key
+
+
+class _NoWaiting(threading.local):
+    active = False
+
+
+_NO_WAITING = _NoWaiting()
+"""Set on a thread that must not wait for the network (the server's event loop)."""
 
 
 def _bearer(token_file: Path | None) -> dict[str, str]:
@@ -182,7 +217,10 @@ class TokenVerifier:
                 )
             return self._keys
 
-    def verify(self, authorization: str | None) -> Sender:
+    def verify(self, authorization: str | None, *, wait: bool = True) -> Sender:
+        """The sender of a valid token; raises Refused. With `wait` False it never waits for the
+        network: KeysPending when the keys must be read first (only the cached-key path, CPU
+        only, runs)."""
         token = _bearer_token(authorization)
         try:
             header = jwt.get_unverified_header(token)
@@ -196,7 +234,7 @@ class TokenVerifier:
             )
         if not isinstance(kid, str) or not kid or len(kid) > 128:
             raise _invalid("the token has no key id (kid) of the cluster's issuer")
-        key = self._signing_key(kid)
+        key = self._signing_key(kid, wait)
         try:
             claims = jwt.decode(
                 token,
@@ -230,7 +268,17 @@ class TokenVerifier:
         audiences = frozenset([audience] if isinstance(audience, str) else audience)
         return Sender(subject, audiences)
 
-    def _signing_key(self, kid: str) -> jwt.PyJWK:
+    def _signing_key(self, kid: str, wait: bool) -> jwt.PyJWK:
+        if not wait:
+            if self._keys is None:
+                raise KeysPending
+            try:
+                known = self._keys.cached_key(kid)
+            except jwt.PyJWKClientError:  # the cached set holds no signing key at all
+                known = None
+            if known is None:
+                raise _invalid(_UNKNOWN_KEY)
+            return known
         try:
             keys = self.keys()
         except (OSError, ValueError, KeyError) as error:
@@ -254,9 +302,10 @@ class TokenVerifier:
                 503, "keys_unavailable", "cannot read the token issuer's keys; retry later"
             ) from None
         except jwt.PyJWKClientError:
-            raise _invalid(
-                "the token is signed with a key the cluster's issuer does not have"
-            ) from None
+            raise _invalid(_UNKNOWN_KEY) from None
+
+
+_UNKNOWN_KEY = "the token is signed with a key the cluster's issuer does not have"
 
 
 def _bearer_token(authorization: str | None) -> str:

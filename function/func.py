@@ -69,17 +69,48 @@ def _undecoded_data_event(request: Any) -> CloudEvent | None:
 
 
 def authenticate(app: App, environ: dict[str, Any]) -> tuple[str, str, dict[str, str]] | None:
-    """With BUILD_CONTEXT_AUTH=oidc, verify the bearer token before the body is parsed; the
-    subject is checked against the handler's allow-list in `handle`, once the type is known."""
-    path = environ.get("PATH_INFO", "")
-    if app.verifier is None or path.startswith("/health/"):
+    """The WSGI form of `admit`, for a server that did not check the sender at its edge
+    (function/edge.py does, and leaves the sender in the environ)."""
+    if SENDER in environ:
         return None
     try:
-        environ[SENDER] = app.verifier.verify(environ.get("HTTP_AUTHORIZATION"))
+        sender = admit(app, environ.get("PATH_INFO", ""), environ.get("HTTP_AUTHORIZATION"))
     except Refused as refused:
-        body, status, headers = _refused(app, refused, None)
-        return _STATUS_LINES[status], body, headers
+        return (_STATUS_LINES[refused.status], *refusal(app, refused))
+    if sender is not None:
+        environ[SENDER] = sender
     return None
+
+
+def admit(app: App, path: str, authorization: str | None, *, wait: bool = True) -> Sender | None:
+    """With BUILD_CONTEXT_AUTH=oidc, the sender of a request, from its headers alone: a valid
+    token whose subject some handler of this instance allows for the token's audience (the
+    handler itself is checked in `handle`, once the event type is known). None on the paths open
+    to anyone, and with auth off. Raises Refused; with `wait` False, KeysPending rather than
+    waiting for the issuer's keys."""
+    if app.verifier is None or app.policies is None or is_open(path):
+        return None
+    sender = app.verifier.verify(authorization, wait=wait)
+    meant = [
+        policy
+        for handler, policy in app.policies.items()
+        if app.settings.handles(handler) and policy.audience in sender.audiences
+    ]
+    if not any(sender.subject in policy.subjects for policy in meant):
+        for policy in meant:
+            policy.check(sender)  # raises: forbidden_subject
+    return sender
+
+
+def is_open(path: str) -> bool:
+    """The probes and the scrape need no sender (and carry no body)."""
+    return path.startswith("/health/") or path == "/metrics"
+
+
+def refusal(app: App, refused: Refused) -> tuple[str, dict[str, str]]:
+    """JSON body and headers of a refused sender; logs and counts it."""
+    body, _, headers = _refused(app, refused, None)
+    return body, headers
 
 
 def _refused(app: App, refused: Refused, handler: str | None) -> tuple[str, int, dict[str, str]]:

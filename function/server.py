@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import socket
@@ -11,12 +12,13 @@ from types import FrameType
 from typing import Any
 
 import parliament
-import waitress
 
 from . import func, workers
 from .app import App
+from .auth import Refused
+from .edge import Answer, Edge, EdgeServer, Limits
 from .settings import Settings
-from .wsgi import BodyLimit, InFlight, MetricsRoute, Readiness, SenderCheck, WSGIApp
+from .wsgi import InFlight, MetricsRoute, Readiness, SenderCheck, WSGIApp
 
 log = logging.getLogger("build_context.server")
 CONNECTION_LIMIT = 500
@@ -53,8 +55,29 @@ def wsgi_app(app: App, metrics: WSGIApp | None = None) -> tuple[Readiness, InFli
             return func.authenticate(app, environ)
 
         checked = SenderCheck(in_flight, authenticate)
-    readiness = Readiness(MetricsRoute(BodyLimit(checked, app.settings.max_request_bytes), metrics))
-    return readiness, in_flight
+    return Readiness(MetricsRoute(checked, metrics)), in_flight
+
+
+def edge(app: App) -> Edge:
+    """What the server refuses before a request reaches the app (function/edge.py)."""
+    settings = app.settings
+    limits = Limits(
+        settings.max_request_bytes,
+        settings.max_header_bytes,
+        settings.read_timeout_seconds,
+        settings.idle_timeout_seconds,
+    )
+    if app.verifier is None:
+        return Edge(limits)
+
+    def check(path: str, authorization: str | None, wait: bool) -> dict[str, Any] | Answer | None:
+        try:
+            sender = func.admit(app, path, authorization, wait=wait)
+        except Refused as refused:
+            return Answer(refused.status, functools.partial(func.refusal, app, refused))
+        return None if sender is None else {func.SENDER: sender}
+
+    return Edge(limits, check)
 
 
 def run(settings: Settings, ready: Callable[[str, int], None] | None = None) -> int:
@@ -88,14 +111,14 @@ def serve(
     if worker is not None and app.exporters is not None:
         shared = workers.SharedMetrics(app.exporters.registry, worker)
     readiness, in_flight = wsgi_app(app, shared.wsgi_app if shared else None)
-    server = waitress.create_server(
+    server = EdgeServer(
         readiness,
+        sock,
+        edge(app),
         threads=settings.server_threads,
         ident="build-context",
         clear_untrusted_proxy_headers=True,
-        channel_timeout=120,
         connection_limit=CONNECTION_LIMIT,
-        sockets=[sock],
     )
     stop = threading.Event()
 

@@ -1,10 +1,11 @@
 """The WSGI layers around parliament's Flask app, each with one job.
 
 From the outside in: `Readiness` (503 on `/health/readiness` while draining), `MetricsRoute`
-(`/metrics`, outside the in-flight count so a scrape never delays a drain), `BodyLimit` (413
-above BUILD_CONTEXT_MAX_REQUEST_BYTES), `SenderCheck` (401/403/503 for a sender without an
-acceptable token, with BUILD_CONTEXT_AUTH=oidc) and `InFlight` (counts the requests the app
-handles, and waits for them to finish on SIGTERM).
+(`/metrics`, outside the in-flight count so a scrape never delays a drain), `SenderCheck`
+(401/403/503 for a sender without an acceptable token, with BUILD_CONTEXT_AUTH=oidc, unless the
+server's edge checked it already) and `InFlight` (counts the requests the app handles, and waits
+for them to finish on SIGTERM). The body limit and the sender check come before the body is
+read, at the server's edge (function/edge.py): no WSGI layer sees a request before that.
 """
 
 from __future__ import annotations
@@ -89,32 +90,11 @@ class Layer:
 
 
 @dataclass(eq=False)
-class BodyLimit(Layer):
-    """Refuses a body above `max_body` bytes (by its Content-Length) with 413, unread."""
-
-    max_body: int
-
-    def answer(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes] | None:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        if length <= self.max_body:
-            return None
-        return json_reply(
-            start_response,
-            "413 Request Entity Too Large",
-            {
-                "error": f"request body is {length} bytes; the limit is {self.max_body} "
-                "(BUILD_CONTEXT_MAX_REQUEST_BYTES): send less source",
-                "status": 413,
-            },
-        )
-
-
-@dataclass(eq=False)
 class SenderCheck(Layer):
     """Refuses a request whose sender `authenticate` does not admit, before its body is parsed
-    (docs/security.md); the admitted sender is left in the environ for the handler."""
+    (docs/security.md); the admitted sender is left in the environ for the handler. Served by
+    function/edge.py, the sender is checked before the body is even read, and this only passes
+    its verdict on; it stands for any other server (and tests that call the app directly)."""
 
     authenticate: Authenticate
 

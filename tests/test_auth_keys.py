@@ -26,11 +26,16 @@ SUBJECT = "system:serviceaccount:ns:build-context-requests-oidc-eventing.knative
 
 
 class IssuerDouble:
-    """Serves `/.well-known/openid-configuration` and `/jwks` on loopback; counts the reads."""
+    """Serves `/.well-known/openid-configuration` and `/jwks` on loopback; counts the reads.
+    A test that clears `answering` holds every key read until it sets it again (`asked` says
+    one is waiting)."""
 
     def __init__(self) -> None:
         self.keys: dict[str, ec.EllipticCurvePrivateKey] = {}
         self.reads = {"discovery": 0, "jwks": 0}
+        self.asked = threading.Event()
+        self.answering = threading.Event()
+        self.answering.set()
         double = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,6 +45,8 @@ class IssuerDouble:
                     body: dict[str, Any] = {"issuer": ISSUER, "jwks_uri": f"{double.url}/jwks"}
                 elif self.path == "/jwks":
                     double.reads["jwks"] += 1
+                    double.asked.set()
+                    double.answering.wait(60)
                     body = {"keys": [double.jwk(kid) for kid in double.keys]}
                 else:
                     self.send_error(404)
@@ -74,12 +81,18 @@ class IssuerDouble:
         return jwt.encode(claims, self.keys[kid], algorithm="ES256", headers={"kid": kid})
 
 
-@pytest.fixture
-def issuer() -> Iterator[IssuerDouble]:
+def serving_issuer() -> Iterator[IssuerDouble]:
+    """The body of an `issuer` fixture: an issuer with the key `key-1`, stopped at the end."""
     double = IssuerDouble()
     double.rotate("key-1")
     yield double
+    double.answering.set()
     double.server.shutdown()
+
+
+@pytest.fixture
+def issuer() -> Iterator[IssuerDouble]:
+    yield from serving_issuer()
 
 
 def verifier(issuer: IssuerDouble) -> auth.TokenVerifier:

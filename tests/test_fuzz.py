@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -690,3 +691,97 @@ def test_verify_answers_any_archive_and_envelope_with_one_line_and_a_documented_
     if code != 0:
         assert len(err.getvalue().splitlines()) == 1 and out.getvalue() == "", err.getvalue()
         assert len(err.getvalue()) < 2000
+
+
+# --- request size and shape at the serving edge ---------------------------------------------
+
+EDGE_LIMIT = 4096
+LENGTHS = st.one_of(
+    st.integers(0, 2 * EDGE_LIMIT).map(str),
+    st.integers(0, 2**80).map(str),
+    st.sampled_from(["", "-1", "+5", " 7", "0x10", "1e3", "5, 5", "\u0661\u0662", "7\x00"]),
+)
+CODINGS = st.sampled_from(
+    ["chunked", "Chunked", " chunked ", "gzip", "identity", "chunked, chunked", "gzip, chunked",
+     "chunked, gzip", "chunked;q=1", "", "\u00e9chunked"]
+)  # fmt: skip
+
+
+@st.composite
+def framed_bodies(draw: st.DrawFn) -> bytes:
+    """A body as sent: raw bytes, or chunked framing (well formed, or with one twist)."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=300)) * draw(st.sampled_from([1, 20]))
+    chunks = draw(st.lists(st.binary(min_size=1, max_size=100), max_size=4))
+    framed = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+    twist = draw(
+        st.sampled_from(["", "no end", "big size", "long extension", "bad size", "trailer"])
+    )
+    ends = {
+        "": b"0\r\n\r\n",
+        "no end": b"",
+        "big size": b"fffffffffffffffffff\r\nx",
+        "long extension": b"1;" + b"e" * 6000,
+        "bad size": b"zz\r\nabc\r\n0\r\n\r\n",
+        "trailer": b"0\r\nX-Trailer: " + b"t" * 100 + b"\r\n\r\n",
+    }
+    return framed + ends[twist]
+
+
+@st.composite
+def framings(draw: st.DrawFn) -> bytes:
+    """One request whose Content-Length and Transfer-Encoding headers (any number, any value)
+    may or may not match its body."""
+    version = draw(st.sampled_from(["1.0", "1.1"]))
+    path = draw(st.sampled_from(["/", "/health/readiness", "/metrics", "/elsewhere"]))
+    headers = [("Connection", "close")]
+    headers += [("Content-Length", v) for v in draw(st.lists(LENGTHS, max_size=2))]
+    headers += [("Transfer-Encoding", v) for v in draw(st.lists(CODINGS, max_size=2))]
+    if draw(st.booleans()):
+        headers.append(("Expect", "100-continue"))
+    lines = [f"POST {path} HTTP/{version}", "Host: 127.0.0.1"] + [f"{k}: {v}" for k, v in headers]
+    return "\r\n".join(lines).encode() + b"\r\n\r\n" + draw(framed_bodies())
+
+
+@settings(
+    max_examples=max(EXAMPLES // 10, 25),
+    derandomize=not EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
+@given(framings())
+def test_any_request_framing_is_answered_without_a_5xx(
+    edge_server: FunctionServer, request: bytes
+) -> None:
+    """Whatever the framing, the edge answers (a refusal: JSON naming its status) or the app
+    does, within the read timeout: never a 5xx, never a connection left hanging."""
+    with socket.create_connection(("127.0.0.1", edge_server.port), timeout=30) as sock:
+        with contextlib.suppress(OSError):  # refused and closed while we still sent
+            sock.sendall(request)
+        data = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                data += chunk
+    data = data.removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n")
+    status_line, _, rest = data.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1."), (request[:300], data[:300])
+    status = int(status_line.split()[1])
+    assert status < 500, (request[:300], data[:500])
+    head, _, body = rest.partition(b"\r\n\r\n")
+    if b"content-type: application/json" in head.lower():
+        assert json.loads(body)["status"] == status, body[:300]
+
+
+@pytest.fixture(scope="module")
+def edge_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FunctionServer]:
+    server = FunctionServer(
+        {
+            "BUILD_CONTEXT_MAX_REQUEST_BYTES": str(EDGE_LIMIT),
+            "BUILD_CONTEXT_READ_TIMEOUT_SECONDS": "2",
+            "BUILD_CONTEXT_PROCESSES": "1",
+        },
+        tmp_path_factory.mktemp("fuzz-edge"),
+    ).start()
+    yield server
+    server.stop()
