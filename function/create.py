@@ -88,7 +88,11 @@ class CreateService:
             source = _event_source(request_source)
         with self.telemetry.stage("render", attributes):
             rendered = valid.runtime.render(
-                valid.runtime_version, valid.dependencies, self.settings, valid.lock
+                valid.runtime_version,
+                valid.dependencies,
+                self.settings,
+                valid.lock,
+                valid.sources,
             )
             files = {**valid.sources, **rendered.files()}
             # The manifests carry the request's dependencies (a URL dependency may hold a

@@ -333,7 +333,8 @@ def _check_rendered(files: Mapping[str, bytes], definition: Mapping[str, Any]) -
         lock = external.get("lock")
         if lock is not None and not isinstance(lock, dict):
             raise VerificationFailed("externalParameters.lock is not an object")
-        rendered = runtime.render(external["runtimeVersion"], pinned, settings, lock)
+        sources = {p: b.decode() for p, b in files.items() if runtime.is_source(p)}
+        rendered = runtime.render(external["runtimeVersion"], pinned, settings, lock, sources)
     except Exception as error:  # a tampered statement must end as a refusal, whatever it holds
         raise VerificationFailed(
             f"cannot render from the statement's parameters: {error}"
