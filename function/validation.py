@@ -124,10 +124,13 @@ def validate(request: BuildContextRequest, settings: Settings) -> ValidRequest:
         raise InvalidRequest(message, [FieldError(message, field="dependencies")])
     deps = runtime.dependencies(request.dependencies, settings)
     lock = _lock(request, runtime, deps, settings, version)
-    rendered = runtime.render(version, deps, settings, lock)
-    sources = _sources(request, runtime, settings, rendered)
+    # The generated files' names never depend on the sources; their content may (package.json's
+    # module type), so the sources are checked against a first rendering, then rendered with.
+    layout = runtime.render(version, deps, settings, lock)
+    sources = _sources(request, runtime, settings, layout)
     warnings = _credentials(request, sources, settings)
     _syntax(sources, runtime, version)
+    rendered = runtime.render(version, deps, settings, lock, sources)
     return ValidRequest(
         request.lambda_function,
         runtime,

@@ -49,7 +49,13 @@ def test_create_from_local_files(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
-    assert data["files"] == ["Dockerfile", "lib/f.js", "package.json", "remediation.js"]
+    assert data["files"] == [
+        ".dockerignore",
+        "Dockerfile",
+        "lib/f.js",
+        "package.json",
+        "remediation.js",
+    ]
     assert data["metadata"] == {"incident": "INC-9"}
     assert (tmp_path / "ctx.tar.gz").read_bytes() == Path(data["storage"]["path"]).read_bytes()
 

@@ -59,8 +59,8 @@ def test_created_for_every_runtime_and_mode(
         runtime
     ]
     manifest = {"python": "requirements.txt", "nodejs": "package.json", "go": "go.mod"}[runtime]
-    assert set(members(archive)) == {"Dockerfile", entry, manifest}
-    assert data["files"] == sorted(["Dockerfile", entry, manifest])
+    assert set(members(archive)) == {".dockerignore", "Dockerfile", entry, manifest}
+    assert data["files"] == sorted([".dockerignore", "Dockerfile", entry, manifest])
     assert read_member(archive, entry) == request["sourceCode"]
     expires = time.strptime(data["expiresAt"], "%Y-%m-%dT%H:%M:%SZ")
     created = time.strptime(data["createdAt"], "%Y-%m-%dT%H:%M:%SZ")
