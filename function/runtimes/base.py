@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..archive import GENERATED_DOTFILES
 from ..boundary import quote
 from ..errors import FieldError, InvalidRequest
 from ..settings import Settings
@@ -26,7 +27,7 @@ DOCKERIGNORE = (
 )
 """Kept out of `COPY . ./` (BuildKit, kaniko and buildah read it); the manifests stay, since
 the program may read them (Node.js reads package.json's "type")."""
-GENERATED_FOR_EVERY_RUNTIME = frozenset({"Dockerfile", ".dockerignore"})
+GENERATED_FOR_EVERY_RUNTIME = frozenset({"Dockerfile"}) | GENERATED_DOTFILES
 BUILD_CA_SECRET = "build-ca"
 BUILD_CA_PATH = f"/run/secrets/{BUILD_CA_SECRET}"
 
