@@ -13,12 +13,13 @@ from typing import Any
 
 import parliament
 
-from . import func, workers
+from . import http_errors, outcomes, workers
 from .app import App
 from .auth import Refused
-from .edge import Answer, Edge, EdgeServer, Limits
+from .edge import Answer, CheckSender, Edge, EdgeServer, Limits
+from .func import Function
 from .settings import Settings
-from .wsgi import InFlight, MetricsRoute, Readiness, SenderCheck, WSGIApp
+from .wsgi import SENDER, InFlight, MetricsRoute, Readiness, SenderCheck, WSGIApp
 
 log = logging.getLogger("build_context.server")
 CONNECTION_LIMIT = 500
@@ -41,20 +42,15 @@ def _receiving(server: Any) -> bool:
 
 
 def wsgi_app(app: App, metrics: WSGIApp | None = None) -> tuple[Readiness, InFlight]:
-    """The app to serve (its outermost layer, `Readiness`) and the in-flight count to drain."""
-    func.install(app)
-    flask_app = parliament.server.create(func)
+    """The app to serve (its outermost layer, `Readiness`) and the in-flight count to drain:
+    parliament's Flask app around `Function(app)`, built here for this `app` alone."""
+    flask_app = parliament.server.create(Function(app))
     flask_app.config["MAX_CONTENT_LENGTH"] = app.settings.max_request_bytes
     if metrics is None and app.exporters is not None:
         metrics = app.exporters.metrics_app
     in_flight = InFlight(flask_app.wsgi_app)
-    checked: WSGIApp = in_flight
-    if app.verifier is not None:
-
-        def authenticate(environ: dict[str, Any]) -> tuple[str, str, dict[str, str]] | None:
-            return func.authenticate(app, environ)
-
-        checked = SenderCheck(in_flight, authenticate)
+    check = sender_check(app)
+    checked: WSGIApp = in_flight if check is None else SenderCheck(in_flight, check)
     return Readiness(MetricsRoute(checked, metrics)), in_flight
 
 
@@ -67,17 +63,25 @@ def edge(app: App) -> Edge:
         settings.read_timeout_seconds,
         settings.idle_timeout_seconds,
     )
-    if app.verifier is None:
-        return Edge(limits)
+    return Edge(limits, sender_check(app))
+
+
+def sender_check(app: App) -> CheckSender | None:
+    """With BUILD_CONTEXT_AUTH=oidc, the sender check of every request, from its headers: the
+    verified sender for the WSGI environ, or the refusal (reported when it is sent)."""
+    senders = app.senders
+    if senders is None:
+        return None
 
     def check(path: str, authorization: str | None, wait: bool) -> dict[str, Any] | Answer | None:
         try:
-            sender = func.admit(app, path, authorization, wait=wait)
+            sender = senders.admit(path, authorization, wait=wait)
         except Refused as refused:
-            return Answer(refused.status, functools.partial(func.refusal, app, refused))
-        return None if sender is None else {func.SENDER: sender}
+            report = functools.partial(outcomes.refused, app.telemetry, refused)
+            return Answer(http_errors.refused(refused), report)
+        return None if sender is None else {SENDER: sender}
 
-    return Edge(limits, check)
+    return check
 
 
 def run(settings: Settings, ready: Callable[[str, int], None] | None = None) -> int:

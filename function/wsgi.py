@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .edge import Answer, CheckSender, verdict_of
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-Authenticate = Callable[[dict[str, Any]], "tuple[str, str, dict[str, str]] | None"]
-"""Checks a request's sender: None to admit, else the status line, JSON body and headers of the
-refusal."""
+SENDER = "build_context.sender"
+"""WSGI environ key of the verified `auth.Sender`, left by the sender check for the handler."""
 
 
 def json_reply(
@@ -91,23 +92,26 @@ class Layer:
 
 @dataclass(eq=False)
 class SenderCheck(Layer):
-    """Refuses a request whose sender `authenticate` does not admit, before its body is parsed
+    """Refuses a request whose sender `check` does not admit, before its body is parsed
     (docs/security.md); the admitted sender is left in the environ for the handler. Served by
-    function/edge.py, the sender is checked before the body is even read, and this only passes
-    its verdict on; it stands for any other server (and tests that call the app directly)."""
+    function/edge.py, the same check ran before the body was even read, and this passes; it
+    stands for any other server (and tests that call the app directly)."""
 
-    authenticate: Authenticate
+    check: CheckSender
 
     def answer(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes] | None:
-        refused = self.authenticate(environ)
-        if refused is None:
+        if SENDER in environ:  # the edge checked it
             return None
-        status, body, headers = refused
-        data = body.encode()
-        start_response(status, [*headers.items(), ("Content-Length", str(len(data)))])
-        return [data]
+        path, authorization = environ.get("PATH_INFO", ""), environ.get("HTTP_AUTHORIZATION")
+        verdict = verdict_of(self.check, path, authorization, wait=True)
+        if not isinstance(verdict, Answer):
+            environ.update(verdict or {})
+            return None
+        status, headers, body = verdict.to_response()
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [body]
 
 
 @dataclass(eq=False)
