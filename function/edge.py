@@ -21,6 +21,9 @@ Checking a token needs the issuer's keys. With the keys cached it is CPU only (o
 check) and runs right here on the event loop; when they must be fetched (first use, expired
 cache, a key id not seen yet) the connection stops being read and the check runs on a thread of
 its own, so a slow issuer holds up no other connection.
+
+The server these channels belong to (accepting, and stopping without dropping a request) is
+`EdgeServer` in function/server.py.
 """
 
 from __future__ import annotations
@@ -34,13 +37,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.receiver import ChunkedReceiver
-from waitress.server import TcpWSGIServer
 from waitress.task import WSGITask
 from waitress.utilities import (
     Error,
@@ -53,11 +55,11 @@ from .auth import KeysPending
 from .boundary import quote
 from .http_errors import HttpError
 
+if TYPE_CHECKING:
+    from .server import EdgeServer
+
 log = logging.getLogger("build_context.edge")
 
-MAINTENANCE_SECONDS = 1
-"""How often the event loop looks for connections past a timeout (waitress's cleanup_interval;
-its default of 30 s would let a timeout overrun by as much)."""
 CHUNK_LINE_MAX = 4096
 """Longest chunk-size line (extensions included) of a chunked body, as in Go's net/http."""
 
@@ -335,7 +337,7 @@ class EdgeChannel(HTTPChannel):  # type: ignore[misc]
 
     def _hand_over(self, request: EdgeParser) -> None:
         """Queue a request completed off the read path, as waitress's `received` does (queued
-        before it is cleared: the drain must always see it, server.py's `_receiving`)."""
+        before it is cleared: the drain must always see it, server.py's `EdgeServer.receiving`)."""
         with self.requests_lock:
             self.requests.append(request)
             self.request = None
@@ -373,31 +375,3 @@ class Edge:
     limits: Limits
     check: CheckSender | None = None
     """None when every sender is welcome (BUILD_CONTEXT_AUTH=off)."""
-
-
-class EdgeServer(TcpWSGIServer):  # type: ignore[misc]
-    """waitress's TCP server on an open listening socket, with the edge's channels."""
-
-    channel_class = EdgeChannel
-
-    def __init__(self, app: Any, sock: socket.socket, edge: Edge, **adjustments: Any) -> None:
-        self.edge = edge
-        self.waiting = Waiting()
-        limits = edge.limits
-        adj = Adjustments(
-            sockets=[sock],
-            channel_timeout=limits.idle_timeout,
-            cleanup_interval=MAINTENANCE_SECONDS,
-            # waitress refuses at its limit; ours are the largest accepted
-            max_request_header_size=limits.max_header + 1,
-            max_request_body_size=limits.max_body + 1,
-            **adjustments,
-        )
-        sockinfo = (sock.family, sock.type, sock.proto, sock.getsockname())
-        super().__init__(app, _sock=sock, adj=adj, sockinfo=sockinfo, bind_socket=False)
-
-    def maintenance(self, now: float) -> None:
-        super().maintenance(now)  # idle connections: channel_timeout
-        moment = time.monotonic()
-        for channel in list(self.active_channels.values()):
-            channel.enforce_read_timeout(moment)

@@ -57,18 +57,22 @@ class InFlight:
     def drain(self, timeout: float, receiving: Callable[[], bool] = lambda: False) -> bool:
         """Wait until no request is in flight; False when `timeout` ran out first.
 
-        `receiving` says whether the server still holds a request the app has not seen yet:
+        `receiving` says whether the server still holds a request the app has not answered:
         one whose body is still arriving, one queued for a worker thread, or a reply not yet
         flushed. Those count as in flight too, or a SIGTERM in mid-upload would cut them off.
+        It is asked with no lock held (the server may take a moment to answer).
         """
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while self._count or receiving():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(min(left, 0.05))
-        return True
+        while True:
+            with self._changed:
+                idle = self._changed.wait_for(
+                    lambda: not self._count, max(0.0, deadline - time.monotonic())
+                )
+            if idle and not receiving():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 @dataclass(eq=False)
