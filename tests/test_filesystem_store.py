@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -132,4 +134,79 @@ def test_a_failed_fsync_leaves_no_context(tmp_path: Path, monkeypatch: pytest.Mo
     assert list(store.list()) == []
     assert not list(store.stale_temporaries()), "the temporary folder is removed"
     assert store.put_if_absent(BUILT, record(BUILT)).reused is False
+    store.close()
+
+
+def _archive(index: int) -> archive.Archive:
+    return archive.build({"remediation.py": f"print({index})\n" * (index + 1), "Dockerfile": "x"})
+
+
+def _put_range(root: str, first: int, last: int) -> None:
+    store = FilesystemStore(Path(root))
+    for index in range(first, last):
+        store.put_if_absent(_archive(index), record(_archive(index)))
+    store.close()
+
+
+def _killed_at_rename(root: str, index: int, delete: bool) -> None:
+    """Put (or delete) one context and be SIGKILLed right before its rename: its change is
+    logged and never made."""
+    store = FilesystemStore(Path(root))
+    listed = [
+        item for item in store.list() if item.record.content_hash == _archive(index).content_hash
+    ]
+    os.rename = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+    if delete:
+        store.delete(listed[0], lambda fresh: True)
+    else:
+        store.put_if_absent(_archive(index), record(_archive(index)))
+
+
+def _delete_every_other(root: str) -> None:
+    store = FilesystemStore(Path(root))
+    for number, item in enumerate(sorted(store.list(), key=lambda i: i.record.content_hash)):
+        if number % 2 == 0:
+            store.delete(item, lambda fresh: True)
+    store.close()
+
+
+def test_the_sizes_the_caps_read_stay_exact_across_processes_kills_and_cleanups(
+    tmp_path: Path,
+) -> None:
+    """The per-function sizes a process keeps (no rescan) are what the folder holds, whatever
+    other processes did meanwhile: stored, been SIGKILLed between logging a change and making
+    it (put and delete), cleaned up."""
+    store = FilesystemStore(tmp_path)
+
+    def kept() -> list[tuple[str, int]]:
+        return sorted(store.function_sizes("team-a", "fix-it"))
+
+    def truth() -> list[tuple[str, int]]:
+        return sorted((i.record.content_hash, i.record.size_bytes) for i in store.list())
+
+    spawn = multiprocessing.get_context("spawn")
+
+    def run(target: Callable[..., None], *args: object, killed: bool = False) -> None:
+        child = spawn.Process(target=target, args=(str(tmp_path), *args))
+        child.start()
+        child.join(60)
+        assert child.exitcode == (-signal.SIGKILL if killed else 0)
+
+    assert kept() == []
+    run(_put_range, 0, 6)
+    assert kept() == truth() and len(truth()) == 6
+    _put_range(str(tmp_path), 6, 8)  # this process, another instance
+    store.put_if_absent(_archive(8), record(_archive(8)))
+    assert kept() == truth() and len(truth()) == 9
+    run(_killed_at_rename, 9, False, killed=True)
+    assert kept() == truth() and len(truth()) == 9
+    run(_killed_at_rename, 3, True, killed=True)
+    assert kept() == truth() and len(truth()) == 9
+    with ThreadPoolExecutor(2) as pool:  # two writers at once: a process and this one
+        pool.submit(run, _put_range, 10, 16)
+        for index in range(16, 20):
+            store.put_if_absent(_archive(index), record(_archive(index)))
+    assert kept() == truth() and len(truth()) == 19
+    run(_delete_every_other)
+    assert kept() == truth() and len(truth()) == 9
     store.close()
