@@ -210,3 +210,22 @@ def test_the_sizes_the_caps_read_stay_exact_across_processes_kills_and_cleanups(
     run(_delete_every_other)
     assert kept() == truth() and len(truth()) == 9
     store.close()
+
+
+def test_a_process_writing_many_functions_keeps_few_open_and_stays_exact(tmp_path: Path) -> None:
+    """Past its limit of open functions a process closes the least recently used one (its two
+    descriptors); coming back to it, the sizes are read again and still exact."""
+    store = FilesystemStore(tmp_path, open_functions=2)
+    names = [f"fn-{n}" for n in range(5)]
+    for round_ in range(2):
+        for number, name in enumerate(names):
+            made = _archive(10 * number + round_)
+            store.put_if_absent(made, record(made, function=name))
+    for name in names:
+        assert sorted(store.function_sizes("team-a", name)) == sorted(
+            (i.record.content_hash, i.record.size_bytes)
+            for i in store.list()
+            if i.record.function == name
+        )
+        assert len(list(store.function_sizes("team-a", name))) == 2
+    store.close()

@@ -56,12 +56,12 @@ SYNC_THREADS = 16
 class FilesystemStore(Store[Path]):
     backend = "filesystem"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, open_functions: int = 64) -> None:
         self.root = root.resolve()
         self._root = str(self.root)  # the request path joins strings: no Path objects per call
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        self._indexes = FunctionIndexes(self._root, ARCHIVE)
+        self._indexes = FunctionIndexes(self._root, ARCHIVE, open_functions)
 
     def _syncer(self) -> ThreadPoolExecutor:
         """Created on first use, so a process that forks after opening the store has its own."""

@@ -159,10 +159,11 @@ def _open_folder(folder: str) -> int:
 
 
 class FunctionIndexes:
-    """The open `FunctionIndex` of each function this process wrote, at most `limit` of them;
+    """The open `FunctionIndex` of each function this process wrote, at most `limit` of them
+    (two descriptors each, beside up to 500 connections);
     a process forked after use opens its own (a shared open file would share its flock)."""
 
-    def __init__(self, root: str, archive: str, limit: int = 256) -> None:
+    def __init__(self, root: str, archive: str, limit: int = 64) -> None:
         self.root = root
         self.archive = archive
         self.limit = limit
