@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -228,4 +229,17 @@ def test_a_process_writing_many_functions_keeps_few_open_and_stays_exact(tmp_pat
             if i.record.function == name
         )
         assert len(list(store.function_sizes("team-a", name))) == 2
+    store.close()
+
+
+def test_a_function_folder_removed_by_hand_is_made_again_on_the_next_put(tmp_path: Path) -> None:
+    """The kept lock file and folder descriptors of a deleted folder lock nothing: the store
+    notices (the lock file has no name left) and opens the new ones."""
+    store = FilesystemStore(tmp_path)
+    store.put_if_absent(_archive(1), record(_archive(1)))
+    shutil.rmtree(tmp_path / "team-a" / "fix-it")
+    assert store.put_if_absent(_archive(2), record(_archive(2))).reused is False
+    assert sorted(store.function_sizes("team-a", "fix-it")) == [
+        (_archive(2).content_hash, _archive(2).size_bytes)
+    ]
     store.close()

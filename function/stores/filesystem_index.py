@@ -57,15 +57,6 @@ class FunctionIndex:
         os.close(self.lock_fd)
         os.close(self.dir_fd)
 
-    @contextmanager
-    def locked(self) -> Iterator[FunctionIndex]:
-        """Hold the function's lock (the caller holds `mutex`)."""
-        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
-        try:
-            yield self
-        finally:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
-
     def stored(self) -> dict[str, int]:
         """What the function holds now (under the lock): content hash -> archive bytes."""
         header = os.pread(self.lock_fd, HEADER_LEN, 0)
@@ -173,15 +164,28 @@ class FunctionIndexes:
 
     @contextmanager
     def locked(self, namespace: str, function: str) -> Iterator[FunctionIndex]:
-        """The function's index, its lock held (by this thread and this process) meanwhile."""
+        """The function's index, its lock held (by this thread and this process) meanwhile.
+
+        A lock file removed or replaced since it was opened (its folder deleted by hand, say)
+        no longer keeps anyone out: the index is then closed and opened afresh."""
         while True:
             index = self._get(namespace, function)
             with index.mutex:
                 if index.closed:
                     continue  # closed by `close` or evicted meanwhile: take a fresh one
-                with index.locked():
-                    yield index
-                return
+                fcntl.flock(index.lock_fd, fcntl.LOCK_EX)
+                try:
+                    current = os.fstat(index.lock_fd).st_nlink > 0
+                    if current:
+                        yield index
+                finally:
+                    fcntl.flock(index.lock_fd, fcntl.LOCK_UN)
+                if current:
+                    return
+                with self._lock:
+                    if self._open.get((namespace, function)) is index:
+                        del self._open[(namespace, function)]
+                index.close()
 
     def _get(self, namespace: str, function: str) -> FunctionIndex:
         key = (namespace, function)
