@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from .contract import FailureReason
 from .credentials import redact
+
+if TYPE_CHECKING:  # the contract describes the runtimes, whose modules raise these errors
+    from .contract import FailureReason
 
 MAX_ERRORS = 20
 """Errors a failure lists; the rest are only counted, so that a request full of mistakes (or
