@@ -8,7 +8,8 @@ the request's schema, `create -d`. Then regenerate the generated documents (`pyt
 function settings` into config/settings.env, `--format configmap` into
 knative/base/settings-configmap.yaml, `--format markdown` into README's settings table,
 `python -m function schemas`) and add the runtime to README's contract tables.
-tests/test_registries.py fails while a fact is missing or a document is stale.
+tests/test_registries.py fails while a fact is missing or a document is stale, and
+tests/test_registry_names.py when a module other than its own names a runtime.
 """
 
 from __future__ import annotations

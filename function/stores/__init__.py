@@ -8,7 +8,8 @@ reads the store's contextUri. Then three edits outside it: its settings in setti
 fields, its name in `storage`, and in `overflow_storage` if it can take a ConfigMap's
 overflow), its name in contract.Storage.backend, and its page in docs/ (`docs_page`); then
 regenerate the settings documents and schemas (runtimes/__init__.py lists the commands).
-tests/test_registries.py fails while any of that is missing. docs/stores.md has the interface.
+tests/test_registries.py fails while any of that is missing, tests/test_registry_names.py when
+a module outside the package names the store (save those three). docs/stores.md: the interface.
 
 Every store class is imported only when chosen, so a build without boto3 or the Kubernetes
 client still runs the others.
