@@ -178,8 +178,8 @@ def _lock(
         if deps and settings.require_locked_dependencies:
             message = (
                 "lockFile: dependencies must come with a lock file here "
-                "(BUILD_CONTEXT_REQUIRE_LOCKED_DEPENDENCIES=true): send pip requirements with "
-                "--hash, a package-lock.json or a go.sum as lockFile"
+                "(BUILD_CONTEXT_REQUIRE_LOCKED_DEPENDENCIES=true): send "
+                f"{runtime.lock_description} ({runtime.name}) as lockFile"
             )
             raise InvalidRequest(message, [FieldError(message, field="lockFile")])
         return None
