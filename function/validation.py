@@ -322,10 +322,9 @@ def _builder_file_problem(folded: str) -> str | None:
 
 
 def _syntax(sources: Mapping[str, str], runtime: Runtime, version: str) -> None:
-    problems: list[FieldError] = []
-    for path, text in sources.items():
-        if runtime.is_source(path):
-            problems += runtime.source_errors(path, text, version)
+    problems = runtime.source_errors(
+        {path: text for path, text in sources.items() if runtime.is_source(path)}, version
+    )
     if problems:
         first = problems[0]
         raise InvalidSource(f"{first.file}: {first.message}", problems)

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import semantic_version
-import tree_sitter_javascript
 
 from .. import boundary
 from ..boundary import quote
@@ -44,7 +43,7 @@ _NPM_RANGE = re.compile(rf"{_RANGE}(?: \|\| {_RANGE})*")
 _NPM_RANGE_MAX = 256
 # npm-package-arg reads a spec ending like a tarball as a local file, before trying semver.
 _TARBALL = re.compile(r"(?i).*\.(?:tgz|tar\.gz|tar)")
-_GRAMMAR = TreeSitterGrammar(tree_sitter_javascript.language(), "JavaScript")
+_GRAMMAR = TreeSitterGrammar("javascript", "JavaScript")
 _REGISTRY = "https://registry.npmjs.org/"
 # Subresource Integrity as npm writes it: one or more `sha512-<base64>` (sha1 is refused).
 _INTEGRITY = re.compile(r"sha512-[A-Za-z0-9+/]{86}==(?: sha512-[A-Za-z0-9+/]{86}==)*")
@@ -158,8 +157,8 @@ class NodeRuntime(Runtime):
             "packages": locked,
         }
 
-    def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
-        return _GRAMMAR.first_error(path, _GRAMMAR.parse(text))
+    def source_errors(self, sources: Mapping[str, str], version: str) -> list[FieldError]:
+        return _GRAMMAR.first_errors(sources)
 
     def tool_file_problem(self, path: str) -> str | None:
         if path.split("/", 1)[0] == "node_modules":

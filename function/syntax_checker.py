@@ -1,0 +1,218 @@
+"""Tree-sitter syntax checks outside the server process, under hard limits.
+
+Why: on hostile input, tree-sitter's error recovery grows in work that its progress callback
+never sees. 128 KiB of JavaScript `let = ;` repeated took 10 s and 3.3 GB, most of it at the end
+of the file, where recovery copies every path of its parse stack (`ts_stack_pop_all`) between
+two progress reports; 1 MiB of `'` takes 7 s of per-error work
+(`ts_parser__do_all_potential_reductions`) at a normal count of steps; ` , ==+ ` repeated takes
+a quadratic number of steps. Budgets checked at progress reports (syntax_parse.py) stop the
+last two; only the kernel can stop the first: a memory limit per file (RLIMIT_AS), and a CPU
+limit per request (RLIMIT_CPU) for the work between reports.
+
+How: every server process starts, on its first such check, one checker process (a fresh
+interpreter that imports only syntax_parse: about 14 MiB) and sends it each request's files
+through a pipe, one request at a time; it answers one JSON line per file. A limit that kills it
+refuses the file it was parsing; the files after it go to a new checker. A checker whose
+memory has grown leaves after answering. Parsing there costs the server 0.1 ms a request and
+leaves its threads the GIL; forking the server for each request cost 20 ms of CPU (its heap),
+forking the checker 2.6 ms.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .syntax_parse import VERDICTS, Outcome, cpu_budget, inspect, memory_budget, new_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class CheckerFailed(RuntimeError):
+    """The checker failed otherwise than by a limit: our bug, not the caller's."""
+
+
+# --- in the checker process --------------------------------------------------------------------
+
+
+RESIDENT_SLACK = 64 * 1024 * 1024
+"""Memory a checker may keep above what it started with before it leaves (after an answer)."""
+
+
+def serve() -> None:
+    """The checker's loop: a request is a JSON line {language, entry, sizes} and the files'
+    bytes; the answer, one JSON line per file and then {"leaving": whether it now leaves}."""
+    requests = sys.stdin.buffer
+    parsers = {language: new_parser(language) for language in ("javascript", "go", "python")}
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    started = _resident()
+    while header := requests.readline():
+        request = json.loads(header)
+        files = [requests.read(size) for size in request["sizes"]]
+        _check_files(parsers[request["language"]], files, request["entry"])
+        leaving = _resident() > started + RESIDENT_SLACK
+        _write(json.dumps({"leaving": leaving}).encode() + b"\n")
+        if leaving:
+            return
+
+
+def _check_files(parser: Any, files: Sequence[bytes], entry: int | None) -> None:
+    """Each file under its limits, its Outcome written at once."""
+    deadline = time.process_time() + cpu_budget([len(source) for source in files])
+    # between two progress reports only the kernel can stop the parser: 2x the budget + 1 s
+    backstop = math.ceil(time.process_time() + 2 * cpu_budget([len(s) for s in files])) + 1
+    cpu_soft, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
+    resource.setrlimit(resource.RLIMIT_CPU, (backstop, cpu_hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    for index, source in enumerate(files):
+        limit = _address_space() + memory_budget(len(source))
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+        try:
+            outcome = inspect(parser, source, entry=index == entry, cpu_deadline=deadline)
+        except MemoryError:
+            parser.reset()
+            outcome = Outcome("memory")
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        _write(json.dumps(dataclasses.asdict(outcome)).encode() + b"\n")
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_soft, cpu_hard))
+
+
+def _resident() -> int:
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _address_space() -> int:
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _write(data: bytes) -> None:
+    while data:
+        data = data[os.write(1, data) :]
+
+
+# --- in the server -----------------------------------------------------------------------------
+
+
+class _Checker:
+    """The server process's checker, started on first use (again after a failure, or in a
+    process forked from the one that started it), one request at a time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._owner = 0
+
+    def run(self, language: str, files: Sequence[tuple[str, bytes]], entry: str | None) -> Any:
+        """The Outcomes of the files, up to the one that killed the checker (included)."""
+        paths = [path for path, _ in files]
+        header = {
+            "language": language,
+            "entry": paths.index(entry) if entry in paths else None,
+            "sizes": [len(source) for _, source in files],
+        }
+        with self._lock:
+            process = self._started()
+            assert process.stdin is not None and process.stdout is not None
+            outcomes: list[Outcome] = []
+            try:
+                process.stdin.write(json.dumps(header).encode() + b"\n")
+                for _, source in files:
+                    process.stdin.write(source)
+                process.stdin.flush()
+                while line := process.stdout.readline():
+                    fields = json.loads(line)
+                    if "leaving" in fields:
+                        if fields["leaving"]:
+                            self.stop()
+                        return outcomes
+                    outcomes.append(_outcome(fields))
+            except BrokenPipeError:
+                pass  # it died: the exit status says how
+            except BaseException:
+                self.stop()
+                raise
+            exitcode = self.stop()
+        if exitcode >= 0:
+            raise CheckerFailed(f"the syntax checker exited with {exitcode}")
+        # killed by a signal: RLIMIT_CPU sends SIGXCPU; out of memory, the parser dereferences a
+        # failed allocation (SIGSEGV) or aborts, or the kernel's OOM killer sends SIGKILL
+        return [*outcomes, Outcome("cpu" if exitcode == -signal.SIGXCPU else "memory")]
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self._process is not None and self._owner == os.getpid():
+            return self._process
+        boot = (
+            f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+            "from function.syntax_checker import serve; serve()"
+        )
+        self._process = subprocess.Popen(
+            [sys.executable, "-I", "-c", boot], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self._owner = os.getpid()
+        return self._process
+
+    def stop(self) -> int:
+        """End the checker (it leaves when its input closes); its exit code."""
+        process, self._process = self._process, None
+        if process is None or self._owner != os.getpid():
+            return 0
+        for pipe in (process.stdin, process.stdout):
+            with contextlib.suppress(OSError):
+                if pipe is not None:
+                    pipe.close()
+        try:
+            return process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+
+def _outcome(fields: dict[str, Any]) -> Outcome:
+    """An Outcome from a child's line, checked (JSON, never pickle: the child has read hostile
+    input with a C parser)."""
+    try:
+        package = fields.pop("package")
+        outcome = Outcome(**fields, package=None if package is None else tuple(package))
+        if outcome.verdict not in VERDICTS:
+            raise ValueError(outcome.verdict)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckerFailed(f"the syntax checker wrote {str(fields)[:100]}") from exc
+    return outcome
+
+
+_CHECKER = _Checker()
+atexit.register(_CHECKER.stop)
+
+
+def check(
+    language: str, files: Sequence[tuple[str, bytes]], entry: str | None = None
+) -> list[Outcome]:
+    """One Outcome per (path, UTF-8 source), in order; `entry` names the file whose Go
+    package facts are wanted."""
+    outcomes: list[Outcome] = []
+    while len(outcomes) < len(files):
+        outcomes += _CHECKER.run(language, files[len(outcomes) :], entry)
+    return outcomes
+
+
+def stop() -> None:
+    """End this process's checker (the next check starts another)."""
+    _CHECKER.stop()
