@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +114,7 @@ def validate(request: BuildContextRequest, settings: Settings) -> ValidRequest:
             "(BUILD_CONTEXT_MAX_DEPENDENCIES)"
         )
         raise InvalidRequest(message, [FieldError(message, field="dependencies")])
+    check_dependency_lengths(request.dependencies)
     deps = runtime.dependencies(request.dependencies, settings)
     lock = _lock(request, runtime, deps, settings)
     sources = _sources(request, runtime, settings)
@@ -319,6 +320,27 @@ def _builder_file_problem(folded: str) -> str | None:
     ):
         return "is read by the image builder as its own instructions"
     return None
+
+
+def check_dependency_lengths(dependencies: Sequence[str] | Mapping[str, str]) -> None:
+    if isinstance(dependencies, Mapping):
+        sizes = [
+            (f"dependencies.{boundary.escaped(name)}", len(name) + len(spec))
+            for name, spec in dependencies.items()
+        ]
+    else:
+        sizes = [(f"dependencies[{index}]", len(spec)) for index, spec in enumerate(dependencies)]
+    problems = [
+        FieldError(
+            f"{size} characters; the limit is {boundary.DEPENDENCY_MAX} per dependency: name "
+            "one package and a version range, without long markers",
+            field=where,
+        )
+        for where, size in sizes
+        if size > boundary.DEPENDENCY_MAX
+    ]
+    if problems:
+        raise InvalidRequest(f"{problems[0].field}: {problems[0].message}", problems)
 
 
 def _syntax(sources: Mapping[str, str], runtime: Runtime, version: str) -> None:
