@@ -47,43 +47,44 @@ class CheckerFailed(RuntimeError):
 
 # --- in the checker process --------------------------------------------------------------------
 
-
 RESIDENT_SLACK = 64 * 1024 * 1024
-"""Memory a checker may keep above what it started with before it leaves (after an answer)."""
+"""Memory a checker may keep above what it started with; beyond, it leaves after answering."""
 
 
 def serve() -> None:
     """The checker's loop: a request is a JSON line {language, entry, sizes} and the files'
-    bytes; the answer, one JSON line per file and then {"leaving": whether it now leaves}."""
+    bytes; the answer, one JSON line per file and then {"leaving": whether it now leaves}. It
+    ends when its input closes (the server is gone)."""
     requests = sys.stdin.buffer
     parsers = {language: new_parser(language) for language in ("javascript", "go", "python")}
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    started = _resident()
-    while header := requests.readline():
-        request = json.loads(header)
-        files = [requests.read(size) for size in request["sizes"]]
-        _check_files(parsers[request["language"]], files, request["entry"])
-        leaving = _resident() > started + RESIDENT_SLACK
-        _write(json.dumps({"leaving": leaving}).encode() + b"\n")
-        if leaving:
-            return
+    started = _statm(1)
+    with contextlib.suppress(BrokenPipeError):
+        while header := requests.readline():
+            request = json.loads(header)
+            files = [requests.read(size) for size in request["sizes"]]
+            _check_files(parsers[request["language"]], files, request["entry"])
+            leaving = _statm(1) > started + RESIDENT_SLACK
+            _write(json.dumps({"leaving": leaving}).encode() + b"\n")
+            if leaving:
+                return
 
 
 def _check_files(parser: Any, files: Sequence[bytes], entry: int | None) -> None:
     """Each file under its limits, its Outcome written at once."""
-    deadline = time.process_time() + cpu_budget([len(source) for source in files])
+    budget = cpu_budget([len(source) for source in files])
+    start = time.process_time()
     # between two progress reports only the kernel can stop the parser: 2x the budget + 1 s
-    backstop = math.ceil(time.process_time() + 2 * cpu_budget([len(s) for s in files])) + 1
     cpu_soft, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
-    resource.setrlimit(resource.RLIMIT_CPU, (backstop, cpu_hard))
+    resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(start + 2 * budget) + 1, cpu_hard))
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     for index, source in enumerate(files):
-        limit = _address_space() + memory_budget(len(source))
+        limit = _statm(0) + memory_budget(len(source))
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
         try:
-            outcome = inspect(parser, source, entry=index == entry, cpu_deadline=deadline)
+            outcome = inspect(parser, source, entry=index == entry, cpu_deadline=start + budget)
         except MemoryError:
             parser.reset()
             outcome = Outcome("memory")
@@ -93,14 +94,10 @@ def _check_files(parser: Any, files: Sequence[bytes], entry: int | None) -> None
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_soft, cpu_hard))
 
 
-def _resident() -> int:
+def _statm(field: int) -> int:
+    """Bytes of this process: 0, its address space; 1, resident."""
     with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _address_space() -> int:
-    with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        return int(statm.read().split()[field]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _write(data: bytes) -> None:

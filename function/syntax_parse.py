@@ -44,7 +44,7 @@ the machine, unlike the others; it is what bounds work at a normal count of step
 MEMORY_BASE = 64 * MIB
 MEMORY_PER_BYTE = 256
 """Address space a parse may add: 64 MiB plus 256 bytes per byte of source. Trees of real
-code take at most 80 bytes per byte (160 of address space)."""
+code take at most 80 bytes per byte of source (110 of address space, minified code)."""
 CLOCK_EVERY = 16
 """Progress reports between two reads of the clock (a read at every one costs 7% of a parse)."""
 CHUNK_BYTES = 16 * 1024
