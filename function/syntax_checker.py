@@ -36,7 +36,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .syntax_parse import VERDICTS, Outcome, cpu_budget, inspect, memory_budget, new_parser
+from .syntax_parse import (
+    VERDICTS,
+    Outcome,
+    Verdict,
+    cpu_budget,
+    inspect,
+    memory_budget,
+    new_parser,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,9 +60,10 @@ RESIDENT_SLACK = 64 * 1024 * 1024
 
 
 def serve() -> None:
-    """The checker's loop: a request is a JSON line {language, entry, sizes} and the files'
-    bytes; the answer, one JSON line per file and then {"leaving": whether it now leaves}. It
-    ends when its input closes (the server is gone)."""
+    """The checker's loop: a request is a JSON line {language, entry, sizes, cpu: the seconds
+    it may take} and the files' bytes; the answer, {"clock": the checker's CPU time so far},
+    one JSON line per file, and {"leaving": whether it now leaves}. It ends when its input
+    closes (the server is gone)."""
     requests = sys.stdin.buffer
     parsers = {language: new_parser(language) for language in ("javascript", "go", "python")}
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -63,16 +72,16 @@ def serve() -> None:
         while header := requests.readline():
             request = json.loads(header)
             files = [requests.read(size) for size in request["sizes"]]
-            _check_files(parsers[request["language"]], files, request["entry"])
+            _write(json.dumps({"clock": time.process_time()}).encode() + b"\n")
+            _check_files(parsers[request["language"]], files, request["entry"], request["cpu"])
             leaving = _statm(1) > started + RESIDENT_SLACK
             _write(json.dumps({"leaving": leaving}).encode() + b"\n")
             if leaving:
                 return
 
 
-def _check_files(parser: Any, files: Sequence[bytes], entry: int | None) -> None:
-    """Each file under its limits, its Outcome written at once."""
-    budget = cpu_budget([len(source) for source in files])
+def _check_files(parser: Any, files: Sequence[bytes], entry: int | None, budget: float) -> None:
+    """Each file under its limits (`budget`: CPU seconds for all), its Outcome written at once."""
     start = time.process_time()
     # between two progress reports only the kernel can stop the parser: 2x the budget + 1 s
     cpu_soft, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
@@ -117,18 +126,23 @@ class _Checker:
         self._process: subprocess.Popen[bytes] | None = None
         self._owner = 0
 
-    def run(self, language: str, files: Sequence[tuple[str, bytes]], entry: str | None) -> Any:
-        """The Outcomes of the files, up to the one that killed the checker (included)."""
+    def run(
+        self, language: str, files: Sequence[tuple[str, bytes]], entry: str | None, cpu: float
+    ) -> tuple[list[Outcome], float]:
+        """The Outcomes of the files, up to the one that ended the checker (included), and
+        the CPU seconds it took them (of `cpu`, what they may take)."""
         paths = [path for path, _ in files]
         header = {
             "language": language,
             "entry": paths.index(entry) if entry in paths else None,
             "sizes": [len(source) for _, source in files],
+            "cpu": cpu,
         }
         with self._lock:
             process = self._started()
             assert process.stdin is not None and process.stdout is not None
             outcomes: list[Outcome] = []
+            clock = None
             try:
                 process.stdin.write(json.dumps(header).encode() + b"\n")
                 for _, source in files:
@@ -136,22 +150,26 @@ class _Checker:
                 process.stdin.flush()
                 while line := process.stdout.readline():
                     fields = json.loads(line)
-                    if "leaving" in fields:
+                    if "clock" in fields:
+                        clock = float(fields["clock"])
+                    elif "leaving" in fields:
                         if fields["leaving"]:
                             self.stop()
-                        return outcomes
-                    outcomes.append(_outcome(fields))
+                        return outcomes, 0.0
+                    else:
+                        outcomes.append(_outcome(fields))
             except BrokenPipeError:
-                pass  # it died: the exit status says how
+                pass  # it died: its exit status says how
             except BaseException:
                 self.stop()
                 raise
-            exitcode = self.stop()
-        if exitcode >= 0:
+            exitcode, spent = self._reap()
+        if exitcode >= 0 or clock is None:
             raise CheckerFailed(f"the syntax checker exited with {exitcode}")
         # killed by a signal: RLIMIT_CPU sends SIGXCPU; out of memory, the parser dereferences a
         # failed allocation (SIGSEGV) or aborts, or the kernel's OOM killer sends SIGKILL
-        return [*outcomes, Outcome("cpu" if exitcode == -signal.SIGXCPU else "memory")]
+        verdict: Verdict = "cpu" if exitcode == -signal.SIGXCPU else "memory"
+        return [*outcomes, Outcome(verdict)], spent - clock
 
     def _started(self) -> subprocess.Popen[bytes]:
         if self._process is not None and self._owner == os.getpid():
@@ -166,20 +184,33 @@ class _Checker:
         self._owner = os.getpid()
         return self._process
 
-    def stop(self) -> int:
-        """End the checker (it leaves when its input closes); its exit code."""
+    def stop(self) -> None:
+        """End the checker: it leaves when its input closes."""
         process, self._process = self._process, None
         if process is None or self._owner != os.getpid():
-            return 0
-        for pipe in (process.stdin, process.stdout):
-            with contextlib.suppress(OSError):
-                if pipe is not None:
-                    pipe.close()
+            return
+        _close(process)
         try:
-            return process.wait(5)
+            process.wait(5)
         except subprocess.TimeoutExpired:
             process.kill()
-            return process.wait()
+            process.wait()
+
+    def _reap(self) -> tuple[int, float]:
+        """A checker that died: its exit code and the CPU seconds it took in all."""
+        process, self._process = self._process, None
+        assert process is not None
+        _close(process)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        return process.returncode, usage.ru_utime + usage.ru_stime
+
+
+def _close(process: subprocess.Popen[bytes]) -> None:
+    for pipe in (process.stdin, process.stdout):
+        with contextlib.suppress(OSError):
+            if pipe is not None:
+                pipe.close()
 
 
 def _outcome(fields: dict[str, Any]) -> Outcome:
@@ -205,8 +236,11 @@ def check(
     """One Outcome per (path, UTF-8 source), in order; `entry` names the file whose Go
     package facts are wanted."""
     outcomes: list[Outcome] = []
+    cpu = cpu_budget([len(source) for _, source in files])
     while len(outcomes) < len(files):
-        outcomes += _CHECKER.run(language, files[len(outcomes) :], entry)
+        found, spent = _CHECKER.run(language, files[len(outcomes) :], entry, cpu)
+        outcomes += found
+        cpu = max(0.0, cpu - spent)  # a new checker gets only what is left
     return outcomes
 
 

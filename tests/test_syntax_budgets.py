@@ -150,19 +150,18 @@ def test_the_step_budget_stops_a_parse_the_same_way_on_every_machine(language: s
 
 
 def test_a_parse_out_of_memory_is_stopped_and_its_peak_stays_under_the_limit() -> None:
-    """The checker's child code, forked from a fresh interpreter (so that its children's peak
-    is that child's own), with the CPU budget lifted so that only memory can stop it: 256 KiB
-    of `(a,` needs 280 MiB, over its limit of 64 + 64 MiB."""
+    """The checker's code for a request, in a child forked from a fresh interpreter (so that
+    its children's peak is that child's own), given 300 s of CPU so that only memory can stop
+    it: 256 KiB of `(a,` needs 280 MiB, over its limit of 64 + 64 MiB."""
     script = """
 import json, os, resource
 from function import syntax_checker, syntax_parse
-syntax_parse.CPU_SECONDS_PER_KIB = 1.0
 source = ("(a," * 90000).encode()
 reader, writer = os.pipe()
 child = os.fork()
 if child == 0:
     os.dup2(writer, 1)
-    syntax_checker._check_files(syntax_parse.new_parser("javascript"), [source], None)
+    syntax_checker._check_files(syntax_parse.new_parser("javascript"), [source], None, 300.0)
     os._exit(0)
 os.close(writer)
 lines = os.fdopen(reader, "rb").read().splitlines()

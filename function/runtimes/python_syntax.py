@@ -127,9 +127,9 @@ def _copied_by_fields(text: str, size: int) -> tuple[int, int]:
     copied = fields = depth = 0
     try:
         for token in tokenize.generate_tokens(io.StringIO(text).readline):
-            if token.type == _FSTRING_START:
+            if token.type in _TEMPLATE_STARTS:
                 depth += 1
-            elif token.type == _FSTRING_END:
+            elif token.type in _TEMPLATE_ENDS:
                 depth -= 1
             elif depth and token.type == tokenize.OP and token.string == "{":
                 fields += 1
@@ -167,6 +167,9 @@ def _encoding_problem(path: str, source: bytes) -> FieldError | None:
 _FSTRING_START: int = getattr(tokenize, "FSTRING_START", -1)
 _FSTRING_MIDDLE: int = getattr(tokenize, "FSTRING_MIDDLE", -1)
 _FSTRING_END: int = getattr(tokenize, "FSTRING_END", -1)
+# 3.14's template strings (t"...") have replacement fields too
+_TEMPLATE_STARTS = {_FSTRING_START, getattr(tokenize, "TSTRING_START", -1)}
+_TEMPLATE_ENDS = {_FSTRING_END, getattr(tokenize, "TSTRING_END", -1)}
 
 
 def _pep701_problem(path: str, text: str, version: str) -> FieldError | None:
