@@ -32,7 +32,7 @@ shifted, a rule reduced, a recovery step): counting the calls counts the steps, 
 every machine."""
 STEPS_PER_KIB = 25_600
 STEPS_BASE = 100_000
-"""Steps a file may take: 100,000 plus 25,600 per KiB. Real code takes at most 2,300 per KiB
+"""Steps a file may take: 100,000 plus 25,600 per KiB. Real code takes at most 2,400 per KiB
 and valid code at most 7,200 (a file of `;`); `python -m bench.syntax_budget` prints the
 highest ratio over every .js and .go file on the machine."""
 CPU_BASE_SECONDS = 0.25

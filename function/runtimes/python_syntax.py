@@ -80,7 +80,7 @@ FSTRING_COPIES = 4096
 buffer (kept for `f"{x=}"`): compile() of a string, whose buffer is the whole file, costs the
 sum over the fields of the bytes after each. 1 MiB of `f"{x}"` lines took 5 s; python reading
 the file from disk copies the rest of a line only. That sum is bounded to 4,096 times the
-file's size (0.4 s per MiB more at most); real code stays below 1,000 counting every `{`
+file's size (0.4 s per MiB more at most); real code stays below 700 counting every `{`
 (`python -m bench.syntax_budget`)."""
 
 

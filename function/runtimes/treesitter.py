@@ -51,22 +51,19 @@ def too_complex(outcome: Outcome) -> str:
         limit = (outcome.steps - 1) * syntax_parse.STEPS_PER_REPORT
         what = (
             f"the parser stopped at {limit:,} steps (the limit is "
-            f"{syntax_parse.STEPS_BASE:,} + {syntax_parse.STEPS_PER_KIB:,} per KiB of source; "
-            "real code takes at most 2,300 per KiB)"
+            f"{syntax_parse.STEPS_BASE:,} + {syntax_parse.STEPS_PER_KIB:,} per KiB of source)"
         )
     elif outcome.verdict == "cpu":
         what = (
             "the parser used up its CPU time (the limit for a request is "
             f"{syntax_parse.CPU_BASE_SECONDS:g} s + {syntax_parse.CPU_FILE_SECONDS * 1000:g} ms "
-            f"a file + {syntax_parse.CPU_SECONDS_PER_KIB * 1000:g} ms per KiB of source; real "
-            "code takes about 0.1 ms per KiB)"
+            f"a file + {syntax_parse.CPU_SECONDS_PER_KIB * 1000:g} ms per KiB of source)"
         )
     else:
         what = (
             "the parser ran out of memory (the limit is "
             f"{syntax_parse.MEMORY_BASE // syntax_parse.MIB} MiB + "
-            f"{syntax_parse.MEMORY_PER_BYTE} bytes per byte of source; real code needs at most "
-            "160)"
+            f"{syntax_parse.MEMORY_PER_BYTE} bytes per byte of source)"
         )
     return (
         f"too complex to check: {what}. Long runs of syntax errors make its error recovery "
