@@ -49,6 +49,18 @@ from .syntax_parse import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_LIMITS: dict[int, Verdict] = {
+    signal.SIGXCPU: "cpu",  # RLIMIT_CPU
+    # out of memory: the parser dereferences a failed allocation, or aborts; or the kernel's
+    # OOM killer
+    signal.SIGSEGV: "memory",
+    signal.SIGBUS: "memory",
+    signal.SIGABRT: "memory",
+    signal.SIGKILL: "memory",
+}
+"""The signals that end a checker at a limit, and the limit each means."""
+
+
 class CheckerFailed(RuntimeError):
     """The checker failed otherwise than by a limit: our bug, not the caller's."""
 
@@ -67,6 +79,10 @@ def serve() -> None:
     requests = sys.stdin.buffer
     parsers = {language: new_parser(language) for language in ("javascript", "go", "python")}
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # a signal to the server's process group (Ctrl-C, a group SIGTERM) must not end a check
+    # the draining server still waits for: the checker leaves when the server is gone
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
     started = _statm(1)
     with contextlib.suppress(BrokenPipeError):
         while header := requests.readline():
@@ -164,11 +180,9 @@ class _Checker:
                 self.stop()
                 raise
             exitcode, spent = self._reap()
-        if exitcode >= 0 or clock is None:
+        verdict = _LIMITS.get(-exitcode)
+        if verdict is None or clock is None:
             raise CheckerFailed(f"the syntax checker exited with {exitcode}")
-        # killed by a signal: RLIMIT_CPU sends SIGXCPU; out of memory, the parser dereferences a
-        # failed allocation (SIGSEGV) or aborts, or the kernel's OOM killer sends SIGKILL
-        verdict: Verdict = "cpu" if exitcode == -signal.SIGXCPU else "memory"
         return [*outcomes, Outcome(verdict)], spent - clock
 
     def _started(self) -> subprocess.Popen[bytes]:
