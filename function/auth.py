@@ -4,8 +4,9 @@ A delivery carries `Authorization: Bearer <JWT>`, a ServiceAccount token the clu
 the sink's audience, whose subject is the sender's identity (`system:serviceaccount:NS:NAME`;
 the Trigger's and the PingSource's own ServiceAccounts). We check the signature against the
 issuer's keys (OIDC discovery, then its JWKS; keys cached, re-read on an unknown key id), the
-issuer, the audience, expiry and not-before; then `func.py` checks the subject against the
-allow-list of the handler the event is for. Parsing and signature checks are PyJWT's.
+issuer, the audience, expiry and not-before; then the subject against the allow-list of the
+handler the event is for (`Senders`: at the server's edge from the headers alone, then per
+handler once the event type is known). Parsing and signature checks are PyJWT's.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import ssl
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,11 @@ CLOCK_SKEW_SECONDS = 30
 """Leeway on `exp` and `nbf` for clocks that disagree between nodes."""
 POD_CA = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
 POD_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+class KeysPending(Exception):
+    """The verdict needs the issuer's keys read over the network (first use, expired cache, or
+    a key id we have not seen): `verify(..., wait=False)` says so instead of waiting for them."""
 
 
 class Refused(Exception):
@@ -112,6 +119,40 @@ def policies(settings: Settings) -> dict[str, HandlerPolicy]:
     }
 
 
+def is_open(path: str) -> bool:
+    """The probes and the scrape need no sender (and carry no body)."""
+    return path.startswith("/health/") or path == "/metrics"
+
+
+class Senders:
+    """Who may send what, with BUILD_CONTEXT_AUTH=oidc: every request but the open paths must
+    carry a valid token of a sender that some handler of this instance allows."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.verifier = TokenVerifier(settings)
+        self.policies = {h: p for h, p in policies(settings).items() if settings.handles(h)}
+
+    def admit(self, path: str, authorization: str | None, *, wait: bool = True) -> Sender | None:
+        """The sender of a request, from its headers alone: a valid token whose subject some
+        handler allows for the token's audience (`check` then holds it to the handler of the
+        event). None on the open paths. Raises Refused; with `wait` False, KeysPending rather
+        than waiting for the issuer's keys."""
+        if is_open(path):
+            return None
+        sender = self.verifier.verify(authorization, wait=wait)
+        meant = [p for p in self.policies.values() if p.audience in sender.audiences]
+        if not any(sender.subject in policy.subjects for policy in meant):
+            for policy in meant:
+                policy.check(sender)  # raises: forbidden_subject
+        return sender
+
+    def check(self, handler: str, sender: Sender | None) -> None:
+        """Whether `sender` (admitted at the edge) may call `handler`; raises Refused."""
+        if sender is None:
+            raise Refused(401, "missing_token", "no verified sender for this request")
+        self.policies[handler].check(sender)
+
+
 class _IssuerKeys(jwt.PyJWKClient):
     """PyJWT's JWKS client (cache, refresh on an unknown `kid`), presenting our own
     ServiceAccount token on each fetch: the apiserver serves its keys to service accounts, and
@@ -126,10 +167,39 @@ class _IssuerKeys(jwt.PyJWKClient):
             cooldown_duration=REFRESH_COOLDOWN_SECONDS,
         )
         self.token_file = token_file
+        self.fetched_at: float | None = None
 
     def fetch_data(self) -> Any:
+        if _NO_WAITING.active:
+            raise KeysPending
         self.headers = _bearer(self.token_file)
-        return super().fetch_data()
+        data = super().fetch_data()
+        self.fetched_at = time.monotonic()
+        return data
+
+    def cached_key(self, kid: str) -> jwt.PyJWK | None:
+        """`get_signing_key` without the network and without its lock (which a fetch holds):
+        None for a key id the issuer does not have and the cooldown keeps us from asking about
+        again (as `get_signing_key` decides); KeysPending when the keys must be fetched."""
+        _NO_WAITING.active = True
+        try:
+            key = self.match_kid(self.get_signing_keys(), kid)
+        finally:
+            _NO_WAITING.active = False
+        fetched = self.fetched_at
+        if key is None and (
+            fetched is None or time.monotonic() - fetched >= self.cooldown_duration
+        ):
+            raise KeysPending
+        return key
+
+
+class _NoWaiting(threading.local):
+    active = False
+
+
+_NO_WAITING = _NoWaiting()
+"""Set on a thread that must not wait for the network (the server's event loop)."""
 
 
 def _bearer(token_file: Path | None) -> dict[str, str]:
@@ -182,23 +252,24 @@ class TokenVerifier:
                 )
             return self._keys
 
-    def verify(self, authorization: str | None) -> Sender:
+    def verify(self, authorization: str | None, *, wait: bool = True) -> Sender:
+        """The sender of a valid token; raises Refused. With `wait` False it never waits for the
+        network: KeysPending when the keys must be read first (only the cached-key path, CPU
+        only, runs)."""
         token = _bearer_token(authorization)
+        algorithm, kid = _signed_with(token)
+        claims = self._claims(token, self._signing_key(kid, wait), algorithm)
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
+            raise _invalid("the token's subject is not a ServiceAccount")
+        audience = claims["aud"]
+        audiences = frozenset([audience] if isinstance(audience, str) else audience)
+        return Sender(subject, audiences)
+
+    def _claims(self, token: str, key: jwt.PyJWK, algorithm: str) -> dict[str, Any]:
+        """The token's claims once its signature, issuer, audience and times hold."""
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
-            raise _invalid("the bearer token is not a JWT") from None
-        algorithm, kid = header.get("alg"), header.get("kid")
-        if algorithm not in ALGORITHMS:
-            raise _invalid(
-                f"token algorithm {redact(str(algorithm), 20)!r} is not accepted; "
-                f"a ServiceAccount token is signed with one of {', '.join(sorted(ALGORITHMS))}"
-            )
-        if not isinstance(kid, str) or not kid or len(kid) > 128:
-            raise _invalid("the token has no key id (kid) of the cluster's issuer")
-        key = self._signing_key(kid)
-        try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=[algorithm],
@@ -223,14 +294,19 @@ class TokenVerifier:
             raise _invalid(f"the token is not issued by {self.issuer}") from None
         except jwt.InvalidTokenError as error:
             raise _invalid(f"the token is not valid: {redact(str(error), 120)}") from None
-        subject = claims["sub"]
-        if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
-            raise _invalid("the token's subject is not a ServiceAccount")
-        audience = claims["aud"]
-        audiences = frozenset([audience] if isinstance(audience, str) else audience)
-        return Sender(subject, audiences)
+        return claims
 
-    def _signing_key(self, kid: str) -> jwt.PyJWK:
+    def _signing_key(self, kid: str, wait: bool) -> jwt.PyJWK:
+        if not wait:
+            if self._keys is None:
+                raise KeysPending
+            try:
+                known = self._keys.cached_key(kid)
+            except jwt.PyJWKClientError:  # the cached set holds no signing key at all
+                known = None
+            if known is None:
+                raise _invalid(_UNKNOWN_KEY)
+            return known
         try:
             keys = self.keys()
         except (OSError, ValueError, KeyError) as error:
@@ -254,9 +330,10 @@ class TokenVerifier:
                 503, "keys_unavailable", "cannot read the token issuer's keys; retry later"
             ) from None
         except jwt.PyJWKClientError:
-            raise _invalid(
-                "the token is signed with a key the cluster's issuer does not have"
-            ) from None
+            raise _invalid(_UNKNOWN_KEY) from None
+
+
+_UNKNOWN_KEY = "the token is signed with a key the cluster's issuer does not have"
 
 
 def _bearer_token(authorization: str | None) -> str:
@@ -275,6 +352,23 @@ def _bearer_token(authorization: str | None) -> str:
     if len(token) > MAX_TOKEN_LENGTH:
         raise _invalid(f"the bearer token is longer than {MAX_TOKEN_LENGTH} characters")
     return token
+
+
+def _signed_with(token: str) -> tuple[str, str]:
+    """The algorithm and key id the token's header names, if we accept them."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.DecodeError:
+        raise _invalid("the bearer token is not a JWT") from None
+    algorithm, kid = header.get("alg"), header.get("kid")
+    if algorithm not in ALGORITHMS:
+        raise _invalid(
+            f"token algorithm {redact(str(algorithm), 20)!r} is not accepted; "
+            f"a ServiceAccount token is signed with one of {', '.join(sorted(ALGORITHMS))}"
+        )
+    if not isinstance(kid, str) or not kid or len(kid) > 128:
+        raise _invalid("the token has no key id (kid) of the cluster's issuer")
+    return algorithm, kid
 
 
 def _invalid(message: str, reason: str = "invalid_token") -> Refused:

@@ -167,3 +167,15 @@ def is_event_source(value: str) -> bool:
 def metadata_bytes(metadata: Mapping[str, str]) -> int:
     """Size of `metadata` as the stores keep it at most: compact ASCII JSON."""
     return len(json.dumps(dict(metadata), ensure_ascii=True, separators=(",", ":")))
+
+
+def json_document(text: str | bytes) -> Any:
+    """The caller's JSON, decoded; every way Python's decoder gives up is one ValueError that
+    says why: bad syntax, a number over 4300 digits, nesting deeper than the stack (a
+    RecursionError, which would otherwise end as InternalError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("it nests too deeply to decode") from None
+    except MemoryError:
+        raise ValueError("it is too large to decode") from None

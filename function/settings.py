@@ -67,7 +67,16 @@ class Settings(BaseSettings):
         25.0, ge=0, le=300, description="On SIGTERM, how long in-flight requests may take."
     )
     max_request_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="Largest HTTP request body accepted."
+        16 * 1024 * 1024, ge=1024, description="Largest request body, as sent (413 unread above)."
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=16384, le=1024 * 1024, description="Largest request line and headers."
+    )
+    read_timeout_seconds: int = Field(
+        30, ge=1, le=3600, description="Time to send a request, from its first byte or connect."
+    )
+    idle_timeout_seconds: int = Field(
+        120, ge=1, le=3600, description="How long an idle keep-alive connection stays open."
     )
     event_source: str = Field(
         "/build-context", min_length=1, description="`source` attribute of reply events."
@@ -240,7 +249,8 @@ class Settings(BaseSettings):
         50,
         ge=0,
         description="Most live (unexpired) contexts one function name may hold, over every "
-        "store; 0: no cap. A reuse of the same content is always allowed.",
+        "store; 0: no cap. Never exceeded: a reuse of a live context is allowed, the same "
+        "content after it expired counts as a new one.",
     )
     max_bytes_per_function: int = Field(
         128 * 1024 * 1024,

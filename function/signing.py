@@ -13,10 +13,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from .errors import ConfigurationError
+from .refusals import UnusableInput, VerificationFailed
 
-
-class VerificationFailed(Exception):
-    """The archive, its envelope or the key do not match; the message says which check."""
+__all__ = ["UnusableInput", "VerificationFailed"]
 
 
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
@@ -88,11 +87,11 @@ class VerifyingKey:
         try:
             key = serialization.load_pem_public_key(data)
         except (ValueError, UnsupportedAlgorithm):
-            raise VerificationFailed("the public key is not a PEM public key") from None
+            raise UnusableInput("the public key is not a PEM public key") from None
         if _kind(key) is None or not isinstance(
             key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
         ):
-            raise VerificationFailed("the public key is neither Ed25519 nor ECDSA P-256")
+            raise UnusableInput("the public key is neither Ed25519 nor ECDSA P-256")
         return cls(key, keyid(key))
 
     def verifies(self, signature: bytes, data: bytes) -> bool:

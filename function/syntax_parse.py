@@ -72,6 +72,8 @@ class Outcome:
     steps: int = 0
     package: tuple[str, int] | None = None
     has_main: bool = False
+    es_module: bool = False
+    """Whether the file has an import or export statement at its top level (JavaScript)."""
 
 
 def step_budget(size: int) -> int:
@@ -136,8 +138,9 @@ def inspect(
         return Outcome("deep", steps=steps)
     if root.has_error:
         return _first_error(root, source, steps)
+    es_module = any(c.type in ("import_statement", "export_statement") for c in root.children)
     if not entry:
-        return Outcome("ok", steps=steps)
+        return Outcome("ok", steps=steps, es_module=es_module)
     package = next((c for c in root.children if c.type == "package_clause"), None)
     name = package.named_children[0] if package is not None and package.named_children else None
     has_main = any(
@@ -156,6 +159,7 @@ def inspect(
             package.start_point[0] + 1,
         ),
         has_main=has_main,
+        es_module=es_module,
     )
 
 

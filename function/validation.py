@@ -1,26 +1,24 @@
-"""Checks on the untrusted request, all before anything is rendered or stored."""
+"""Checks on the untrusted request, all before anything is stored (the runtime renders its
+files first, so that no source clashes with one)."""
 
 from __future__ import annotations
 
 import json
-import posixpath
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
+from . import archive as archives
 from . import boundary, credentials, fields
 from .boundary import quote
 from .contract import BuildContextRequest, OwnerReference
-from .errors import ContextTooLarge, FieldError, InvalidRequest, InvalidSource
-from .runtimes import Runtime, resolve
+from .errors import ContextTooLarge, FieldError, InternalError, InvalidRequest, InvalidSource
+from .runtimes import Rendered, Runtime, resolve
 from .runtimes.base import Lock, Pinned
 from .secret_scan import check_credentials
 from .settings import Settings
-
-_PATH_PART = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9._@+-]*")
 
 
 @dataclass(frozen=True)
@@ -34,13 +32,33 @@ class ValidRequest:
     metadata: Mapping[str, str]
     namespace: str | None
     owner: OwnerReference | None
+    rendered: Rendered
+    """What build-context writes next to the sources: rendered before the sources are checked,
+    so that no source path clashes with a generated one."""
     credential_warnings: credentials.Scan = credentials.NOTHING
     lock: Lock | None = None
     warnings: tuple[str, ...] = ()
 
     @property
+    def recorded(self) -> dict[str, Any]:
+        """What the context record (function.record) keeps of the request, by attribute."""
+        return {
+            "function": self.function,
+            "runtime": self.runtime.name,
+            "runtime_version": self.runtime_version,
+            "metadata": self.metadata,
+        }
+
+    @property
     def dependencies_locked(self) -> bool:
         return self.lock is not None or not self.dependencies
+
+    def context_files(self) -> dict[str, str]:
+        """The sources and the rendered files: every path once (`_sources` refused a clash)."""
+        rendered = self.rendered.files()
+        if not rendered.keys().isdisjoint(self.sources):
+            raise InternalError(f"a source has a generated file's path: {sorted(rendered)}")
+        return {**self.sources, **rendered}
 
 
 def parse(data: Any) -> BuildContextRequest:
@@ -116,23 +134,28 @@ def validate(request: BuildContextRequest, settings: Settings) -> ValidRequest:
         raise InvalidRequest(message, [FieldError(message, field="dependencies")])
     check_dependency_lengths(request.dependencies)
     deps = runtime.dependencies(request.dependencies, settings)
-    lock = _lock(request, runtime, deps, settings)
-    sources = _sources(request, runtime, settings)
-    warnings = _credentials(request, sources, settings)
+    lock = _lock(request, runtime, deps, settings, version)
+    # The generated files' names never depend on the sources; their content may (package.json's
+    # module type), so the sources are checked against a first rendering, then rendered with.
+    layout = runtime.render(version, deps, settings, lock)
+    sources = _sources(request, runtime, settings, layout)
+    credential_warnings = _credentials(request, sources, settings)
     _syntax(sources, runtime, version)
+    rendered = runtime.render(version, deps, settings, lock, sources)
     return ValidRequest(
-        request.lambda_function,
-        runtime,
-        version,
-        sources,
-        deps,
-        ttl,
-        metadata,
-        namespace,
-        request.owner,
-        warnings,
-        lock,
-        () if runtime.check_is_exact(version) else (_approximate(runtime.name, version),),
+        function=request.lambda_function,
+        namespace=namespace,
+        owner=request.owner,
+        ttl_seconds=ttl,
+        metadata=metadata,
+        runtime=runtime,
+        runtime_version=version,
+        warnings=() if runtime.check_is_exact(version) else (_approximate(runtime.name, version),),
+        dependencies=deps,
+        lock=lock,
+        rendered=rendered,
+        sources=sources,
+        credential_warnings=credential_warnings,
     )
 
 
@@ -145,7 +168,11 @@ def _approximate(runtime: str, version: str) -> str:
 
 
 def _lock(
-    request: BuildContextRequest, runtime: Runtime, deps: Pinned, settings: Settings
+    request: BuildContextRequest,
+    runtime: Runtime,
+    deps: Pinned,
+    settings: Settings,
+    version: str,
 ) -> Lock | None:
     text = request.lock_file
     if text is None:
@@ -170,32 +197,16 @@ def _lock(
     if "\x00" in text or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
         message = "lockFile: must be UTF-8 text without NUL bytes"
         raise InvalidRequest(message, [FieldError(message, field="lockFile")])
-    return runtime.lock(text, deps, settings)
+    return runtime.lock(text, deps, settings, version)
 
 
 def path_problem(path: str, max_length: int) -> str | None:
-    if not path:
-        return "is empty"
-    if len(path.encode("utf-8")) > max_length:
-        return f"is longer than {max_length} bytes (BUILD_CONTEXT_MAX_PATH_LENGTH)"
-    if "\\" in path:
-        return "contains a backslash; use '/' between folders"
-    if path.startswith("/"):
-        return "is absolute; give a path relative to the context root"
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
-        return "contains a control character"
-    if posixpath.normpath(path) != path or ".." in path.split("/"):
-        return "is not normalised (no '..', '.', '//' or trailing '/')"
-    bad = next((p for p in path.split("/") if _PATH_PART.fullmatch(p) is None), None)
-    if bad is not None:
-        return (
-            f"has the part {quote(bad)}: use letters, digits, '.', '_', '-', '@', '+' "
-            "(not starting with '.')"
-        )
-    return None
+    return archives.path_problem(path, max_length)
 
 
-def _sources(request: BuildContextRequest, runtime: Runtime, settings: Settings) -> dict[str, str]:
+def _sources(
+    request: BuildContextRequest, runtime: Runtime, settings: Settings, rendered: Rendered
+) -> dict[str, str]:
     files = dict(request.files)
     if request.source_code is not None:
         if runtime.entry_file in files:
@@ -215,7 +226,7 @@ def _sources(request: BuildContextRequest, runtime: Runtime, settings: Settings)
         )
     problems: list[FieldError] = []
     generated = {g.casefold() for g in runtime.generated_files}
-    seen: dict[str, str] = {}
+    checked: list[str] = []
     total = 0
     for path, text in sorted(files.items()):
         where = (
@@ -255,16 +266,6 @@ def _sources(request: BuildContextRequest, runtime: Runtime, settings: Settings)
                 )
             )
             continue
-        if folded in seen:
-            problems.append(
-                FieldError(
-                    f"{quote(path)} differs from {quote(seen[folded])} only by case",
-                    field=where,
-                    file=path,
-                )
-            )
-            continue
-        seen[folded] = path
         if "\x00" in text:
             line = text.count("\n", 0, text.index("\x00")) + 1
             problems.append(
@@ -300,15 +301,37 @@ def _sources(request: BuildContextRequest, runtime: Runtime, settings: Settings)
                 [FieldError(f"{size} bytes > {settings.max_file_bytes}", field=where, file=path)],
             )
         total += size
+        checked.append(path)
     if total > settings.max_total_bytes:
         raise ContextTooLarge(
             f"files: {total} bytes of source; the limit is {settings.max_total_bytes} "
             "(BUILD_CONTEXT_MAX_TOTAL_BYTES): send less source or raise the limit",
             [FieldError(f"{total} bytes > {settings.max_total_bytes}", field="files")],
         )
+    problems += _tree_problems(request, checked, rendered)
     if problems:
         raise InvalidSource(f"{len(problems)} invalid file(s): {problems[0].message}", problems)
     return dict(sorted(files.items()))
+
+
+def _tree_problems(
+    request: BuildContextRequest, paths: list[str], rendered: Rendered
+) -> list[FieldError]:
+    """Paths that would unpack as something else: a name twice after case folding, or a file
+    under a file (`lib` and `lib/util.py`), among the sources and what build-context renders
+    (Dockerfile, manifests, lock files: whatever the runtime renders today)."""
+    generated = set(rendered.files())
+    problems = []
+    for conflict in archives.tree_conflicts([*generated, *paths]):
+        first = (
+            f"{quote(conflict.first)}, which build-context generates,"
+            if conflict.first in generated
+            else quote(conflict.first)
+        )
+        message = f"{quote(conflict.second)} and {first} {conflict.problem}; rename one of them"
+        where = _source_field(request, conflict.second)
+        problems.append(FieldError(message, field=where, file=conflict.second))
+    return problems
 
 
 def _builder_file_problem(folded: str) -> str | None:

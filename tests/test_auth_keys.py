@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -26,11 +27,16 @@ SUBJECT = "system:serviceaccount:ns:build-context-requests-oidc-eventing.knative
 
 
 class IssuerDouble:
-    """Serves `/.well-known/openid-configuration` and `/jwks` on loopback; counts the reads."""
+    """Serves `/.well-known/openid-configuration` and `/jwks` on loopback; counts the reads.
+    A test that clears `answering` holds every key read until it sets it again (`asked` says
+    one is waiting)."""
 
     def __init__(self) -> None:
         self.keys: dict[str, ec.EllipticCurvePrivateKey] = {}
         self.reads = {"discovery": 0, "jwks": 0}
+        self.asked = threading.Event()
+        self.answering = threading.Event()
+        self.answering.set()
         double = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,6 +46,8 @@ class IssuerDouble:
                     body: dict[str, Any] = {"issuer": ISSUER, "jwks_uri": f"{double.url}/jwks"}
                 elif self.path == "/jwks":
                     double.reads["jwks"] += 1
+                    double.asked.set()
+                    double.answering.wait(60)
                     body = {"keys": [double.jwk(kid) for kid in double.keys]}
                 else:
                     self.send_error(404)
@@ -74,12 +82,18 @@ class IssuerDouble:
         return jwt.encode(claims, self.keys[kid], algorithm="ES256", headers={"kid": kid})
 
 
-@pytest.fixture
-def issuer() -> Iterator[IssuerDouble]:
+def serving_issuer() -> Iterator[IssuerDouble]:
+    """The body of an `issuer` fixture: an issuer with the key `key-1`, stopped at the end."""
     double = IssuerDouble()
     double.rotate("key-1")
     yield double
+    double.answering.set()
     double.server.shutdown()
+
+
+@pytest.fixture
+def issuer() -> Iterator[IssuerDouble]:
+    yield from serving_issuer()
 
 
 def verifier(issuer: IssuerDouble) -> auth.TokenVerifier:
@@ -122,3 +136,22 @@ def test_made_up_key_ids_cannot_make_us_hammer_the_issuer(issuer: IssuerDouble) 
         assert refused.value.status == 401
         issuer.rotate("stranger")
     assert issuer.reads["jwks"] == 1, "within the cooldown an unknown kid re-reads nothing"
+
+
+def test_every_routed_event_type_has_a_sender_policy(tmp_path: Path) -> None:
+    """A new route cannot slip past the sender check: with BUILD_CONTEXT_AUTH=oidc its handler
+    needs a policy (audience, allowed subjects), or its events would all fail with a 500."""
+    from function.app import App
+    from function.func import Function
+    from function.telemetry import NOOP
+
+    settings = load_settings(
+        auth="oidc", fs_root=tmp_path, auth_discovery_url="http://127.0.0.1:9/discovery"
+    )
+    app = App.from_settings(settings, telemetry=NOOP)
+    try:
+        routes = Function(app).routes
+        assert app.senders is not None and routes
+        assert {route.handler for route in routes.values()} <= set(app.senders.policies)
+    finally:
+        app.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from function import provenance
+from function import verification
 from function.create import CreateService
 from function.errors import BuildContextError
 from function.settings import Settings
@@ -95,7 +95,7 @@ def test_python_lock_renders_hash_checking_mode(tmp_path: Path) -> None:
     )
     assert 'six==1.17.0; python_version >= "3"' in requirements
     # The provenance records the lock; verify renders requirements.txt from it again.
-    verified = provenance.verify(built.archive.data, built.envelope, [], allow_unsigned=True)
+    verified = verification.verify(built.archive.data, built.envelope, [], allow_unsigned=True)
     external = verified.statement["predicate"]["buildDefinition"]["externalParameters"]
     assert external["dependenciesLocked"] is True
     assert [e["name"] for e in external["lock"]["requirements"]] == ["six", "tenacity"]

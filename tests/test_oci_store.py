@@ -495,11 +495,13 @@ def test_the_documented_shipwright_build_and_buildkit_pipe_fit_a_real_reply(
     stored = store.put_if_absent(context, record_for(context))
     reference = stored.context_uri.removeprefix("oci://") if stored.context_uri else ""
 
-    shipwright = docs.split("### Shipwright", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    shipwright = docs.split("### Shipwright", 1)[1].split("```yaml\n")[2].split("```", 1)[0]
     build, build_run = yaml.safe_load_all(shipwright)
     source = build["spec"]["source"]
     assert source["type"] == "OCI" and source["ociArtifact"]["prune"] == "Never"
     documented = source["ociArtifact"]["image"]
+    params = {p["name"]: p["value"] for p in build["spec"]["paramValues"]}
+    assert params["context-image"] == documented  # what verify checks is what is built
     shape = documented.replace("registry.example.com/build-contexts/remediation/fix-disk", "R")
     assert shape == "R@sha256:0123…"
     assert reference == f"{registry.host}/{prefix}/team-a/fix-disk@{stored.storage['digest']}"

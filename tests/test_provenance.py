@@ -74,13 +74,17 @@ def build(tmp_path: Path, request: dict[str, Any], key: Path | None, **settings:
 
 
 def verify_cli(
-    archive: bytes, envelope: bytes, keys: list[Path], folder: Path, *extra: str
+    archive: bytes, envelope: bytes, keys: list[Path], folder: Path, *extra: str, pin: bool = True
 ) -> subprocess.CompletedProcess[str]:
+    """`verify` of these bytes; with `pin`, expecting the archive's own digest (as a builder
+    given the reply of this very context would)."""
     (folder / "ctx.tar.gz").write_bytes(archive)
     (folder / "ctx.dsse.json").write_bytes(envelope)
     args = [str(folder / "ctx.tar.gz"), "--envelope", str(folder / "ctx.dsse.json")]
     for key in keys:
         args += ["--public-key", str(key)]
+    if pin:
+        args += ["--expect-archive-sha256", hashlib.sha256(archive).hexdigest()]
     return run_cli("verify", *args, *extra, cwd=folder)
 
 
@@ -169,16 +173,22 @@ def test_a_changed_byte_in_the_archive_or_the_statement_or_another_key_is_refuse
     _, other = write_key(tmp_path, "ed25519", "other")
     built = build(tmp_path, example("python-dependencies"), private)
 
-    archive = verify_cli(_tamper_archive(built), built.envelope, [public], tmp_path)
-    assert archive.returncode == 1
+    tampered = _tamper_archive(built)
+    archive = verify_cli(tampered, built.envelope, [public], tmp_path, "--unpinned", pin=False)
+    assert archive.returncode == 8
     assert "sha256 is not the subject context.tar.gz" in archive.stderr
+    # A builder pins the reply's digest: the changed archive is not the expected one.
+    pinned = ["--expect-archive-sha256", built.archive.archive_sha256]
+    archive = verify_cli(tampered, built.envelope, [public], tmp_path, *pinned, pin=False)
+    assert archive.returncode == 9
+    assert "not the expected" in archive.stderr
 
     statement = verify_cli(built.archive.data, _tamper_statement(built), [public], tmp_path)
-    assert statement.returncode == 1
+    assert statement.returncode == 4
     assert "no signature verifies" in statement.stderr
 
     key = verify_cli(built.archive.data, built.envelope, [other], tmp_path)
-    assert key.returncode == 1
+    assert key.returncode == 4
     assert "no signature verifies" in key.stderr
 
     # The independent verifier refuses the changed statement and the other key too.
@@ -248,11 +258,11 @@ def test_a_dockerfile_or_manifest_not_rendered_from_the_parameters_is_refused(
     ):
         archive, envelope = _repack(built, change)
         done = verify_cli(archive, envelope, [], tmp_path, "--allow-unsigned")
-        assert done.returncode == 1, change
+        assert done.returncode == 8, change
         assert "is not what build-context renders" in done.stderr
     # And the unsigned envelope is refused unless asked for.
     done = verify_cli(built.archive.data, built.envelope, [], tmp_path)
-    assert done.returncode == 1 and "unsigned" in done.stderr
+    assert done.returncode == 4 and "unsigned" in done.stderr
 
 
 def test_the_reply_says_whether_the_provenance_is_signed(
@@ -326,7 +336,15 @@ def test_the_filesystem_store_keeps_the_envelope_beside_the_archive_and_cleanup_
     assert envelope.parent == Path(created["storage"]["path"]).parent
     assert envelope.read_bytes() == (tmp_path / "p.json").read_bytes()
     checked = run_cli(
-        "verify", created["storage"]["path"], "-e", str(envelope), "-k", str(public), cwd=tmp_path
+        "verify",
+        created["storage"]["path"],
+        "-e",
+        str(envelope),
+        "-k",
+        str(public),
+        "--expect-archive-sha256",
+        created["archiveSha256"],
+        cwd=tmp_path,
     )
     assert checked.returncode == 0, checked.stderr
 

@@ -74,6 +74,10 @@ def test_s3_keeps_the_envelope_beside_the_archive_and_cleanup_deletes_both(
         str(public),
         "--output",
         str(tmp_path / "workspace.tar.gz"),
+        "--expect-archive-sha256",
+        reply.data["archiveSha256"],
+        "--expect-function",
+        reply.data["lambdaFunction"],
         cwd=tmp_path,
         env=env,
     )
@@ -123,6 +127,8 @@ def test_oci_refers_the_envelope_to_the_context_image_and_cleanup_deletes_both(
         str(tmp_path / "provenance.dsse.json"),
         "--public-key",
         str(public),
+        "--expect-content-hash",
+        reply.data["contentHash"],
         cwd=tmp_path,
         env=env,
     )
@@ -171,6 +177,8 @@ def test_configmap_holds_the_envelope_beside_the_archive_and_cleanup_deletes_bot
             str(workspace / "provenance.dsse.json"),
             "--public-key",
             str(public),
+            "--expect-archive-sha256",
+            reply.data["archiveSha256"],
             cwd=tmp_path,
         )
         assert done.returncode == 0, done.stderr
@@ -212,8 +220,13 @@ def test_the_documented_kaniko_job_verifies_the_mounted_context_before_building(
     (verify,) = pod.init_containers
     (kaniko,) = pod.containers
     mounts = {m.name: m.mount_path for m in verify.volume_mounts}
-    assert verify.args[:5] == ["python", "-m", "function", "verify", "/workspace/context.tar.gz"]
-    assert f"{mounts['context']}/provenance.dsse.json" in verify.args
+    assert verify.args[:5] == ["python", "-m", "function", "verify", "/store/context.tar.gz"]
+    assert f"{mounts['store']}/provenance.dsse.json" in verify.args
     assert mounts["public-keys"] in verify.args
+    # kaniko reads the bytes verify checked and wrote, never the mounted ConfigMap itself
+    assert verify.args[verify.args.index("--output") + 1] == "/workspace/context.tar.gz"
     assert "--context=tar:///workspace/context.tar.gz" in kaniko.args
-    assert {m.name: m.mount_path for m in kaniko.volume_mounts}["context"] == mounts["context"]
+    assert {m.name: m.mount_path for m in kaniko.volume_mounts}["workspace"] == mounts["workspace"]
+    assert "store" not in {m.name for m in kaniko.volume_mounts}
+    for flag in ("--expect-archive-sha256", "--expect-content-hash", "--expect-function"):
+        assert flag in verify.args

@@ -14,6 +14,7 @@ from ..boundary import quote
 from ..errors import FieldError, InvalidRequest
 from ..settings import Settings
 from .base import (
+    GENERATED_FOR_EVERY_RUNTIME,
     MAX_LOCK_ENTRIES,
     Dependencies,
     Lock,
@@ -21,6 +22,7 @@ from .base import (
     Rendered,
     Runtime,
     lock_error,
+    with_build_ca,
 )
 from .treesitter import TreeSitterGrammar
 
@@ -51,9 +53,14 @@ _LOCK_VERSION = re.compile(r"[0-9A-Za-z.+-]{1,64}")
 _LOCK_TARBALL = re.compile(r"[a-z0-9._~-]{1,214}-[0-9A-Za-z.+-]{1,64}\.tgz")
 _FLAGS = ("dev", "optional", "devOptional", "peer", "hasInstallScript", "inBundle")
 _MAPS = ("dependencies", "optionalDependencies", "peerDependencies")
-_KEPT = ("version", "resolved", "integrity", "license", *_FLAGS, *_MAPS)
-_IGNORED = ("engines", "bin", "funding", "deprecated", "cpu", "os", "libc", "peerDependenciesMeta")
-"""Fields npm writes that do not change what `npm ci` installs here; dropped from the copy."""
+_PLATFORM = {"os": ("linux",), "cpu": ("x64", "arm64"), "libc": ("glibc",)}
+"""npm's platform fields, and what they must admit for the build: Debian (glibc) Linux on
+either architecture the builders run (the machine is not known before the build)."""
+_PLATFORM_VALUE = re.compile(r"!?[A-Za-z0-9_]{1,32}")
+_KEPT = ("version", "resolved", "integrity", "license", *_FLAGS, *_MAPS, *_PLATFORM)
+_IGNORED = ("engines", "bin", "funding", "deprecated", "peerDependenciesMeta")
+"""Fields npm writes that do not change what `npm ci` installs here; dropped from the copy.
+`engines` only warns (EBADENGINE) unless engine-strict is set, which the image does not."""
 
 
 class NodeRuntime(Runtime):
@@ -63,7 +70,7 @@ class NodeRuntime(Runtime):
     source_suffixes = (".js", ".mjs", ".cjs")
     versions = ("22", "24")
     default_version = "24"
-    generated_files = frozenset({"Dockerfile", "package.json", "package-lock.json"})
+    generated_files = GENERATED_FOR_EVERY_RUNTIME | {"package.json", "package-lock.json"}
 
     def dependencies(self, deps: Dependencies, settings: Settings) -> Pinned:
         if not isinstance(deps, Mapping):
@@ -104,16 +111,21 @@ class NodeRuntime(Runtime):
             pairs.append((index, name, spec))
         return self.pinned(problems, pairs)
 
-    def lock(self, text: str, deps: Pinned, settings: Settings) -> Lock:
+    def lock(self, text: str, deps: Pinned, settings: Settings, version: str) -> Lock:
         """A package-lock.json (lockfileVersion 2 or 3, as npm 7+ writes it). Its root must
         declare exactly the request's dependencies (npm ci refuses a lock out of step with
         package.json), every package must come from the npm registry with a sha512 integrity,
-        and each direct dependency's locked version must be in its declared range. The copy
-        in the context keeps only the fields npm ci reads (lockfileVersion 3)."""
+        and each direct dependency's locked version must be in its declared range. What npm
+        ci would skip or fail on in the image is refused for a dependency the lock must pin:
+        a direct one marked dev, optional, peer or bundled (`--omit=dev` leaves a dev one
+        out; npm never writes those flags on a direct dependency), and any package whose
+        os/cpu/libc may exclude the builder, unless it is optional (npm then skips it, as
+        with the caller's lock). The copy in the context keeps only the fields npm ci reads
+        (lockfileVersion 3)."""
         try:
-            data = json.loads(text)
+            data = boundary.json_document(text)
         except ValueError as error:
-            raise lock_error(f"is not JSON ({error})", self.name) from None
+            raise lock_error(f"is not JSON ({quote(str(error), 120)})", self.name) from None
         if not isinstance(data, dict) or data.get("lockfileVersion") not in (2, 3):
             raise lock_error(
                 "must be a package-lock.json with lockfileVersion 2 or 3 (npm 7 or later)",
@@ -149,6 +161,14 @@ class NodeRuntime(Runtime):
                     f"the lock has {name}@{entry['version']}, outside the declared range {quote(spec)}",
                     self.name,
                 )
+            flagged = [flag for flag in _FLAGS if entry.get(flag) and flag != "hasInstallScript"]
+            if flagged:
+                raise lock_error(
+                    f"the direct dependency {quote(name)} is marked {flagged[0]}, which npm "
+                    "never writes on a direct dependency and which may make npm ci leave it "
+                    "out (--omit=dev); generate the lock again (`npm install --package-lock-only`)",
+                    self.name,
+                )
         return {
             "name": "remediation",
             "version": "1.0.0",
@@ -171,35 +191,49 @@ class NodeRuntime(Runtime):
         return None
 
     def render(
-        self, version: str, deps: Pinned, settings: Settings, lock: Lock | None = None
+        self,
+        version: str,
+        deps: Pinned,
+        settings: Settings,
+        lock: Lock | None = None,
+        sources: Mapping[str, str] | None = None,
     ) -> Rendered:
-        package = {
+        package: dict[str, Any] = {
             "name": "remediation",
             "version": "1.0.0",
             "private": True,
             "main": self.entry_file,
-            "dependencies": dict(deps),
         }
-        install = (
-            "COPY package.json ./\n"
-            "RUN npm install --omit=dev --ignore-scripts --no-package-lock "
-            "&& npm cache clean --force\n"
-            if deps
-            else ""
-        )
+        if sources and all_es_modules(sources):
+            package["type"] = "module"
+        package["dependencies"] = dict(deps)
+        # NODE_EXTRA_CA_CERTS adds to the CAs node carries.
+        if lock:
+            install = "COPY package.json package-lock.json ./\n" + with_build_ca(
+                "NODE_EXTRA_CA_CERTS",
+                "npm ci --omit=dev --ignore-scripts && npm cache clean --force",
+            )
+        elif deps:
+            install = "COPY package.json ./\n" + with_build_ca(
+                "NODE_EXTRA_CA_CERTS",
+                "npm install --omit=dev --ignore-scripts --no-package-lock "
+                "&& npm cache clean --force",
+            )
+        else:
+            install = ""
         manifests = {"package.json": json.dumps(package, indent=2) + "\n"}
         if lock:
-            install = (
-                "COPY package.json package-lock.json ./\n"
-                "RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force\n"
-            )
             manifests["package-lock.json"] = json.dumps(lock, indent=2) + "\n"
         dockerfile = (
             f"FROM {settings.image(settings.nodejs_image, version)}\n"
             "ENV NODE_ENV=production \\\n"
             "    NPM_CONFIG_UPDATE_NOTIFIER=false \\\n"
             "    NPM_CONFIG_FUND=false \\\n"
-            "    NPM_CONFIG_AUDIT=false\n"
+            "    NPM_CONFIG_AUDIT=false \\\n"
+            # npm leaves a debug log per run (named by the time) and V8's code cache of its own
+            # modules in the image: neither, so that the same context builds the same image.
+            "    NPM_CONFIG_LOGS_MAX=0 \\\n"
+            "    NODE_DISABLE_COMPILE_CACHE=1\n"
             "WORKDIR /app\n"
             f"{install}"
             "COPY . ./\n"
@@ -260,6 +294,9 @@ def _package(path: str, entry: Any, runtime: str) -> dict[str, Any]:
             if not isinstance(entry[flag], bool):
                 raise lock_error(f"{path}: {flag} must be true or false", runtime)
             kept[flag] = entry[flag]
+    for field, wanted in _PLATFORM.items():
+        if field in entry:
+            kept[field] = _platform(path, field, entry[field], wanted, runtime, kept)
     if isinstance(entry.get("license"), str) and len(entry["license"]) <= 200:
         kept["license"] = entry["license"]
     for field in _MAPS:
@@ -272,6 +309,57 @@ def _package(path: str, entry: Any, runtime: str) -> dict[str, Any]:
                 raise lock_error(f"{path}: {field} must map names to ranges", runtime)
             kept[field] = dict(sorted(ranges.items()))
     return kept
+
+
+def _platform(
+    path: str, field: str, value: Any, wanted: tuple[str, ...], runtime: str, kept: dict[str, Any]
+) -> list[str]:
+    """An os/cpu/libc list, checked; a package that is not optional must admit every `wanted`
+    value, or npm ci fails on the builder (EBADPLATFORM) or depends on its machine."""
+    values = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(values, list)
+        or not 0 < len(values) <= 32
+        or not all(isinstance(v, str) and _PLATFORM_VALUE.fullmatch(v) for v in values)
+    ):
+        raise lock_error(f"{path}: {field} must be a list of names such as 'linux'", runtime)
+    if not kept.get("optional"):
+        excluded = [w for w in wanted if not npm_admits(w, values)]
+        if excluded:
+            raise lock_error(
+                f"{path}: {field} {quote(' '.join(values))} excludes {excluded[0]!r}, where "
+                "the context is built "
+                f"(Linux with glibc on {' or '.join(_PLATFORM['cpu'])}): npm ci fails there "
+                "(EBADPLATFORM), unless the package is optional",
+                runtime,
+            )
+    return list(values)
+
+
+def npm_admits(current: str, values: list[str]) -> bool:
+    """npm-install-checks' checkList: 'any' alone admits all; otherwise no negated entry
+    ('!linux') may name the value, and a plain entry must, if there is any."""
+    if values == ["any"]:
+        return True
+    plain = [v for v in values if not v.startswith("!")]
+    if f"!{current}" in values:
+        return False
+    return not plain or current in plain
+
+
+def all_es_modules(sources: Mapping[str, str]) -> bool:
+    """Whether every .js file is an ES module (an import or export statement at its top level).
+    Without "type" in package.json, node parses such a file as CommonJS, fails, warns and
+    parses it again as an ES module; "type": "module" says so at once. With one CommonJS file
+    among them it stays unset, since "module" would break that file (.mjs and .cjs files say
+    what they are whatever the type)."""
+    scripts = {path: text for path, text in sources.items() if path.endswith(".js")}
+    if not scripts or not all("import" in text or "export" in text for text in scripts.values()):
+        return False  # a file without the words has no such statement: no parse needed
+    # Parsed by the syntax checker, within its budgets, as the syntax check was: never here.
+    return all(
+        outcome.verdict == "ok" and outcome.es_module for _, outcome in _GRAMMAR.check(scripts)
+    )
 
 
 def _is_range(spec: str) -> bool:

@@ -7,14 +7,24 @@ import sys
 import warnings
 from collections.abc import Mapping
 
+from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from ..boundary import quote
 from ..errors import FieldError
 from ..settings import Settings
-from . import python_syntax
-from .base import MAX_LOCK_ENTRIES, Lock, Pinned, Rendered, SpecifierListRuntime, lock_error
+from . import markers, python_syntax
+from .base import (
+    GENERATED_FOR_EVERY_RUNTIME,
+    MAX_LOCK_ENTRIES,
+    Lock,
+    Pinned,
+    Rendered,
+    SpecifierListRuntime,
+    lock_error,
+    with_build_ca,
+)
 
 # compile() of the caller's source and packaging's reading of marker strings (ast.literal_eval)
 # warn about the caller's text (invalid escape sequences): not ours to log, so never printed.
@@ -60,7 +70,7 @@ class PythonRuntime(SpecifierListRuntime):
     source_suffixes = (".py",)
     versions = ("3.11", "3.12", "3.13", "3.14")
     default_version = "3.13"
-    generated_files = frozenset({"Dockerfile", "requirements.txt"})
+    generated_files = GENERATED_FOR_EVERY_RUNTIME | {"requirements.txt"}
     joiner = ""
 
     def check_specifier(self, spec: str, settings: Settings) -> tuple[str, str] | str:
@@ -94,13 +104,16 @@ class PythonRuntime(SpecifierListRuntime):
             return f"{quote(text)} {problem}"
         return canonicalize_name(requirement.name), str(requirement)
 
-    def lock(self, text: str, deps: Pinned, settings: Settings) -> Lock:
+    def lock(self, text: str, deps: Pinned, settings: Settings, version: str) -> Lock:
         """pip requirements in hash-checking mode, as `pip-compile --generate-hashes` or
         `uv pip compile --generate-hashes` write them: `name==version` (extras and markers
         allowed) with one or more `--hash=sha256:…`; comments and line continuations; no other
         option. Every declared dependency must be pinned there to a version its specifier
-        admits; the other entries are what they pull in (--no-deps installs nothing else)."""
+        admits, by a line pip installs in the `version` image wherever it would install the
+        dependency (its marker, if any, surely true there: markers.py); the other entries are
+        what they pull in (--no-deps installs nothing else)."""
         entries: dict[str, dict[str, object]] = {}
+        markers_of: dict[str, tuple[int, Marker | None]] = {}
         for line, logical in _logical_lines(text):
             requirement_text, _, options = logical.partition(" --")
             options = f"--{options}" if options else ""
@@ -125,6 +138,14 @@ class PythonRuntime(SpecifierListRuntime):
             )
             if problem:
                 raise lock_error(f"{quote(written)} {problem}", self.name, line)
+            unknown = set(markers.names(requirement.marker)) - markers.PEP_508
+            if unknown:
+                raise lock_error(
+                    f"the marker of {quote(written)} names {quote(min(unknown))}, which is not a "
+                    "PEP 508 environment marker (the pip of the image may not know it)",
+                    self.name,
+                    line,
+                )
             pins = list(requirement.specifier)
             if (
                 requirement.url
@@ -149,6 +170,7 @@ class PythonRuntime(SpecifierListRuntime):
             name = canonicalize_name(requirement.name)
             if name in entries:
                 raise lock_error(f"{quote(name)} is pinned twice", self.name, line)
+            markers_of[name] = (line, requirement.marker)
             entries[name] = {
                 "name": name,
                 "requirement": str(requirement),
@@ -157,6 +179,7 @@ class PythonRuntime(SpecifierListRuntime):
             }
             if len(entries) > MAX_LOCK_ENTRIES:
                 raise lock_error(f"more than {MAX_LOCK_ENTRIES} entries", self.name, line)
+        budget = markers.MAX_CASES
         for declared_name, spec in deps:
             declared = Requirement(spec)
             entry = entries.get(declared_name)
@@ -168,6 +191,18 @@ class PythonRuntime(SpecifierListRuntime):
                     "not admit",
                     self.name,
                 )
+            line, marker = markers_of[declared_name]
+            verdict = markers.implies(declared.marker, marker, version, budget)
+            budget -= verdict.cases
+            if not verdict.surely:
+                raise lock_error(
+                    f"the pin of {quote(spec)}, {quote(entry['requirement'], 120)}, may not "
+                    f"be installed: its marker {verdict.where}, and pip ignores such a line "
+                    "(the dependency would not be installed at all); lock it for "
+                    f"runtimeVersion {version} on Linux with no marker that can exclude it",
+                    self.name,
+                    line,
+                )
         return {"requirements": [entries[name] for name in sorted(entries)]}
 
     def source_errors(self, sources: Mapping[str, str], version: str) -> list[FieldError]:
@@ -177,12 +212,21 @@ class PythonRuntime(SpecifierListRuntime):
         return version == f"{sys.version_info[0]}.{sys.version_info[1]}"
 
     def render(
-        self, version: str, deps: Pinned, settings: Settings, lock: Lock | None = None
+        self,
+        version: str,
+        deps: Pinned,
+        settings: Settings,
+        lock: Lock | None = None,
+        sources: Mapping[str, str] | None = None,
     ) -> Rendered:
         hash_mode = "--require-hashes --no-deps " if lock else ""
+        # pip (24.2+, truststore) reads the system store: SSL_CERT_FILE adds to its CA folder.
         install = (
             "COPY requirements.txt ./\n"
-            f"RUN pip install --no-cache-dir --no-compile {hash_mode}-r requirements.txt\n"
+            + with_build_ca(
+                "SSL_CERT_FILE",
+                f"pip install --no-cache-dir --no-compile {hash_mode}-r requirements.txt",
+            )
             if deps or lock
             else ""
         )
@@ -191,7 +235,9 @@ class PythonRuntime(SpecifierListRuntime):
             "ENV PYTHONDONTWRITEBYTECODE=1 \\\n"
             "    PYTHONUNBUFFERED=1 \\\n"
             "    PIP_NO_CACHE_DIR=1 \\\n"
-            "    PIP_DISABLE_PIP_VERSION_CHECK=1\n"
+            "    PIP_DISABLE_PIP_VERSION_CHECK=1 \\\n"
+            # The image is the program's own: installing as root is meant, not warned about.
+            "    PIP_ROOT_USER_ACTION=ignore\n"
             "WORKDIR /app\n"
             f"{install}"
             "COPY . ./\n"

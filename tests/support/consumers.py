@@ -129,3 +129,72 @@ def python_compiles(source: bytes) -> bool:
             timeout=60,
         )
     return result.returncode == 0
+
+
+def python_for(version: str) -> str | None:
+    """An interpreter of `version` (a minor, '3.12') with pip, from PATH or pyenv; None if this
+    machine has none. pip evaluates markers against the interpreter it runs in."""
+    candidates = [shutil.which(f"python{version}") or ""]
+    candidates += sorted(
+        str(p) for p in (Path.home() / ".pyenv" / "versions").glob(f"{version}.*/bin/python")
+    )
+    for candidate in filter(None, candidates):
+        result = subprocess.run(
+            [candidate, "-c", "import sys, pip; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode == 0 and result.stdout.strip() == version:
+            return candidate
+    return None
+
+
+def local_wheel(folder: Path, name: str, version: str) -> str:
+    """A minimal pure-Python wheel of `name` `version` in `folder` (pip reads it like any
+    other); its sha256, as a lock's --hash names it."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": b"",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = "".join(
+        f"{path},sha256="
+        f"{base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+        f"{len(data)}\n"
+        for path, data in files.items()
+    )
+    files[f"{dist}/RECORD"] = (record + f"{dist}/RECORD,,\n").encode()
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for member, data in sorted(files.items()):
+            wheel.writestr(zipfile.ZipInfo(member, (2020, 1, 1, 0, 0, 0)), data)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pip_would_install(python: str, requirements_txt: str, wheels: Path) -> list[str]:
+    """The names pip (of `python`) installs from a requirements file as the locked Dockerfile
+    runs it (--require-hashes --no-deps), offline from `wheels`: a dry run with its report."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "requirements.txt"
+        path.write_text(requirements_txt, encoding="utf-8")
+        result = subprocess.run(
+            [
+                *(python, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-"),
+                *("--no-index", "--find-links", str(wheels), "--require-hashes", "--no-deps"),
+                *("--disable-pip-version-check", "--no-cache-dir", "-r", str(path)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    if result.returncode != 0:
+        raise AssertionError(result.stderr)
+    report: dict[str, Any] = json.loads(result.stdout)
+    return sorted(item["metadata"]["name"] for item in report["install"])
