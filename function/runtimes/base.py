@@ -168,6 +168,6 @@ def lock_error(problem: str, runtime: str, line: int | None = None) -> InvalidRe
     where = f"line {line}: " if line else ""
     message = f"lockFile: {where}{problem}"
     return InvalidRequest(
-        f"{message} (the {runtime} lock file; see README, Locked dependencies)",
+        f"{message} (the {runtime} lock file; see docs/validation.md, Locked dependencies)",
         [FieldError(message, field="lockFile", line=line)],
     )
