@@ -27,6 +27,11 @@ ALLOWED = {
         {"filesystem", "configmap", "s3", "oci"},
         "the reply schema's Storage.backend enum (test_registries checks it is BACKENDS)",
     ),
+    "function.syntax_parse": (
+        {"javascript", "go", "python"},
+        "the tree-sitter grammars by language: the checker process loads only them, never the "
+        "runtime modules (a runtime names its grammar by this key)",
+    ),
     "function.docs": ({"configmap"}, "`settings --format configmap`: Knative's, not the store"),
     "function.__main__": ({"configmap"}, "`settings --format configmap`: Knative's, not the store"),
 }
