@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -114,14 +113,7 @@ class S3Store(Store[Head]):
         request then answers StorageForbidden or a retryable StorageUnavailable.
         """
         try:
-            self.objects.call(
-                "list_objects_v2",
-                self.prefix,
-                lambda: self.client.list_objects_v2(
-                    Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1
-                ),
-                once=True,
-            )
+            self.objects.list_page(self.prefix, 1, once=True)
         except StoreError as failure:
             problem = errors.startup_problem(failure, self.bucket, self.endpoint)
             if problem is not None:
@@ -173,14 +165,9 @@ class S3Store(Store[Head]):
     def get(self, namespace: str, function: str, content_hash: str) -> bytes:
         key = self.key(namespace, function, content_hash)
         try:
-            data: bytes = self.objects.call(
-                "get_object",
-                key,
-                lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(),
-            )
+            return self.objects.read(key)
         except NotFound:
             raise KeyError((namespace, function, content_hash)) from None
-        return data
 
     def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[Head]]:
         """Page by page; the objects of a page are read (HEAD and tags) a few at a time."""
@@ -245,21 +232,11 @@ class S3Store(Store[Head]):
 
     def _page_items(self, prefix: str) -> Iterator[Sequence[tuple[str, int]]]:
         """(key, size) of every object under `prefix`, a page at a time."""
-        token: dict[str, str] = {}
+        token = ""
         while True:
-            page = self.objects.call(
-                "list_objects_v2",
-                prefix,
-                functools.partial(
-                    self.client.list_objects_v2,
-                    Bucket=self.bucket,
-                    Prefix=prefix,
-                    MaxKeys=min(self.page_size, LIST_PAGE_LIMIT),
-                    **token,
-                ),
-            )
+            page = self.objects.list_page(prefix, min(self.page_size, LIST_PAGE_LIMIT), token)
             items = [(item["Key"], int(item.get("Size", 0))) for item in page.get("Contents", [])]
-            token = {"ContinuationToken": page.get("NextContinuationToken", "")}
+            token = page.get("NextContinuationToken", "")
             more = bool(page.get("IsTruncated"))
             del page
             yield items
