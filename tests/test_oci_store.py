@@ -588,3 +588,30 @@ def test_a_ca_file_that_cannot_be_loaded_stops_start_up(
     with pytest.raises(ConfigurationError) as raised:
         open_store("oci", settings)
     assert raised.value.variable == "BUILD_CONTEXT_OCI_CA_FILE"
+
+
+def test_cleanup_opens_a_few_connections_not_one_per_context(
+    store: Store[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing a streamed response unread closes its connection: a HEAD read that way cost a
+    new connection (a TLS handshake on both sides) for every context deleted. A spy counts the
+    sockets the client opens while cleanup deletes 24 contexts, 8 at a time."""
+    import urllib3.connection
+
+    from function.cleanup import CleanupService
+
+    for i in range(24):
+        context = built(f"print({i})\n")
+        store.put_if_absent(context, record_for(context, created=NOW - timedelta(days=30)))
+    opened: list[object] = []
+    new_connection = urllib3.connection.HTTPConnection._new_conn
+
+    def spy(self: urllib3.connection.HTTPConnection) -> Any:
+        opened.append(self)
+        return new_connection(self)
+
+    monkeypatch.setattr(urllib3.connection.HTTPConnection, "_new_conn", spy)
+    settings = load_settings(namespace="team-a", keep_latest=0, cleanup_grace_seconds=0)
+    [summary] = CleanupService([store], settings, clock=lambda: NOW).run().stores
+    assert (summary.deleted, summary.errors) == (24, 0)
+    assert len(opened) <= 8 + 2, f"{len(opened)} connections"

@@ -267,15 +267,16 @@ class RegistryClient:
     def _manifest_request(
         self, method: str, repository: str, reference: str
     ) -> requests.Response | None:
-        """A manifest by tag or digest, in any media type we read (streamed: the caller bounds
-        what it reads); None when absent."""
+        """A manifest by tag or digest, in any media type we read (a GET streamed: the caller
+        bounds what it reads); None when absent. A HEAD is not streamed: closing a response
+        whose body was not read closes its connection, and the next call pays a new one."""
         try:
             return self.request(
                 method,
                 f"/v2/{repository}/manifests/{reference}",
                 _scope(repository),
                 headers={"Accept": ACCEPT_MANIFESTS},
-                stream=True,
+                stream=method == "GET",
             )
         except Missing:
             return None
