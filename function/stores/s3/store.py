@@ -37,6 +37,7 @@ _RACES = 8
 
 class S3Store(Store[Head]):
     backend = "s3"
+    lists_by_function = True  # keys in lexical order: a function's keys share its prefix
 
     def __init__(
         self,
