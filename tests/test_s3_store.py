@@ -9,6 +9,7 @@ import http.client
 import logging
 import socket
 import threading
+import time
 import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
@@ -770,6 +771,39 @@ def test_delete_many_sends_no_delete_once_the_claims_are_older_than_the_hold(
     assert list(store.delete_many(items, expired_later)) == [Deletion.KEPT] * 3
     assert len(deleting) == 3 and all(key.endswith(".deleting") for key in deleting)
     assert sorted(keys(admin, bucket)) == sorted(item.handle.key for item in items)
+
+
+def test_cleanup_keeps_at_most_the_configured_requests_in_flight(
+    seaweed: SeaweedS3, admin: Any, bucket: str
+) -> None:
+    """BUILD_CONTEXT_CLEANUP_CONCURRENCY bounds the objects read while listing and the claims
+    taken while deleting. A spy on the client holds each HEAD and claim PUT a moment, so that
+    a store sending more at once would show it."""
+    store = open_s3(seaweed, bucket, cleanup_concurrency=3)
+    items = expired_contexts(store, 12)
+    in_flight, most = 0, 0
+    lock = threading.Lock()
+
+    def sent(params: dict[str, Any], **_: Any) -> None:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        time.sleep(0.05)
+
+    def answered(**_: Any) -> None:
+        nonlocal in_flight
+        with lock:
+            in_flight -= 1
+
+    for operation in ("HeadObject", "PutObject"):
+        store.client.meta.events.register(f"before-call.s3.{operation}", sent)
+        store.client.meta.events.register(f"after-call.s3.{operation}", answered)
+    listed = list(store.list())
+    assert len(listed) == len(items) and most <= 3
+    assert list(store.delete_many(listed, expired_later)) == [Deletion.DELETED] * 12
+    assert 1 <= most <= 3, f"{most} requests in flight"
+    assert keys(admin, bucket) == []
 
 
 def test_cleanup_through_the_traced_store_deletes_a_page_in_one_span(

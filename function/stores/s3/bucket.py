@@ -25,8 +25,7 @@ from .codec import managed
 T = TypeVar("T")
 ONCE = RetryPolicy(attempts=1)
 LIST_CONCURRENCY = 8
-DELETE_CONCURRENCY = 8
-"""Claims and re-checks of a page in flight at once, on the one shared client."""
+"""Objects of a listed page read (HEAD, tags) at once, on the one shared client."""
 
 
 def s3_client(settings: Settings, session: boto3.session.Session | None = None) -> Any:
@@ -42,7 +41,9 @@ def s3_client(settings: Settings, session: boto3.session.Session | None = None) 
         retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=min(5.0, settings.retry_deadline_seconds),
         read_timeout=settings.retry_deadline_seconds,
-        max_pool_connections=settings.server_threads + LIST_CONCURRENCY + DELETE_CONCURRENCY,
+        max_pool_connections=settings.server_threads
+        + LIST_CONCURRENCY
+        + settings.cleanup_concurrency,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         user_agent_extra="build-context",
