@@ -86,7 +86,8 @@ class _Newest:
         self.grouped = grouped
         self.heaps: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
         self.order = itertools.count()
-        """Ties broken by listing order, so a heap never compares two items."""
+        """The last tie-breaker (after creation, expiry, content hash): a heap never compares
+        two items."""
 
     def add(self, item: Listed[Any]) -> Iterator[tuple[Listed[Any], bool]]:
         """What `item` settles: (context, among the newest of its function)."""
@@ -101,7 +102,7 @@ class _Newest:
         entry = (record.created_at, record.expires_at, record.content_hash, next(self.order), item)
         if len(heap) < self.keep:
             heapq.heappush(heap, entry)
-        elif heap and entry > heap[0]:
+        elif entry > heap[0]:
             yield heapq.heapreplace(heap, entry)[-1], False
         else:
             yield item, False

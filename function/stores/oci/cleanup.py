@@ -103,13 +103,13 @@ class Sweeper:
         delete: Callable[[Listed[Handle]], Deletion | Exception],
     ) -> Outcomes:
         """`delete` (one context, its exception as its outcome) for each item, `concurrency`
-        at a time and never more in flight: the registry has no batch delete, and each
-        context's re-checks and deletes are independent of the others'."""
+        at a time (the pool's threads; at most twice as many futures wait): the registry has
+        no batch delete, and each context's re-checks and deletes are independent."""
         outcomes: Outcomes = [Deletion.GONE] * len(items)
         window: dict[Future[Deletion | Exception], int] = {}
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="oci-delete") as pool:
             for index, item in enumerate(items):
-                if len(window) >= self.concurrency:
+                if len(window) >= 2 * self.concurrency:  # a thread never idles for want of work
                     _settle(wait(window, return_when=FIRST_COMPLETED).done, window, outcomes)
                 window[pool.submit(contextvars.copy_context().run, delete, item)] = index
             _settle(list(window), window, outcomes)

@@ -107,8 +107,9 @@ class Deleter:
         still_expired: StillExpired,
         held: _Held,
     ) -> None:
-        """Claims and re-reads run in `pool`, never more than `concurrency` in flight;
-        `still_expired` runs here, in the caller's thread.
+        """Claims and re-reads run in `pool` (`concurrency` threads); twice as many wait
+        submitted, so a thread never idles until this one wakes up. `still_expired` runs
+        here, in the caller's thread.
 
         Once the oldest claim is half the hold old, what passed its re-check so far is deleted
         and the claims are released: each delete leaves well within its claim's hold, and no
@@ -118,7 +119,7 @@ class Deleter:
         window: dict[Future[Claim], int] = {}
         try:
             while True:
-                for index in itertools.islice(indexes, self.concurrency - len(window)):
+                for index in itertools.islice(indexes, 2 * self.concurrency - len(window)):
                     key = items[index].handle.key
                     run = contextvars.copy_context().run
                     window[pool.submit(run, self._claim_and_reread, key)] = index
