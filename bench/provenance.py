@@ -47,7 +47,12 @@ def _keys(folder: Path) -> dict[str, provenance.SigningKey | None]:
 def main() -> int:
     settings = Settings()
     now = datetime.now(UTC)
-    parameters = provenance.BuildParameters("bench", "python", "3.13", (), "bench-1", "/bench")
+    parameters = provenance.BuildParameters(
+        recorded={"function": "bench", "runtime": "python", "runtime_version": "3.13"},
+        dependencies=(),
+        request_id="bench-1",
+        request_source="/bench",
+    )
     with tempfile.TemporaryDirectory() as folder:
         keys = _keys(Path(folder))
         print("| source | " + " | ".join(keys) + " |")

@@ -7,10 +7,15 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import boundary
+from . import boundary, send
 from .errors import BuildContextError, ConfigurationError
+
+if TYPE_CHECKING:
+    from .app import App
+    from .contract import BuildContextCreated
+    from .verification import Expected, Verified
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,35 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         "--provenance", type=Path, help="also write the provenance envelope (DSSE) here"
     )
 
-    send = commands.add_parser(
-        "send",
-        help="send a CloudEvent to a URL and print the reply",
-        description="Send a CloudEvent over HTTP (like `kn event send --to-url`) and print the reply.",
-    )
-    send.add_argument("url")
-    send.add_argument("--data", default="-", help="JSON file with the event data, or - for stdin")
-    send.add_argument("--type", default="remediation.buildcontext.requested")
-    send.add_argument("--source", default="/build-context/cli")
-    send.add_argument("--id", default=None)
-    send.add_argument("--structured", action="store_true", help="structured instead of binary mode")
-    send.add_argument("--timeout", type=float, default=30.0)
-    who = send.add_mutually_exclusive_group()
-    who.add_argument(
-        "--token-file",
-        type=Path,
-        help="send `Authorization: Bearer` with the token in this file (BUILD_CONTEXT_AUTH=oidc)",
-    )
-    who.add_argument(
-        "--token-for",
-        metavar="NAMESPACE/SERVICEACCOUNT",
-        help="request a token of this ServiceAccount from the apiserver (TokenRequest, with "
-        "the current kubeconfig or the pod's identity) and send it",
-    )
-    send.add_argument(
-        "--audience",
-        help="audience of the --token-for token; default: the handler's default audience "
-        "(build-context, or build-context-cleanup for pings)",
-    )
+    send.add_parser(commands)
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -117,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     if command == "create":
         return _create(args)
     if command == "send":
-        return _send(args)
+        return send.run(args)
     if command == "cleanup":
         return _cleanup(args)
     if command == "verify":
@@ -142,20 +119,31 @@ def _create(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     try:
-        data = boundary.json_document(args.request.read_bytes()) if args.request else {}
-        if not isinstance(data, dict) or not isinstance(data.get("files", {}), dict):
-            raise ValueError("it must be a JSON object (event data), with `files` an object")
-        files: dict[str, str] = dict(data.pop("files", {}))
-        for path in args.paths:
-            if path.is_dir():
-                for file in sorted(p for p in path.rglob("*") if p.is_file()):
-                    files[file.relative_to(path).as_posix()] = file.read_text("utf-8")
-            else:
-                files[path.name] = path.read_text("utf-8")
+        data = _create_request(args)
     except (OSError, ValueError) as error:  # UnicodeDecodeError and JSON's are ValueErrors
         print(f"create: cannot read the input: {boundary.quote(str(error), 200)}", file=sys.stderr)
         return 2
-    data["files"] = files
+    app = App.from_settings(settings)
+    try:
+        created = app.create.run(data, f"cli-{uuid.uuid4()}")
+        # The request's namespace, as create.py chose it (one it does not allow fails the run).
+        namespace = data.get("namespace") or settings.home_namespace
+        _write_stored(app, created, namespace, args.output, args.provenance)
+    except BuildContextError as error:
+        print(json.dumps(_failure(error), indent=2))
+        return 1
+    finally:
+        app.close()
+    print(json.dumps(created.wire(), indent=2))
+    return 0
+
+
+def _create_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The event data: --request, then the files, then the other options over it."""
+    data = boundary.json_document(args.request.read_bytes()) if args.request else {}
+    if not isinstance(data, dict) or not isinstance(data.get("files", {}), dict):
+        raise ValueError("it must be a JSON object (event data), with `files` an object")
+    data["files"] = dict(data.pop("files", {})) | _local_files(args.paths)
     for key, value in (
         ("lambdaFunction", args.function),
         ("runtime", args.runtime),
@@ -168,32 +156,45 @@ def _create(args: argparse.Namespace) -> int:
         data["dependencies"] = _dependencies(args.dependency, data.get("runtime", "python"))
     if args.metadata:
         data["metadata"] = dict(m.split("=", 1) for m in args.metadata)
-    app = App.from_settings(settings)
-    try:
-        created = app.create.run(data, f"cli-{uuid.uuid4()}")
-    except BuildContextError as error:
-        print(
-            json.dumps(
-                {
-                    "reason": error.reason,
-                    "message": error.message,
-                    "errors": [e.as_dict() for e in error.errors],
-                    **({"errorsOmitted": error.omitted} if error.omitted else {}),
-                },
-                indent=2,
-            )
-        )
-        return 1
-    finally:
-        app.close()
+    return data
+
+
+def _local_files(paths: list[Path]) -> dict[str, str]:
+    """A folder's files by their path inside it, a file by its name."""
+    files = {}
+    for path in paths:
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                files[file.relative_to(path).as_posix()] = file.read_text("utf-8")
+        else:
+            files[path.name] = path.read_text("utf-8")
+    return files
+
+
+def _write_stored(
+    app: App,
+    created: BuildContextCreated,
+    namespace: str,
+    archive: Path | None,
+    envelope: Path | None,
+) -> None:
+    """The archive and its envelope, read back from the store that holds them (before the app
+    closes its stores)."""
     store = next(s for s in app.stores if s.backend == created.storage.backend)
-    where = (app.settings.home_namespace, created.lambda_function, created.content_hash)
-    if args.output:
-        args.output.write_bytes(store.get(*where))
-    if args.provenance:
-        args.provenance.write_bytes(store.get_provenance(*where))
-    print(json.dumps(created.wire(), indent=2))
-    return 0
+    where = (namespace, created.lambda_function, created.content_hash)
+    if archive:
+        archive.write_bytes(store.get(*where))
+    if envelope:
+        envelope.write_bytes(store.get_provenance(*where))
+
+
+def _failure(error: BuildContextError) -> dict[str, Any]:
+    return {
+        "reason": error.reason,
+        "message": error.message,
+        "errors": [e.as_dict() for e in error.errors],
+        **({"errorsOmitted": error.omitted} if error.omitted else {}),
+    }
 
 
 def _verify_parser(commands: Any) -> None:
@@ -257,10 +258,9 @@ def _verify_parser(commands: Any) -> None:
 def _verify(args: argparse.Namespace) -> int:
     """One line on stderr and the exit code of the check's class for every refusal (and for
     a bug, 1, rather than a traceback a builder's log would cut)."""
-    from . import locations, verification
+    from . import verification
     from .boundary import quote
     from .refusals import UnusableInput, VerificationFailed
-    from .signing import load_public_keys
 
     try:
         expected = verification.Expected(
@@ -271,18 +271,7 @@ def _verify(args: argparse.Namespace) -> int:
                 "give --expect-archive-sha256 or --expect-content-hash (the reply's "
                 "archiveSha256, contentHash), or --unpinned to check any context by hand"
             )
-        try:
-            keys = load_public_keys(args.public_key)
-        except OSError as error:
-            raise UnusableInput(f"cannot read {error.filename}: {error.strerror}") from None
-        archive = locations.read(args.archive, verification.MAX_ARCHIVE_BYTES)
-        envelope = locations.read(args.envelope, verification.MAX_ENVELOPE_BYTES)
-        verified = verification.verify(archive, envelope, keys, args.allow_unsigned, expected)
-        if args.output:
-            try:
-                args.output.write_bytes(archive)
-            except OSError as error:
-                raise UnusableInput(f"cannot write --output: {error.strerror}") from None
+        verified = _verified(args, expected)
     except VerificationFailed as error:
         print(f"verify: REFUSED ({error.summary}): {error}", file=sys.stderr)
         return error.exit_code
@@ -292,9 +281,40 @@ def _verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    print(json.dumps(_verify_summary(verified, expected), indent=2))
+    return 0
+
+
+def _verified(args: argparse.Namespace, expected: Expected) -> Verified:
+    """The archive and envelope read and checked; --output written once they hold."""
+    from . import locations, verification
+    from .refusals import UnusableInput
+    from .signing import load_public_keys
+
+    try:
+        keys = load_public_keys(args.public_key)
+    except OSError as error:
+        raise UnusableInput(f"cannot read {error.filename}: {error.strerror}") from None
+    archive = locations.read(args.archive, verification.MAX_ARCHIVE_BYTES)
+    envelope = locations.read(args.envelope, verification.MAX_ENVELOPE_BYTES)
+    verified = verification.verify(archive, envelope, keys, args.allow_unsigned, expected)
+    if args.output:
+        try:
+            args.output.write_bytes(archive)
+        except OSError as error:
+            raise UnusableInput(f"cannot write --output: {error.strerror}") from None
+    return verified
+
+
+def _verify_summary(verified: Verified, expected: Expected) -> dict[str, Any]:
     parsed = verified.parsed
     definition = parsed.predicate.buildDefinition
-    summary = {
+    pins = (
+        ("archiveSha256", expected.archive_sha256),
+        ("contentHash", expected.content_hash),
+        ("lambdaFunction", expected.function),
+    )
+    return {
         "verified": True,
         "signed": verified.keyid is not None,
         "keyid": verified.keyid,
@@ -305,18 +325,8 @@ def _verify(args: argparse.Namespace) -> int:
         "dependenciesLocked": parsed.external.dependenciesLocked,
         "baseImages": [d.uri for d in definition.resolvedDependencies],
         "files": len(parsed.external.files),
-        "expected": {
-            k: v
-            for k, v in (
-                ("archiveSha256", expected.archive_sha256),
-                ("contentHash", expected.content_hash),
-                ("lambdaFunction", expected.function),
-            )
-            if v is not None
-        },
+        "expected": {k: v for k, v in pins if v is not None},
     }
-    print(json.dumps(summary, indent=2))
-    return 0
 
 
 def _cleanup(args: argparse.Namespace) -> int:
@@ -351,79 +361,6 @@ def _dependencies(values: list[str], runtime: str) -> list[str] | dict[str, str]
         at = value.rfind("@")
         pairs[value[:at] if at > 0 else value] = value[at + 1 :] if at > 0 else "*"
     return pairs
-
-
-def _send(args: argparse.Namespace) -> int:
-    import requests
-    from cloudevents.conversion import to_binary, to_structured
-    from cloudevents.http import CloudEvent
-
-    try:
-        raw = sys.stdin.buffer.read() if args.data == "-" else Path(args.data).read_bytes()
-        data = boundary.json_document(raw) if raw.strip() else None
-    except (OSError, ValueError) as error:
-        print(f"send: cannot read the data: {boundary.quote(str(error), 200)}", file=sys.stderr)
-        return 2
-    event = CloudEvent(
-        {
-            "type": args.type,
-            "source": args.source,
-            "id": args.id or str(uuid.uuid4()),
-            "datacontenttype": "application/json",
-        },
-        data,
-    )
-    headers, body = (to_structured if args.structured else to_binary)(event)
-    token = _token(args)
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    response = requests.post(args.url, headers=headers, data=body, timeout=args.timeout)
-    print(f"HTTP {response.status_code}", file=sys.stderr)
-    for name, value in sorted(response.headers.items()):
-        if name.lower().startswith("ce-"):
-            print(f"{name}: {value}", file=sys.stderr)
-    try:
-        print(json.dumps(response.json(), indent=2))
-    except ValueError:
-        print(response.text)
-    return 0 if response.ok and response.headers.get("ce-type") != "buildcontext.failed" else 1
-
-
-def _token(args: argparse.Namespace) -> str | None:
-    if args.token_file is not None:
-        return str(args.token_file.read_text().strip())
-    if not args.token_for:
-        return None
-    from . import contract
-    from .settings import Settings
-
-    namespace, _, account = args.token_for.partition("/")
-    if not namespace or not account:
-        raise SystemExit("--token-for takes NAMESPACE/SERVICEACCOUNT")
-    defaults = Settings.model_fields
-    field = "auth_cleanup_audience" if args.type == contract.PING else "auth_create_audience"
-    audience = args.audience or str(defaults[field].default)
-    import kubernetes
-
-    try:
-        kubernetes.config.load_kube_config()
-    except (kubernetes.config.ConfigException, OSError):
-        kubernetes.config.load_incluster_config()
-    with kubernetes.client.ApiClient() as client:
-        request = kubernetes.client.AuthenticationV1TokenRequest(
-            spec=kubernetes.client.V1TokenRequestSpec(audiences=[audience], expiration_seconds=600)
-        )
-        try:
-            response = kubernetes.client.CoreV1Api(client).create_namespaced_service_account_token(
-                account, namespace, request
-            )
-        except kubernetes.client.ApiException as error:
-            raise SystemExit(
-                f"--token-for {namespace}/{account}: the apiserver refused the TokenRequest "
-                f"({error.status} {error.reason}); the ServiceAccount must exist and you need "
-                "`create` on serviceaccounts/token"
-            ) from None
-    return str(response.status.token)
 
 
 if __name__ == "__main__":

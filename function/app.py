@@ -1,4 +1,9 @@
-"""Wiring: settings -> stores -> use-cases, built once per process."""
+"""Wiring: settings -> stores -> use-cases, built by `App.from_settings` (the factory).
+
+Whoever serves or runs a use-case builds its own App and hands it on: the server one per process
+(server.py: `Function(app)` for parliament, the edge's sender check), the command line one per
+command, a test one per test. No module holds an App.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .auth import HandlerPolicy, TokenVerifier, policies
+from .auth import Senders
 from .cleanup import CleanupService
 from .create import CreateService
 from .provenance import SigningKey
@@ -24,9 +29,8 @@ class App:
     telemetry: Telemetry
     cleanup: CleanupService
     exporters: Exporters | None = None
-    verifier: TokenVerifier | None = None
+    senders: Senders | None = None
     """Set when BUILD_CONTEXT_AUTH=oidc: every event must carry a sender's token."""
-    policies: dict[str, HandlerPolicy] | None = None
 
     @classmethod
     def from_settings(
@@ -55,17 +59,8 @@ class App:
         stores: list[Store[Any]] = [primary, *([overflow] if overflow else [])]
         cleanup = CleanupService(stores, settings, telemetry=telemetry)
         telemetry.declare([s.backend for s in stores], settings.handles("cleanup"))
-        oidc = settings.auth == "oidc"
-        return cls(
-            settings,
-            create,
-            stores,
-            telemetry,
-            cleanup,
-            exporters,
-            TokenVerifier(settings) if oidc else None,
-            policies(settings) if oidc else None,
-        )
+        senders = Senders(settings) if settings.auth == "oidc" else None
+        return cls(settings, create, stores, telemetry, cleanup, exporters, senders)
 
     def close(self) -> None:
         for store in self.stores:

@@ -51,6 +51,9 @@ MAX_PATH_BYTES = 100
 """USTAR's name field: the longest path a context holds (BUILD_CONTEXT_MAX_PATH_LENGTH may
 only lower it)."""
 _PATH_PART = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9._@+-]*")
+GENERATED_DOTFILES = frozenset({".dockerignore"})
+"""The only names starting with '.' a context holds: ones build-context writes itself (a
+caller's file by that name clashes with ours and is refused)."""
 
 
 def path_problem(path: str, max_bytes: int = MAX_PATH_BYTES) -> str | None:
@@ -59,6 +62,8 @@ def path_problem(path: str, max_bytes: int = MAX_PATH_BYTES) -> str | None:
     Unicode spellings (NFC/NFD) of a name exist, and case folding is ASCII's."""
     if not path:
         return "is empty"
+    if path in GENERATED_DOTFILES:
+        return None
     if len(path.encode("utf-8", "surrogateescape")) > max_bytes:
         return f"is longer than {max_bytes} bytes (BUILD_CONTEXT_MAX_PATH_LENGTH)"
     if "\\" in path:

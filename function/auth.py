@@ -4,8 +4,9 @@ A delivery carries `Authorization: Bearer <JWT>`, a ServiceAccount token the clu
 the sink's audience, whose subject is the sender's identity (`system:serviceaccount:NS:NAME`;
 the Trigger's and the PingSource's own ServiceAccounts). We check the signature against the
 issuer's keys (OIDC discovery, then its JWKS; keys cached, re-read on an unknown key id), the
-issuer, the audience, expiry and not-before; then `func.py` checks the subject against the
-allow-list of the handler the event is for. Parsing and signature checks are PyJWT's.
+issuer, the audience, expiry and not-before; then the subject against the allow-list of the
+handler the event is for (`Senders`: at the server's edge from the headers alone, then per
+handler once the event type is known). Parsing and signature checks are PyJWT's.
 """
 
 from __future__ import annotations
@@ -118,6 +119,40 @@ def policies(settings: Settings) -> dict[str, HandlerPolicy]:
     }
 
 
+def is_open(path: str) -> bool:
+    """The probes and the scrape need no sender (and carry no body)."""
+    return path.startswith("/health/") or path == "/metrics"
+
+
+class Senders:
+    """Who may send what, with BUILD_CONTEXT_AUTH=oidc: every request but the open paths must
+    carry a valid token of a sender that some handler of this instance allows."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.verifier = TokenVerifier(settings)
+        self.policies = {h: p for h, p in policies(settings).items() if settings.handles(h)}
+
+    def admit(self, path: str, authorization: str | None, *, wait: bool = True) -> Sender | None:
+        """The sender of a request, from its headers alone: a valid token whose subject some
+        handler allows for the token's audience (`check` then holds it to the handler of the
+        event). None on the open paths. Raises Refused; with `wait` False, KeysPending rather
+        than waiting for the issuer's keys."""
+        if is_open(path):
+            return None
+        sender = self.verifier.verify(authorization, wait=wait)
+        meant = [p for p in self.policies.values() if p.audience in sender.audiences]
+        if not any(sender.subject in policy.subjects for policy in meant):
+            for policy in meant:
+                policy.check(sender)  # raises: forbidden_subject
+        return sender
+
+    def check(self, handler: str, sender: Sender | None) -> None:
+        """Whether `sender` (admitted at the edge) may call `handler`; raises Refused."""
+        if sender is None:
+            raise Refused(401, "missing_token", "no verified sender for this request")
+        self.policies[handler].check(sender)
+
+
 class _IssuerKeys(jwt.PyJWKClient):
     """PyJWT's JWKS client (cache, refresh on an unknown `kid`), presenting our own
     ServiceAccount token on each fetch: the apiserver serves its keys to service accounts, and
@@ -222,21 +257,19 @@ class TokenVerifier:
         network: KeysPending when the keys must be read first (only the cached-key path, CPU
         only, runs)."""
         token = _bearer_token(authorization)
+        algorithm, kid = _signed_with(token)
+        claims = self._claims(token, self._signing_key(kid, wait), algorithm)
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
+            raise _invalid("the token's subject is not a ServiceAccount")
+        audience = claims["aud"]
+        audiences = frozenset([audience] if isinstance(audience, str) else audience)
+        return Sender(subject, audiences)
+
+    def _claims(self, token: str, key: jwt.PyJWK, algorithm: str) -> dict[str, Any]:
+        """The token's claims once its signature, issuer, audience and times hold."""
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
-            raise _invalid("the bearer token is not a JWT") from None
-        algorithm, kid = header.get("alg"), header.get("kid")
-        if algorithm not in ALGORITHMS:
-            raise _invalid(
-                f"token algorithm {redact(str(algorithm), 20)!r} is not accepted; "
-                f"a ServiceAccount token is signed with one of {', '.join(sorted(ALGORITHMS))}"
-            )
-        if not isinstance(kid, str) or not kid or len(kid) > 128:
-            raise _invalid("the token has no key id (kid) of the cluster's issuer")
-        key = self._signing_key(kid, wait)
-        try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=[algorithm],
@@ -261,12 +294,7 @@ class TokenVerifier:
             raise _invalid(f"the token is not issued by {self.issuer}") from None
         except jwt.InvalidTokenError as error:
             raise _invalid(f"the token is not valid: {redact(str(error), 120)}") from None
-        subject = claims["sub"]
-        if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
-            raise _invalid("the token's subject is not a ServiceAccount")
-        audience = claims["aud"]
-        audiences = frozenset([audience] if isinstance(audience, str) else audience)
-        return Sender(subject, audiences)
+        return claims
 
     def _signing_key(self, kid: str, wait: bool) -> jwt.PyJWK:
         if not wait:
@@ -324,6 +352,23 @@ def _bearer_token(authorization: str | None) -> str:
     if len(token) > MAX_TOKEN_LENGTH:
         raise _invalid(f"the bearer token is longer than {MAX_TOKEN_LENGTH} characters")
     return token
+
+
+def _signed_with(token: str) -> tuple[str, str]:
+    """The algorithm and key id the token's header names, if we accept them."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.DecodeError:
+        raise _invalid("the bearer token is not a JWT") from None
+    algorithm, kid = header.get("alg"), header.get("kid")
+    if algorithm not in ALGORITHMS:
+        raise _invalid(
+            f"token algorithm {redact(str(algorithm), 20)!r} is not accepted; "
+            f"a ServiceAccount token is signed with one of {', '.join(sorted(ALGORITHMS))}"
+        )
+    if not isinstance(kid, str) or not kid or len(kid) > 128:
+        raise _invalid("the token has no key id (kid) of the cluster's issuer")
+    return algorithm, kid
 
 
 def _invalid(message: str, reason: str = "invalid_token") -> Refused:

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import archive as archives
 from . import boundary, credentials, provenance
+from . import record as records
 from .contract import BuildContextCreated, BuildContextRequest, Provenance, SecretFinding
 from .errors import (
     CapacityExceeded,
@@ -120,9 +121,7 @@ class CreateService:
             archive = archives.build_encoded(encoded)
         with self.telemetry.stage("sign", attributes):
             parameters = provenance.BuildParameters(
-                function=valid.function,
-                runtime=valid.runtime.name,
-                runtime_version=valid.runtime_version,
+                recorded=valid.recorded,
                 dependencies=valid.dependencies,
                 request_id=request_id,
                 request_source=source,
@@ -150,14 +149,11 @@ class CreateService:
         now = self.clock()
         record = ContextRecord.for_archive(
             archive,
-            namespace=built.namespace,
-            function=valid.function,
-            runtime=valid.runtime.name,
-            runtime_version=valid.runtime_version,
             created_at=now,
             ttl=timedelta(seconds=valid.ttl_seconds),
+            namespace=built.namespace,
             request_id=request_id,
-            metadata=valid.metadata,
+            **valid.recorded,
         )
         with self.telemetry.stage("store", attributes) as span:
             assert self.limits is not None
@@ -173,25 +169,18 @@ class CreateService:
         self.telemetry.archive_size.record(archive.size_bytes, attributes)
         if stored.reused:
             self.telemetry.reuses.add(1, attributes)
+        # What is stored is echoed as stored (on reuse, the first request's), field by field
+        # from the record's table (function.record); the rest describes this request.
         return BuildContextCreated(
-            lambda_function=valid.function,
-            runtime=valid.runtime.name,
-            runtime_version=valid.runtime_version,
-            content_hash=archive.content_hash,
-            archive_sha256=stored.record.archive_sha256,
+            **records.echoed(stored.record),
             image_tag=archive.image_tag,
             storage=stored.storage,
             context_uri=stored.context_uri,
-            size_bytes=stored.record.size_bytes,
             files=list(archive.files),
-            created_at=stored.record.created_at,
-            expires_at=stored.record.expires_at,
             reused=stored.reused,
             overflow=overflowed,
             dependencies_locked=valid.dependencies_locked,
             request_id=request_id,
-            created_by_request_id=stored.record.request_id,
-            metadata=dict(stored.record.metadata),
             warnings=list(valid.warnings),
             secret_warnings=[
                 SecretFinding(file=f.file, line=f.line, kind=f.kind)
@@ -206,7 +195,8 @@ class CreateService:
         """What the stored envelope is: ours, or, for a reused context, the one stored first
         (perhaps signed with an earlier key, or unsigned)."""
         if stored.provenance is None:
-            # A store that keeps no envelope (the OCI store, for now): nothing signed to show.
+            # Every store keeps an envelope with a new context; one stored before provenance
+            # existed, and reused now, has none: nothing signed to show.
             return Provenance(signed=False, predicate_type=provenance.PREDICATE_TYPE)
         envelope = built.envelope
         if stored.reused:

@@ -21,12 +21,14 @@ Checking a token needs the issuer's keys. With the keys cached it is CPU only (o
 check) and runs right here on the event loop; when they must be fetched (first use, expired
 cache, a key id not seen yet) the connection stops being read and the check runs on a thread of
 its own, so a slow issuer holds up no other connection.
+
+The server these channels belong to (accepting, and stopping without dropping a request) is
+`EdgeServer` in function/server.py.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import queue
 import socket
@@ -35,13 +37,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.receiver import ChunkedReceiver
-from waitress.server import TcpWSGIServer
 from waitress.task import WSGITask
 from waitress.utilities import (
     Error,
@@ -52,16 +53,17 @@ from waitress.utilities import (
 
 from .auth import KeysPending
 from .boundary import quote
+from .http_errors import HttpError
+
+if TYPE_CHECKING:
+    from .server import EdgeServer
 
 log = logging.getLogger("build_context.edge")
 
-MAINTENANCE_SECONDS = 1
-"""How often the event loop looks for connections past a timeout (waitress's cleanup_interval;
-its default of 30 s would let a timeout overrun by as much)."""
 CHUNK_LINE_MAX = 4096
 """Longest chunk-size line (extensions included) of a chunked body, as in Go's net/http."""
 
-SenderCheck = Callable[[str, "str | None", bool], "dict[str, Any] | Answer | None"]
+CheckSender = Callable[[str, "str | None", bool], "dict[str, Any] | Answer | None"]
 """(path, Authorization header, wait) -> what the request's WSGI environ gets (the verified
 sender), the Answer that refuses it, or None for a path open to anyone (which takes no body).
 With `wait` False it raises KeysPending rather than wait for the network."""
@@ -76,29 +78,29 @@ class Limits:
 
 
 class Answer(Error):  # type: ignore[misc]  # waitress is untyped
-    """A reply made at the edge, rendered when it is written: on a worker thread, so that its log
-    line and metric are no work of the event loop."""
+    """A reply made at the edge, reported (its log line, its metric) when it is written: on a
+    worker thread, so that this is no work of the event loop."""
 
-    def __init__(self, code: int, render: Callable[[], tuple[str, dict[str, str]]]) -> None:
+    def __init__(self, error: HttpError, report: Callable[[], None]) -> None:
         super().__init__("")
-        self.code = code
-        self.reason = HTTPStatus(code).phrase
-        self.render = render
+        self.code = error.status
+        self.reason = HTTPStatus(error.status).phrase
+        self.error = error
+        self.report = report
 
     @classmethod
     def of(cls, code: int, why: str, message: str) -> Answer:
         """A JSON refusal with a one-line log (`why` is its short reason)."""
 
-        def render() -> tuple[str, dict[str, str]]:
+        def report() -> None:
             log.warning("request refused", extra={"status": code, "reason": why})
-            body = {"error": message, "status": code, "reason": why}
-            return json.dumps(body), {"Content-Type": "application/json"}
 
-        return cls(code, render)
+        return cls(HttpError(code, message, why), report)
 
     def to_response(self, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
-        body, headers = self.render()
-        return f"{self.code} {self.reason}", list(headers.items()), body.encode()
+        self.report()
+        body, headers = self.error.rendered()
+        return self.error.status_line, list(headers.items()), body.encode()
 
 
 def body_too_large(limits: Limits, length: int | None) -> Answer:
@@ -202,7 +204,7 @@ class EdgeParser(HTTPRequestParser):  # type: ignore[misc]
             self._admitted({})
             return
         try:
-            verdict = _verdict(check, self.path, self.headers.get("AUTHORIZATION"), wait=False)
+            verdict = verdict_of(check, self.path, self.headers.get("AUTHORIZATION"), wait=False)
         except KeysPending:
             self.held = b""
             self._paused = (self.completed, self.expect_continue)
@@ -247,9 +249,10 @@ class EdgeParser(HTTPRequestParser):  # type: ignore[misc]
         return len(body.control_line) > CHUNK_LINE_MAX or len(body.trailer) > self.limits.max_header
 
 
-def _verdict(
-    check: SenderCheck, path: str, authorization: str | None, *, wait: bool
+def verdict_of(
+    check: CheckSender, path: str, authorization: str | None, *, wait: bool
 ) -> dict[str, Any] | Answer | None:
+    """What `check` says, a bug in it a 500 (it is logged)."""
     try:
         return check(path, authorization, wait)
     except KeysPending:
@@ -305,7 +308,7 @@ class EdgeChannel(HTTPChannel):  # type: ignore[misc]
         path, authorization = request.path, request.headers.get("AUTHORIZATION")
 
         def run() -> None:
-            verdict = _verdict(check, path, authorization, wait=True)
+            verdict = verdict_of(check, path, authorization, wait=True)
             self.server.trigger.pull_trigger(lambda: self._resume(request, verdict))
 
         self.server.waiting.submit(run)
@@ -334,7 +337,7 @@ class EdgeChannel(HTTPChannel):  # type: ignore[misc]
 
     def _hand_over(self, request: EdgeParser) -> None:
         """Queue a request completed off the read path, as waitress's `received` does (queued
-        before it is cleared: the drain must always see it, server.py's `_receiving`)."""
+        before it is cleared: the drain must always see it, server.py's `EdgeServer.receiving`)."""
         with self.requests_lock:
             self.requests.append(request)
             self.request = None
@@ -370,33 +373,5 @@ class Waiting:
 @dataclass(frozen=True)
 class Edge:
     limits: Limits
-    check: SenderCheck | None = None
+    check: CheckSender | None = None
     """None when every sender is welcome (BUILD_CONTEXT_AUTH=off)."""
-
-
-class EdgeServer(TcpWSGIServer):  # type: ignore[misc]
-    """waitress's TCP server on an open listening socket, with the edge's channels."""
-
-    channel_class = EdgeChannel
-
-    def __init__(self, app: Any, sock: socket.socket, edge: Edge, **adjustments: Any) -> None:
-        self.edge = edge
-        self.waiting = Waiting()
-        limits = edge.limits
-        adj = Adjustments(
-            sockets=[sock],
-            channel_timeout=limits.idle_timeout,
-            cleanup_interval=MAINTENANCE_SECONDS,
-            # waitress refuses at its limit; ours are the largest accepted
-            max_request_header_size=limits.max_header + 1,
-            max_request_body_size=limits.max_body + 1,
-            **adjustments,
-        )
-        sockinfo = (sock.family, sock.type, sock.proto, sock.getsockname())
-        super().__init__(app, _sock=sock, adj=adj, sockinfo=sockinfo, bind_socket=False)
-
-    def maintenance(self, now: float) -> None:
-        super().maintenance(now)  # idle connections: channel_timeout
-        moment = time.monotonic()
-        for channel in list(self.active_channels.values()):
-            channel.enforce_read_timeout(moment)

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import __version__
 from . import archive as archives
+from . import record as records
 from .contract import utc_text
 from .settings import Settings
 from .signing import SigningKey, VerificationFailed, VerifyingKey, keyid, load_public_keys
@@ -59,9 +60,9 @@ def base_images(dockerfile: str) -> list[str]:
 class BuildParameters:
     """What the context is made from: enough to render its Dockerfile and manifests again."""
 
-    function: str
-    runtime: str
-    runtime_version: str
+    recorded: Mapping[str, Any]
+    """The request's part of the context record (`ValidRequest.recorded`): its attested
+    fields (function.record) are parameters, under their wire names."""
     dependencies: Sequence[tuple[str, str]]
     request_id: str
     request_source: str
@@ -71,9 +72,7 @@ class BuildParameters:
 
     def external(self, files: Mapping[str, bytes]) -> dict[str, Any]:
         return {
-            "function": self.function,
-            "runtime": self.runtime,
-            "runtimeVersion": self.runtime_version,
+            **records.attested(self.recorded),
             "dependencies": [list(pair) for pair in self.dependencies],
             "dependenciesLocked": self.locked,
             "lock": self.lock,

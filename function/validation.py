@@ -40,6 +40,16 @@ class ValidRequest:
     warnings: tuple[str, ...] = ()
 
     @property
+    def recorded(self) -> dict[str, Any]:
+        """What the context record (function.record) keeps of the request, by attribute."""
+        return {
+            "function": self.function,
+            "runtime": self.runtime.name,
+            "runtime_version": self.runtime_version,
+            "metadata": self.metadata,
+        }
+
+    @property
     def dependencies_locked(self) -> bool:
         return self.lock is not None or not self.dependencies
 
@@ -124,24 +134,27 @@ def validate(request: BuildContextRequest, settings: Settings) -> ValidRequest:
         raise InvalidRequest(message, [FieldError(message, field="dependencies")])
     deps = runtime.dependencies(request.dependencies, settings)
     lock = _lock(request, runtime, deps, settings, version)
-    rendered = runtime.render(version, deps, settings, lock)
-    sources = _sources(request, runtime, settings, rendered)
-    warnings = _credentials(request, sources, settings)
+    # The generated files' names never depend on the sources; their content may (package.json's
+    # module type), so the sources are checked against a first rendering, then rendered with.
+    layout = runtime.render(version, deps, settings, lock)
+    sources = _sources(request, runtime, settings, layout)
+    credential_warnings = _credentials(request, sources, settings)
     _syntax(sources, runtime, version)
+    rendered = runtime.render(version, deps, settings, lock, sources)
     return ValidRequest(
-        request.lambda_function,
-        runtime,
-        version,
-        sources,
-        deps,
-        ttl,
-        metadata,
-        namespace,
-        request.owner,
-        rendered,
-        warnings,
-        lock,
-        () if runtime.check_is_exact(version) else (_approximate(runtime.name, version),),
+        function=request.lambda_function,
+        namespace=namespace,
+        owner=request.owner,
+        ttl_seconds=ttl,
+        metadata=metadata,
+        runtime=runtime,
+        runtime_version=version,
+        warnings=() if runtime.check_is_exact(version) else (_approximate(runtime.name, version),),
+        dependencies=deps,
+        lock=lock,
+        rendered=rendered,
+        sources=sources,
+        credential_warnings=credential_warnings,
     )
 
 

@@ -323,7 +323,8 @@ def _check_rendered(files: Mapping[str, bytes], parsed: Statement) -> None:
         images: dict[str, Any] = {f"{n}_image": internal.images[n] for n in IMAGE_SETTINGS}
         settings = Settings(registry_mirror=internal.registryMirror, **images)
         pinned = tuple((name, spec) for name, spec in external.dependencies)
-        rendered = runtime.render(external.runtimeVersion, pinned, settings, external.lock)
+        sources = {p: b.decode() for p, b in files.items() if runtime.is_source(p)}
+        rendered = runtime.render(external.runtimeVersion, pinned, settings, external.lock, sources)
     except Exception as error:  # a forged statement must end as a refusal, whatever it holds
         raise MalformedStatement(
             f"cannot render from the statement's parameters: {quote(str(error), 200)}"

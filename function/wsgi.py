@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .edge import Answer, CheckSender, verdict_of
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-Authenticate = Callable[[dict[str, Any]], "tuple[str, str, dict[str, str]] | None"]
-"""Checks a request's sender: None to admit, else the status line, JSON body and headers of the
-refusal."""
+SENDER = "build_context.sender"
+"""WSGI environ key of the verified `auth.Sender`, left by the sender check for the handler."""
 
 
 def json_reply(
@@ -56,18 +57,22 @@ class InFlight:
     def drain(self, timeout: float, receiving: Callable[[], bool] = lambda: False) -> bool:
         """Wait until no request is in flight; False when `timeout` ran out first.
 
-        `receiving` says whether the server still holds a request the app has not seen yet:
+        `receiving` says whether the server still holds a request the app has not answered:
         one whose body is still arriving, one queued for a worker thread, or a reply not yet
         flushed. Those count as in flight too, or a SIGTERM in mid-upload would cut them off.
+        It is asked with no lock held (the server may take a moment to answer).
         """
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while self._count or receiving():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(min(left, 0.05))
-        return True
+        while True:
+            with self._changed:
+                idle = self._changed.wait_for(
+                    lambda: not self._count, max(0.0, deadline - time.monotonic())
+                )
+            if idle and not receiving():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 @dataclass(eq=False)
@@ -91,23 +96,26 @@ class Layer:
 
 @dataclass(eq=False)
 class SenderCheck(Layer):
-    """Refuses a request whose sender `authenticate` does not admit, before its body is parsed
+    """Refuses a request whose sender `check` does not admit, before its body is parsed
     (docs/security.md); the admitted sender is left in the environ for the handler. Served by
-    function/edge.py, the sender is checked before the body is even read, and this only passes
-    its verdict on; it stands for any other server (and tests that call the app directly)."""
+    function/edge.py, the same check ran before the body was even read, and this passes; it
+    stands for any other server (and tests that call the app directly)."""
 
-    authenticate: Authenticate
+    check: CheckSender
 
     def answer(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes] | None:
-        refused = self.authenticate(environ)
-        if refused is None:
+        if SENDER in environ:  # the edge checked it
             return None
-        status, body, headers = refused
-        data = body.encode()
-        start_response(status, [*headers.items(), ("Content-Length", str(len(data)))])
-        return [data]
+        path, authorization = environ.get("PATH_INFO", ""), environ.get("HTTP_AUTHORIZATION")
+        verdict = verdict_of(self.check, path, authorization, wait=True)
+        if not isinstance(verdict, Answer):
+            environ.update(verdict or {})
+            return None
+        status, headers, body = verdict.to_response()
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [body]
 
 
 @dataclass(eq=False)

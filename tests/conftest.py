@@ -10,6 +10,7 @@ from tests.support.kube import KubeAPIServer
 from tests.support.registry import Registry
 from tests.support.seaweed import SeaweedS3, start_seaweed_s3
 from tests.support.server import FunctionServer
+from tests.support.telemetry import OtlpReceiver
 
 StartServer = Callable[..., FunctionServer]
 
@@ -33,6 +34,14 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
 def server(start_server: StartServer) -> FunctionServer:
     """A server on the embedded default: the filesystem store in a temporary folder."""
     return start_server()
+
+
+@pytest.fixture
+def otlp() -> Iterator[OtlpReceiver]:
+    """A real OTLP/HTTP endpoint on loopback that keeps what the exporters send."""
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.close()
 
 
 @pytest.fixture(scope="session")

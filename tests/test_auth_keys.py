@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -135,3 +136,22 @@ def test_made_up_key_ids_cannot_make_us_hammer_the_issuer(issuer: IssuerDouble) 
         assert refused.value.status == 401
         issuer.rotate("stranger")
     assert issuer.reads["jwks"] == 1, "within the cooldown an unknown kid re-reads nothing"
+
+
+def test_every_routed_event_type_has_a_sender_policy(tmp_path: Path) -> None:
+    """A new route cannot slip past the sender check: with BUILD_CONTEXT_AUTH=oidc its handler
+    needs a policy (audience, allowed subjects), or its events would all fail with a 500."""
+    from function.app import App
+    from function.func import Function
+    from function.telemetry import NOOP
+
+    settings = load_settings(
+        auth="oidc", fs_root=tmp_path, auth_discovery_url="http://127.0.0.1:9/discovery"
+    )
+    app = App.from_settings(settings, telemetry=NOOP)
+    try:
+        routes = Function(app).routes
+        assert app.senders is not None and routes
+        assert {route.handler for route in routes.values()} <= set(app.senders.policies)
+    finally:
+        app.close()

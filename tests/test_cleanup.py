@@ -42,6 +42,7 @@ from tests.support.contexts import ROOT, example
 from tests.support.server import FunctionServer
 from tests.support.stores import (
     DAY,
+    EVERY_BACKEND,
     EXTRA,
     HOME,
     OPENERS,
@@ -56,14 +57,7 @@ from tests.support.telemetry import metrics_of
 GRACE = timedelta(seconds=300)
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("filesystem"),
-        pytest.param("configmap", marks=pytest.mark.kube),
-        pytest.param("s3", marks=pytest.mark.s3),
-        pytest.param("oci", marks=pytest.mark.oci),
-    ]
-)
+@pytest.fixture(params=EVERY_BACKEND)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
     """Every backend; the ConfigMap (kube) and S3 (s3) openers join via OPENERS."""
     yield from OPENERS[request.param](request, tmp_path)

@@ -11,8 +11,10 @@ from function.docs import schemas
 from function.errors import ConfigurationError
 from function.settings import load_settings
 from tests.support.cli import run_cli
-from tests.support.contexts import EXAMPLES, ROOT
-from tests.support.server import FunctionServer
+from tests.support.contexts import EXAMPLES, ROOT, example
+from tests.support.seaweed import SeaweedS3
+from tests.support.server import FunctionServer, free_port
+from tests.support.telemetry import OtlpReceiver
 
 
 @pytest.mark.parametrize(
@@ -49,7 +51,13 @@ def test_create_from_local_files(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
-    assert data["files"] == ["Dockerfile", "lib/f.js", "package.json", "remediation.js"]
+    assert data["files"] == [
+        ".dockerignore",
+        "Dockerfile",
+        "lib/f.js",
+        "package.json",
+        "remediation.js",
+    ]
     assert data["metadata"] == {"incident": "INC-9"}
     assert (tmp_path / "ctx.tar.gz").read_bytes() == Path(data["storage"]["path"]).read_bytes()
 
@@ -82,6 +90,59 @@ def test_send_prints_the_reply(server: FunctionServer, tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert json.loads(done.stdout)["reason"] == "UnsupportedRuntime"
+
+
+def test_send_to_a_port_nobody_listens_on_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/"
+    done = run_cli("send", url, "--data", str(EXAMPLES / "go.json"), cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.splitlines() == [
+        f"send: no reply from {url!r}: connection refused; is the function running, and the "
+        "URL right?"
+    ]
+
+
+@pytest.mark.parametrize("backend", ["filesystem", pytest.param("s3", marks=pytest.mark.s3)])
+def test_create_writes_what_the_store_holds_in_the_request_namespace(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, otlp: OtlpReceiver
+) -> None:
+    """`-o` and `--provenance` are read back from the store: from the namespace the request
+    names (not the home one), and before the app closes (the reads are traced, like every
+    storage call, which a closed app no longer exports)."""
+    env = {
+        "BUILD_CONTEXT_NAMESPACE": "default",
+        "BUILD_CONTEXT_ALLOWED_NAMESPACES": "team-b",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url,
+    }
+    if backend == "s3":
+        seaweed: SeaweedS3 = request.getfixturevalue("seaweed")
+        bucket = request.getfixturevalue("bucket")
+        env |= {"BUILD_CONTEXT_STORAGE": "s3", **seaweed.function_env(bucket)}
+    else:
+        env |= {"BUILD_CONTEXT_FS_ROOT": str(tmp_path / "store")}
+    (tmp_path / "request.json").write_text(json.dumps({**example("python"), "namespace": "team-b"}))
+    outputs = ["-o", "ctx.tar.gz", "--provenance", "ctx.dsse.json"]
+    done = run_cli("create", "--request", "request.json", *outputs, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    reply = json.loads(done.stdout)
+    location, envelope = reply["storage"], reply["provenance"]["envelope"]
+    if backend == "s3":
+        client = seaweed.client()
+        assert "/team-b/" in location["key"], location
+
+        def stored(where: dict[str, str]) -> bytes:
+            data: bytes = client.get_object(Bucket=where["bucket"], Key=where["key"])["Body"].read()
+            return data
+    else:
+        assert "/team-b/" in location["path"], location
+
+        def stored(where: dict[str, str]) -> bytes:
+            return Path(where["path"]).read_bytes()
+
+    assert (tmp_path / "ctx.tar.gz").read_bytes() == stored(location)
+    assert (tmp_path / "ctx.dsse.json").read_bytes() == stored(envelope)
+    names = {span.name for span in otlp.spans()}
+    assert {"build_context.storage.get", "build_context.storage.get_provenance"} <= names, names
 
 
 def test_bad_settings_exit_2_naming_the_variable(tmp_path: Path) -> None:

@@ -13,6 +13,10 @@ from pathlib import Path
 import dockerfile
 import pytest
 
+from function import verification
+from function.create import CreateService
+from function.settings import Settings
+from function.stores import open_store
 from tests.support.contexts import (
     ROOT,
     assert_hadolint_passes,
@@ -245,6 +249,7 @@ def test_archive_members_are_normalised(module_server: FunctionServer) -> None:
     entries = members(archive)
     assert list(entries) == sorted(entries)
     assert list(entries) == [
+        ".dockerignore",
         "Dockerfile",
         "lib",
         "lib/__init__.py",
@@ -256,3 +261,49 @@ def test_archive_members_are_normalised(module_server: FunctionServer) -> None:
         assert (info.uid, info.gid, info.uname, info.gname) == (0, 0, "", "")
         assert info.mtime == 315532800
         assert info.mode == (0o755 if info.isdir() else 0o644)
+
+
+ESM = 'import { x } from "./lib/x.js";\nconsole.log(x);\n'
+
+
+@pytest.mark.parametrize(
+    ("files", "module"),
+    [
+        ({"remediation.js": ESM, "lib/x.js": "export const x = 1;\n"}, True),
+        ({"remediation.js": ESM, "lib/x.js": "module.exports = { x: 1 };\n"}, False),
+        (
+            {
+                "remediation.js": ESM,
+                "lib/x.js": "// export nothing, import nothing\nexports.x = 1;\n",
+            },
+            False,
+        ),
+        (
+            {
+                "remediation.js": "const { x } = require('./lib/x.js');\n",
+                "lib/x.js": "exports.x = 1;\n",
+            },
+            False,
+        ),
+        (
+            {
+                "remediation.js": 'import { x } from "./lib/x.mjs";\n',
+                "lib/x.mjs": "export const x = 1;\n",
+            },
+            True,
+        ),
+    ],
+    ids=["all-esm", "esm-importing-cjs", "words-in-comments", "cjs", "esm-and-mjs"],
+)
+def test_package_json_says_module_only_when_every_js_file_is_one(
+    tmp_path: Path, files: dict[str, str], module: bool
+) -> None:
+    """node reads "type": "module" for every .js file: set only when each is an ES module (an
+    import or export statement, found by the JavaScript parser, not by the words)."""
+    settings = Settings(fs_root=tmp_path / "store")
+    service = CreateService(settings, open_store("filesystem", settings))
+    built = service.build({"lambdaFunction": "esm", "runtime": "nodejs", "files": files}, "r")
+    package = json.loads(read_member(built.archive.data, "package.json"))
+    assert package.get("type") == ("module" if module else None)
+    # verify renders package.json from the archive's sources again, and gets the same.
+    verification.verify(built.archive.data, built.envelope, [], allow_unsigned=True)

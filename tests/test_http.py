@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from function.server import CONNECTION_LIMIT
 from tests.conftest import StartServer
 from tests.support.contexts import example, members, read_member
+from tests.support.polling import wait_for
 from tests.support.server import FunctionServer, encode
 
 RUNTIMES = ["python", "nodejs", "go"]
@@ -59,8 +61,8 @@ def test_created_for_every_runtime_and_mode(
         runtime
     ]
     manifest = {"python": "requirements.txt", "nodejs": "package.json", "go": "go.mod"}[runtime]
-    assert set(members(archive)) == {"Dockerfile", entry, manifest}
-    assert data["files"] == sorted(["Dockerfile", entry, manifest])
+    assert set(members(archive)) == {".dockerignore", "Dockerfile", entry, manifest}
+    assert data["files"] == sorted([".dockerignore", "Dockerfile", entry, manifest])
     assert read_member(archive, entry) == request["sourceCode"]
     expires = time.strptime(data["expiresAt"], "%Y-%m-%dT%H:%M:%SZ")
     created = time.strptime(data["createdAt"], "%Y-%m-%dT%H:%M:%SZ")
@@ -317,6 +319,40 @@ def test_sigterm_lets_in_flight_requests_finish(start_server: StartServer) -> No
     assert answers == [(200, "buildcontext.created")] * 4, answers
     assert max(at for at, _ in outcomes) > signalled, "no request was in flight at SIGTERM"
     assert any(line.get("message") == "stopping" for line in server.log_lines())
+
+
+def test_sigterm_answers_a_connection_still_waiting_to_be_accepted(
+    start_server: StartServer,
+) -> None:
+    """A connection made before SIGTERM but not accepted yet (here it waits in the listen
+    backlog behind the connection limit; on a busy machine, behind a slow event loop) is the
+    server's to answer: it is taken and answered before the process stops, not reset."""
+    server = start_server(
+        BUILD_CONTEXT_PROCESSES="1",
+        BUILD_CONTEXT_READ_TIMEOUT_SECONDS="600",  # the silent connections stay open
+        BUILD_CONTEXT_IDLE_TIMEOUT_SECONDS="600",
+    )
+    silent = []
+    try:
+        for _ in range(CONNECTION_LIMIT):
+            silent.append(socket.create_connection(("127.0.0.1", server.port), timeout=30))
+        wait_for(
+            lambda: any("connection limit" in line["message"] for line in server.log_lines()),
+            60,
+            what="waitress at its connection limit",
+        )
+        headers, body = encode(example("python"), id="in-the-backlog")
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        connection.request("POST", "/", body=body, headers=headers)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        response = connection.getresponse()
+        assert (response.status, response.getheader("ce-type")) == (200, "buildcontext.created")
+        connection.close()
+    finally:
+        for sock in silent:
+            sock.close()
+    assert server.process.wait(30) == 0
 
 
 def test_sigterm_in_mid_upload_still_answers_the_request(start_server: StartServer) -> None:

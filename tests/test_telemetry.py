@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import uuid
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.metrics import (
     AlwaysOffExemplarFilter,
     AlwaysOnExemplarFilter,
@@ -35,7 +28,7 @@ from function.telemetry.exporters import _build_exporters
 from tests.conftest import StartServer
 from tests.support.contexts import example
 from tests.support.server import PING, FunctionServer, break_storage, encode
-from tests.support.telemetry import data_points, scrape, total
+from tests.support.telemetry import OtlpReceiver, data_points, scrape, total
 from tests.test_http import FAILURES
 
 DOCS = Path(__file__).parents[1] / "docs" / "observability.md"
@@ -193,84 +186,6 @@ def test_the_trace_runs_from_the_request_event_into_the_reply(server: FunctionSe
     assert (
         re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", fresh) and TRACE_ID not in fresh
     )
-
-
-class OtlpReceiver:
-    """A real OTLP/HTTP endpoint on loopback that keeps what the exporters send."""
-
-    def __init__(self) -> None:
-        self.bodies: dict[str, list[bytes]] = {}
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.bodies.setdefault(self.path, []).append(body)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def spans(self) -> list[Any]:
-        found = []
-        for body in self.bodies.get("/v1/traces", []):
-            export = ExportTraceServiceRequest.FromString(body)
-            found += [s for r in export.resource_spans for ss in r.scope_spans for s in ss.spans]
-        return found
-
-    def metric_names(self) -> set[str]:
-        names = set()
-        for body in self.bodies.get("/v1/metrics", []):
-            export = ExportMetricsServiceRequest.FromString(body)
-            names |= {
-                m.name
-                for r in export.resource_metrics
-                for sm in r.scope_metrics
-                for m in sm.metrics
-            }
-        return names
-
-    def exemplar_trace_ids(self, name: str) -> set[str]:
-        """Trace ids of the exemplars on the data points of histogram `name`."""
-        return {
-            e.trace_id.hex()
-            for body in self.bodies.get("/v1/metrics", [])
-            for r in ExportMetricsServiceRequest.FromString(body).resource_metrics
-            for sm in r.scope_metrics
-            for m in sm.metrics
-            if m.name == name
-            for p in m.histogram.data_points
-            for e in p.exemplars
-        }
-
-    def metric_sources(self) -> set[str]:
-        """`service.instance.id` of every resource that exported metrics."""
-        return {
-            a.value.string_value
-            for body in self.bodies.get("/v1/metrics", [])
-            for r in ExportMetricsServiceRequest.FromString(body).resource_metrics
-            for a in r.resource.attributes
-            if a.key == "service.instance.id"
-        }
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def otlp() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
-    yield receiver
-    receiver.close()
 
 
 def test_spans_per_stage_and_storage_call_go_over_otlp(

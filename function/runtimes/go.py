@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import tree_sitter_go
 
 from ..boundary import quote
 from ..errors import FieldError
 from ..settings import Settings
-from .base import MAX_LOCK_ENTRIES, Lock, Pinned, Rendered, SpecifierListRuntime, lock_error
+from .base import (
+    GENERATED_FOR_EVERY_RUNTIME,
+    MAX_LOCK_ENTRIES,
+    Lock,
+    Pinned,
+    Rendered,
+    SpecifierListRuntime,
+    lock_error,
+    with_build_ca,
+)
 from .treesitter import TreeSitterGrammar
 
 _GRAMMAR = TreeSitterGrammar(tree_sitter_go.language(), "Go")
@@ -95,7 +105,7 @@ class GoRuntime(SpecifierListRuntime):
     source_suffixes = (".go",)
     versions = ("1.25", "1.26", "1.27")
     default_version = "1.26"
-    generated_files = frozenset({"Dockerfile", "go.mod", "go.sum"})
+    generated_files = GENERATED_FOR_EVERY_RUNTIME | {"go.mod", "go.sum"}
     joiner = "@"
 
     def check_specifier(self, spec: str, settings: Settings) -> tuple[str, str] | str:
@@ -189,7 +199,12 @@ class GoRuntime(SpecifierListRuntime):
         return None
 
     def render(
-        self, version: str, deps: Pinned, settings: Settings, lock: Lock | None = None
+        self,
+        version: str,
+        deps: Pinned,
+        settings: Settings,
+        lock: Lock | None = None,
+        sources: Mapping[str, str] | None = None,
     ) -> Rendered:
         requires = "".join(f"\t{m} {v}\n" for m, v in deps)
         go_mod = f"module remediation\n\ngo {version}\n" + (
@@ -208,8 +223,9 @@ class GoRuntime(SpecifierListRuntime):
             "    GOTOOLCHAIN=local\n"
             "WORKDIR /src\n"
             f"COPY {'go.mod go.sum' if lock else 'go.mod'} ./\n"
-            "RUN go mod download\n"
-            "COPY . ./\n"
+            # SSL_CERT_FILE replaces Go's CA file; it still reads the image's CA folder.
+            + with_build_ca("SSL_CERT_FILE", "go mod download")
+            + "COPY . ./\n"
             f"RUN go build {'-mod=readonly ' if lock else ''}"
             '-trimpath -ldflags="-s -w" -o /out/remediation .\n'
             "\n"

@@ -15,6 +15,7 @@ from ..boundary import quote
 from ..errors import FieldError, InvalidRequest
 from ..settings import Settings
 from .base import (
+    GENERATED_FOR_EVERY_RUNTIME,
     MAX_LOCK_ENTRIES,
     Dependencies,
     Lock,
@@ -22,6 +23,7 @@ from .base import (
     Rendered,
     Runtime,
     lock_error,
+    with_build_ca,
 )
 from .treesitter import TreeSitterGrammar
 
@@ -69,7 +71,7 @@ class NodeRuntime(Runtime):
     source_suffixes = (".js", ".mjs", ".cjs")
     versions = ("22", "24")
     default_version = "24"
-    generated_files = frozenset({"Dockerfile", "package.json", "package-lock.json"})
+    generated_files = GENERATED_FOR_EVERY_RUNTIME | {"package.json", "package-lock.json"}
 
     def dependencies(self, deps: Dependencies, settings: Settings) -> Pinned:
         if not isinstance(deps, Mapping):
@@ -190,35 +192,49 @@ class NodeRuntime(Runtime):
         return None
 
     def render(
-        self, version: str, deps: Pinned, settings: Settings, lock: Lock | None = None
+        self,
+        version: str,
+        deps: Pinned,
+        settings: Settings,
+        lock: Lock | None = None,
+        sources: Mapping[str, str] | None = None,
     ) -> Rendered:
-        package = {
+        package: dict[str, Any] = {
             "name": "remediation",
             "version": "1.0.0",
             "private": True,
             "main": self.entry_file,
-            "dependencies": dict(deps),
         }
-        install = (
-            "COPY package.json ./\n"
-            "RUN npm install --omit=dev --ignore-scripts --no-package-lock "
-            "&& npm cache clean --force\n"
-            if deps
-            else ""
-        )
+        if sources and all_es_modules(sources):
+            package["type"] = "module"
+        package["dependencies"] = dict(deps)
+        # NODE_EXTRA_CA_CERTS adds to the CAs node carries.
+        if lock:
+            install = "COPY package.json package-lock.json ./\n" + with_build_ca(
+                "NODE_EXTRA_CA_CERTS",
+                "npm ci --omit=dev --ignore-scripts && npm cache clean --force",
+            )
+        elif deps:
+            install = "COPY package.json ./\n" + with_build_ca(
+                "NODE_EXTRA_CA_CERTS",
+                "npm install --omit=dev --ignore-scripts --no-package-lock "
+                "&& npm cache clean --force",
+            )
+        else:
+            install = ""
         manifests = {"package.json": json.dumps(package, indent=2) + "\n"}
         if lock:
-            install = (
-                "COPY package.json package-lock.json ./\n"
-                "RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force\n"
-            )
             manifests["package-lock.json"] = json.dumps(lock, indent=2) + "\n"
         dockerfile = (
             f"FROM {settings.image(settings.nodejs_image, version)}\n"
             "ENV NODE_ENV=production \\\n"
             "    NPM_CONFIG_UPDATE_NOTIFIER=false \\\n"
             "    NPM_CONFIG_FUND=false \\\n"
-            "    NPM_CONFIG_AUDIT=false\n"
+            "    NPM_CONFIG_AUDIT=false \\\n"
+            # npm leaves a debug log per run (named by the time) and V8's code cache of its own
+            # modules in the image: neither, so that the same context builds the same image.
+            "    NPM_CONFIG_LOGS_MAX=0 \\\n"
+            "    NODE_DISABLE_COMPILE_CACHE=1\n"
             "WORKDIR /app\n"
             f"{install}"
             "COPY . ./\n"
@@ -330,6 +346,24 @@ def npm_admits(current: str, values: list[str]) -> bool:
     if f"!{current}" in values:
         return False
     return not plain or current in plain
+
+
+def all_es_modules(sources: Mapping[str, str]) -> bool:
+    """Whether every .js file is an ES module (an import or export statement at its top level).
+    Without "type" in package.json, node parses such a file as CommonJS, fails, warns and
+    parses it again as an ES module; "type": "module" says so at once. With one CommonJS file
+    among them it stays unset, since "module" would break that file (.mjs and .cjs files say
+    what they are whatever the type)."""
+    scripts = [text for path, text in sources.items() if path.endswith(".js")]
+    if not scripts or not all("import" in text or "export" in text for text in scripts):
+        return False  # a file without the words has no such statement: no parse needed
+    return all(
+        any(
+            child.type in ("import_statement", "export_statement")
+            for child in _GRAMMAR.parse(text).root.children
+        )
+        for text in scripts
+    )
 
 
 def _is_range(spec: str) -> bool:

@@ -8,6 +8,7 @@ import re
 import sys
 import tokenize
 import warnings
+from collections.abc import Mapping
 
 import tree_sitter_python
 from packaging.markers import Marker
@@ -18,7 +19,16 @@ from ..boundary import quote
 from ..errors import FieldError
 from ..settings import Settings
 from . import markers
-from .base import MAX_LOCK_ENTRIES, Lock, Pinned, Rendered, SpecifierListRuntime, lock_error
+from .base import (
+    GENERATED_FOR_EVERY_RUNTIME,
+    MAX_LOCK_ENTRIES,
+    Lock,
+    Pinned,
+    Rendered,
+    SpecifierListRuntime,
+    lock_error,
+    with_build_ca,
+)
 from .treesitter import TreeSitterGrammar, too_deep
 
 _GRAMMAR = TreeSitterGrammar(tree_sitter_python.language(), "Python")
@@ -66,7 +76,7 @@ class PythonRuntime(SpecifierListRuntime):
     source_suffixes = (".py",)
     versions = ("3.11", "3.12", "3.13", "3.14")
     default_version = "3.13"
-    generated_files = frozenset({"Dockerfile", "requirements.txt"})
+    generated_files = GENERATED_FOR_EVERY_RUNTIME | {"requirements.txt"}
     joiner = ""
 
     def check_specifier(self, spec: str, settings: Settings) -> tuple[str, str] | str:
@@ -245,12 +255,21 @@ class PythonRuntime(SpecifierListRuntime):
         return version == f"{sys.version_info[0]}.{sys.version_info[1]}"
 
     def render(
-        self, version: str, deps: Pinned, settings: Settings, lock: Lock | None = None
+        self,
+        version: str,
+        deps: Pinned,
+        settings: Settings,
+        lock: Lock | None = None,
+        sources: Mapping[str, str] | None = None,
     ) -> Rendered:
         hash_mode = "--require-hashes --no-deps " if lock else ""
+        # pip (24.2+, truststore) reads the system store: SSL_CERT_FILE adds to its CA folder.
         install = (
             "COPY requirements.txt ./\n"
-            f"RUN pip install --no-cache-dir --no-compile {hash_mode}-r requirements.txt\n"
+            + with_build_ca(
+                "SSL_CERT_FILE",
+                f"pip install --no-cache-dir --no-compile {hash_mode}-r requirements.txt",
+            )
             if deps or lock
             else ""
         )
@@ -259,7 +278,9 @@ class PythonRuntime(SpecifierListRuntime):
             "ENV PYTHONDONTWRITEBYTECODE=1 \\\n"
             "    PYTHONUNBUFFERED=1 \\\n"
             "    PIP_NO_CACHE_DIR=1 \\\n"
-            "    PIP_DISABLE_PIP_VERSION_CHECK=1\n"
+            "    PIP_DISABLE_PIP_VERSION_CHECK=1 \\\n"
+            # The image is the program's own: installing as root is meant, not warned about.
+            "    PIP_ROOT_USER_ACTION=ignore\n"
             "WORKDIR /app\n"
             f"{install}"
             "COPY . ./\n"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from ..archive import Archive
-from ..contract import OwnerReference, utc_text
+from ..contract import OwnerReference
+from ..record import ContextRecord as ContextRecord
 
 Clock = Callable[[], datetime]
 StillExpired = Callable[["ContextRecord"], bool]
@@ -25,60 +26,6 @@ PROVENANCE_FILE = "provenance.dsse.json"
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
-
-
-@dataclass(frozen=True)
-class ContextRecord:
-    """What a store keeps beside the archive, and what cleanup reads back."""
-
-    namespace: str
-    function: str
-    runtime: str
-    runtime_version: str
-    content_hash: str
-    archive_sha256: str
-    size_bytes: int
-    created_at: datetime
-    expires_at: datetime
-    request_id: str
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    retain: bool = False
-
-    @classmethod
-    def for_archive(
-        cls,
-        archive: Archive,
-        *,
-        namespace: str,
-        function: str,
-        runtime: str,
-        runtime_version: str,
-        created_at: datetime,
-        ttl: timedelta,
-        request_id: str,
-        metadata: Mapping[str, str] | None = None,
-    ) -> ContextRecord:
-        return cls(
-            namespace=namespace,
-            function=function,
-            runtime=runtime,
-            runtime_version=runtime_version,
-            content_hash=archive.content_hash,
-            archive_sha256=archive.archive_sha256,
-            size_bytes=archive.size_bytes,
-            created_at=created_at,
-            expires_at=created_at + ttl,
-            request_id=request_id,
-            metadata=dict(metadata or {}),
-        )
-
-    def refreshed(self, expires_at: datetime) -> ContextRecord:
-        return replace(self, expires_at=max(self.expires_at, expires_at))
-
-    def expired(self, now: datetime, stricter_ttl: timedelta | None = None) -> bool:
-        if stricter_ttl is not None and now - self.created_at > stricter_ttl:
-            return True
-        return now >= self.expires_at
 
 
 @dataclass(frozen=True)
@@ -191,41 +138,3 @@ class Store(ABC, Generic[H]):
 
     def close(self) -> None:
         """Release clients and connections."""
-
-
-def record_fields(record: ContextRecord) -> dict[str, Any]:
-    return {
-        "namespace": record.namespace,
-        "function": record.function,
-        "runtime": record.runtime,
-        "runtimeVersion": record.runtime_version,
-        "contentHash": record.content_hash,
-        "archiveSha256": record.archive_sha256,
-        "sizeBytes": record.size_bytes,
-        "createdAt": utc_text(record.created_at),
-        "expiresAt": utc_text(record.expires_at),
-        "requestId": record.request_id,
-        "metadata": dict(record.metadata),
-        "retain": record.retain,
-    }
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
-def record_from_fields(data: Mapping[str, Any]) -> ContextRecord:
-    return ContextRecord(
-        namespace=str(data["namespace"]),
-        function=str(data["function"]),
-        runtime=str(data["runtime"]),
-        runtime_version=str(data["runtimeVersion"]),
-        content_hash=str(data["contentHash"]),
-        archive_sha256=str(data["archiveSha256"]),
-        size_bytes=int(data["sizeBytes"]),
-        created_at=parse_time(str(data["createdAt"])),
-        expires_at=parse_time(str(data["expiresAt"])),
-        request_id=str(data.get("requestId", "")),
-        metadata=dict(data.get("metadata") or {}),
-        retain=bool(data.get("retain", False)),
-    )

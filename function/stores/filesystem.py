@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .. import record as records
 from ..archive import Archive
 from ..contract import OwnerReference
 from ..errors import ConfigurationError, StorageUnavailable
@@ -40,8 +41,6 @@ from .base import (
     Store,
     Stored,
     Swept,
-    record_fields,
-    record_from_fields,
 )
 
 log = logging.getLogger("build_context.stores.filesystem")
@@ -144,7 +143,7 @@ class FilesystemStore(Store[Path]):
                     current = _read(target)
                     refreshed = current.refreshed(record.expires_at)
                     if refreshed != current:
-                        _write_atomic(os.path.join(target, RECORD), _encode(refreshed), parent)
+                        _write_atomic(os.path.join(target, RECORD), record_file(refreshed), parent)
                         _fsync_path(target)
                     return self._stored(
                         refreshed,
@@ -155,7 +154,7 @@ class FilesystemStore(Store[Path]):
                 os.mkdir(temp)
                 fds: list[int] = []
                 try:
-                    files = {ARCHIVE: archive.data, RECORD: _encode(record)}
+                    files = {ARCHIVE: archive.data, RECORD: record_file(record)}
                     if archive.provenance is not None:
                         files[PROVENANCE] = archive.provenance
                     for name, data in files.items():
@@ -276,13 +275,14 @@ def _subfolders(path: Path) -> list[Path]:
         return []
 
 
-def _encode(record: ContextRecord) -> bytes:
-    return json.dumps(record_fields(record), sort_keys=True, indent=2).encode() + b"\n"
+def record_file(record: ContextRecord) -> bytes:
+    """The record file: every field under its wire name (function.record), keys sorted."""
+    return json.dumps(records.to_json(record), sort_keys=True, indent=2).encode() + b"\n"
 
 
 def _read(folder: str | Path) -> ContextRecord:
     with open(os.path.join(folder, RECORD), "rb") as file:
-        return record_from_fields(json.loads(file.read()))
+        return records.from_json(json.loads(file.read()))
 
 
 def _write_new(path: str, data: bytes) -> int:

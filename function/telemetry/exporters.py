@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 from opentelemetry import metrics, trace
 
 from ..errors import ConfigurationError
-from ..wsgi import WSGIApp
 from .instruments import SCOPE
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import ExemplarFilter
     from prometheus_client import CollectorRegistry
+
+    from ..wsgi import WSGIApp
 
 
 @dataclass

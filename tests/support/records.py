@@ -36,14 +36,14 @@ def record(
     """The record a request for `built` would store; `changes` replace any other field."""
     made = ContextRecord.for_archive(
         built,
+        created_at=created,
+        ttl=ttl,
         namespace=namespace,
         function=function,
         runtime="python",
         runtime_version="3.13",
-        created_at=created,
-        ttl=ttl,
         request_id=request_id,
-        metadata=metadata,
+        metadata=metadata or {},
     )
     return replace(made, **changes) if changes else made
 

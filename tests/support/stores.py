@@ -20,9 +20,10 @@ from typing import Any, cast
 import pytest
 
 from function import archive
+from function import record as records
 from function.archive import Archive
 from function.settings import Settings, load_settings
-from function.stores.base import ContextRecord, Store, record_fields
+from function.stores.base import ContextRecord, Store
 from function.stores.filesystem import RECORD, FilesystemStore
 from tests.support.records import FAST_RETRIES
 from tests.support.records import record as context_record
@@ -126,6 +127,13 @@ class StoreUnderTest:
         raise NotImplementedError
 
 
+def _elsewhere(built: Archive) -> ContextRecord:
+    """Ours in form, long expired, but in a namespace this deployment does not serve."""
+    return context_record(
+        built, T0 - 400 * DAY, WEEK, namespace="team-z", function="payments", request_id="req"
+    )
+
+
 class FilesystemUnderTest(StoreUnderTest):
     def __init__(self, root: Path) -> None:
         settings = {
@@ -162,13 +170,10 @@ class FilesystemUnderTest(StoreUnderTest):
             path.write_text("not a build context\n")
             os.utime(path, (long_ago, long_ago))
         # Ours in form, but in a namespace this deployment does not serve.
-        elsewhere = self.root / "team-z" / "payments" / ("f" * 64) / RECORD
+        record = _elsewhere(self.built("payments"))
+        elsewhere = self.folder(record) / RECORD
         elsewhere.parent.mkdir(parents=True)
-        record = ContextRecord(
-            "team-z", "payments", "python", "3.13", "f" * 64, "e" * 64, 1,
-            T0 - 400 * DAY, T0 - 393 * DAY, "req",
-        )  # fmt: skip
-        elsewhere.write_text(json.dumps(record_fields(record)))
+        elsewhere.write_text(json.dumps(records.to_json(record)))
         foreign.append(elsewhere)
         return lambda: all(path.exists() for path in foreign)
 
@@ -236,11 +241,7 @@ class ConfigMapUnderTest(StoreUnderTest):
             (HOME, {"metadata": {"name": "payments-build-context-notes"}}),
         ]
         # Ours in form, but in a namespace this deployment does not serve.
-        record = ContextRecord(
-            "team-z", "payments", "python", "3.13", built.content_hash, built.archive_sha256,
-            built.size_bytes, T0 - 400 * DAY, T0 - 393 * DAY, "req",
-        )  # fmt: skip
-        planted.append(("team-z", configmap_body(built, record, None)))
+        planted.append(("team-z", configmap_body(built, _elsewhere(built), None)))
         for namespace, body in planted:
             self.admin.create_namespaced_config_map(namespace, body)
 
@@ -309,10 +310,7 @@ class S3UnderTest(StoreUnderTest):
         from function.stores.s3 import object_metadata
 
         built = self.built("payments")
-        expired = ContextRecord(
-            "team-z", "payments", "python", "3.13", built.content_hash, built.archive_sha256,
-            built.size_bytes, T0 - 400 * DAY, T0 - 393 * DAY, "req",
-        )  # fmt: skip
+        expired = _elsewhere(built)
         lookalike = replace(expired, namespace=HOME)
         planted = {
             "photos/2019/cat.jpg": {},
@@ -395,10 +393,7 @@ class OCIUnderTest(StoreUnderTest):
         for reference in planted:
             self.registry.crane("append", "-f", str(layer), "-t", reference)
         # Ours in form, but in a namespace this deployment does not serve.
-        expired = ContextRecord(
-            "team-z", "payments", "python", "3.13", built.content_hash, built.archive_sha256,
-            built.size_bytes, T0 - 400 * DAY, T0 - 393 * DAY, "req",
-        )  # fmt: skip
+        expired = _elsewhere(built)
         elsewhere = self.second_client()
         elsewhere.put_if_absent(built, expired)
         planted.append(self.reference(expired))
@@ -442,3 +437,6 @@ OPENERS: dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[StoreUnderTe
     "s3": open_s3,
     "oci": open_oci,
 }
+_SERVERS = {"configmap": pytest.mark.kube, "s3": pytest.mark.s3, "oci": pytest.mark.oci}
+EVERY_BACKEND = [pytest.param(name, marks=_SERVERS.get(name, ())) for name in OPENERS]
+"""The `params` of a `store` fixture over every backend, marked by the server it needs."""

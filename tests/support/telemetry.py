@@ -4,11 +4,17 @@ from the SDK's in-memory readers (what an exporter would have received)."""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import requests
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric, NumberDataPoint
 from opentelemetry.sdk.trace import TracerProvider
@@ -107,3 +113,74 @@ def scrape(server: FunctionServer, prefix: str = "build_context_") -> Scrape:
         if s.name.startswith(prefix)
     ]
     return Scrape(response.text, samples)
+
+
+class OtlpReceiver:
+    """A real OTLP/HTTP endpoint on loopback that keeps what the exporters send."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[str, list[bytes]] = {}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.bodies.setdefault(self.path, []).append(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def spans(self) -> list[Any]:
+        found = []
+        for body in self.bodies.get("/v1/traces", []):
+            export = ExportTraceServiceRequest.FromString(body)
+            found += [s for r in export.resource_spans for ss in r.scope_spans for s in ss.spans]
+        return found
+
+    def metric_names(self) -> set[str]:
+        names = set()
+        for body in self.bodies.get("/v1/metrics", []):
+            export = ExportMetricsServiceRequest.FromString(body)
+            names |= {
+                m.name
+                for r in export.resource_metrics
+                for sm in r.scope_metrics
+                for m in sm.metrics
+            }
+        return names
+
+    def exemplar_trace_ids(self, name: str) -> set[str]:
+        """Trace ids of the exemplars on the data points of histogram `name`."""
+        return {
+            e.trace_id.hex()
+            for body in self.bodies.get("/v1/metrics", [])
+            for r in ExportMetricsServiceRequest.FromString(body).resource_metrics
+            for sm in r.scope_metrics
+            for m in sm.metrics
+            if m.name == name
+            for p in m.histogram.data_points
+            for e in p.exemplars
+        }
+
+    def metric_sources(self) -> set[str]:
+        """`service.instance.id` of every resource that exported metrics."""
+        return {
+            a.value.string_value
+            for body in self.bodies.get("/v1/metrics", [])
+            for r in ExportMetricsServiceRequest.FromString(body).resource_metrics
+            for a in r.resource.attributes
+            if a.key == "service.instance.id"
+        }
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

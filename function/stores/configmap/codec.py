@@ -4,15 +4,16 @@ record read back from its metadata."""
 from __future__ import annotations
 
 import base64
-import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ... import record as records
 from ...archive import Archive, image_tag
 from ...boundary import is_dns_subdomain
-from ...contract import OwnerReference, utc_text
+from ...contract import OwnerReference
 from ...errors import InternalError
-from ..base import MANAGED_BY, PROVENANCE_FILE, RETAIN, ContextRecord, parse_time
+from ...record import ContextRecord, Place, RecordField
+from ..base import MANAGED_BY, PROVENANCE_FILE
 
 KEY = "context.tar.gz"
 """The one `binaryData` key: mounted at MOUNT_PATH it is the file kaniko reads."""
@@ -21,20 +22,25 @@ APISERVER_LIMIT = 1024 * 1024
 """The apiserver rejects a ConfigMap whose data values add up to more (422, FieldValueTooLong)."""
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-FUNCTION_LABEL = "build-context.dev/function"
-RUNTIME_LABEL = "build-context.dev/runtime"
-IMAGE_TAG_LABEL = "build-context.dev/image-tag"
-"""`sha256-<first 24 hex of contentHash>`: the image tag of the reply, short enough for a label."""
+PREFIX = "build-context.dev/"
+"""The key rule: a record field is the label or annotation `PREFIX` + its kebab-case name (a
+label when the field is one, `Place.LABEL`); the namespace is the object's own."""
 
-_A = "build-context.dev/"
-CONTENT_HASH = _A + "content-hash"
-ARCHIVE_SHA256 = _A + "archive-sha256"
-SIZE_BYTES = _A + "size-bytes"
-RUNTIME_VERSION = _A + "runtime-version"
-CREATED_AT = _A + "created-at"
-EXPIRES_AT = _A + "expires-at"
-REQUEST_ID = _A + "request-id"
-METADATA = _A + "metadata"
+
+def _key(field: RecordField) -> str:
+    return PREFIX + field.kebab
+
+
+def key(attr: str) -> str:
+    """The label or annotation that holds the record's attribute `attr`."""
+    return _key(records.field(attr))
+
+
+FUNCTION_LABEL = key("function")
+SIZE_BYTES = key("size_bytes")
+"""What the capacity guard sums from a metadata-only list."""
+IMAGE_TAG_LABEL = PREFIX + "image-tag"
+"""`sha256-<first 24 hex of contentHash>`: the image tag of the reply, short enough for a label."""
 
 SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 REQUIRED_VERBS = {
@@ -56,28 +62,24 @@ def context_uri() -> str:
     return f"tar://{MOUNT_PATH}/{KEY}"
 
 
+def _slots(record: ContextRecord) -> Iterator[tuple[str, RecordField, str]]:
+    """("labels" or "annotations", field, text) of every record field kept in the metadata."""
+    for field, text in records.text_fields(record):
+        if field.attr != "namespace":
+            yield ("labels" if field.wire.place is Place.LABEL else "annotations"), field, text
+
+
 def configmap_body(
     archive: Archive, record: ContextRecord, owner: OwnerReference | None
 ) -> dict[str, Any]:
+    kept: dict[str, dict[str, str]] = {"labels": {MANAGED_BY_LABEL: MANAGED_BY}, "annotations": {}}
+    for where, field, text in _slots(record):
+        kept[where][_key(field)] = text
+    kept["labels"][IMAGE_TAG_LABEL] = image_tag(record.content_hash)
     metadata: dict[str, Any] = {
         "name": configmap_name(record.function, record.content_hash),
         "namespace": record.namespace,
-        "labels": {
-            MANAGED_BY_LABEL: MANAGED_BY,
-            FUNCTION_LABEL: record.function,
-            RUNTIME_LABEL: record.runtime,
-            IMAGE_TAG_LABEL: image_tag(record.content_hash),
-        },
-        "annotations": {
-            CONTENT_HASH: record.content_hash,
-            ARCHIVE_SHA256: record.archive_sha256,
-            SIZE_BYTES: str(record.size_bytes),
-            RUNTIME_VERSION: record.runtime_version,
-            CREATED_AT: utc_text(record.created_at),
-            EXPIRES_AT: utc_text(record.expires_at),
-            REQUEST_ID: record.request_id,
-            METADATA: json.dumps(dict(record.metadata), sort_keys=True, separators=(",", ":")),
-        },
+        **kept,
     }
     if owner is not None:
         metadata["ownerReferences"] = [owner.wire()]
@@ -98,26 +100,27 @@ def configmap_body(
     }
 
 
+def annotation_changes(current: ContextRecord, wanted: ContextRecord) -> dict[str, str]:
+    """The annotations that make the stored `current` read back as `wanted` (a refresh: the
+    expiry); labels never change, the ConfigMap is found by them."""
+    return {
+        _key(field): text
+        for where, field, text in _slots(wanted)
+        if where == "annotations" and getattr(current, field.attr) != getattr(wanted, field.attr)
+    }
+
+
 def record_from_metadata(metadata: Mapping[str, Any]) -> ContextRecord:
     """The record kept in labels and annotations (KeyError/ValueError when not ours)."""
     labels = metadata.get("labels") or {}
     notes = metadata.get("annotations") or {}
     if labels.get(MANAGED_BY_LABEL) != MANAGED_BY:
         raise ValueError(f"{MANAGED_BY_LABEL} is not {MANAGED_BY!r}")
-    extra = json.loads(notes.get(METADATA) or "{}")
-    if not isinstance(extra, dict):
-        raise ValueError(f"{METADATA} is not a JSON object")
-    return ContextRecord(
-        namespace=str(metadata["namespace"]),
-        function=str(labels[FUNCTION_LABEL]),
-        runtime=str(labels[RUNTIME_LABEL]),
-        runtime_version=str(notes[RUNTIME_VERSION]),
-        content_hash=str(notes[CONTENT_HASH]),
-        archive_sha256=str(notes[ARCHIVE_SHA256]),
-        size_bytes=int(notes[SIZE_BYTES]),
-        created_at=parse_time(str(notes[CREATED_AT])),
-        expires_at=parse_time(str(notes[EXPIRES_AT])),
-        request_id=str(notes.get(REQUEST_ID, "")),
-        metadata={str(k): str(v) for k, v in extra.items()},
-        retain=str(labels.get(RETAIN, "")).lower() == "true",
-    )
+
+    def lookup(field: RecordField) -> str | None:
+        if field.attr == "namespace":
+            return str(metadata["namespace"])
+        found = (notes if field.wire.place is Place.TEXT else labels).get(_key(field))
+        return None if found is None else str(found)
+
+    return records.from_text(lookup)

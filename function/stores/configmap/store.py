@@ -14,7 +14,7 @@ from opentelemetry import metrics
 
 from ...archive import Archive
 from ...boundary import is_dns_label
-from ...contract import OwnerReference, utc_text
+from ...contract import OwnerReference
 from ...errors import ConfigurationError, StorageConflict, StorageForbidden, StorageUnavailable
 from ...retry import RetryPolicy
 from ...settings import Settings
@@ -34,10 +34,10 @@ from . import errors
 from .api import ConfigMapApi, load_configuration
 from .capacity import CapacityGuard, Caps, Usage
 from .codec import (
-    EXPIRES_AT,
     FUNCTION_LABEL,
     KEY,
     SELECTOR,
+    annotation_changes,
     configmap_body,
     configmap_name,
     context_uri,
@@ -314,8 +314,8 @@ def _reuse_patch(
     garbage-collected; the TTL then governs it."""
     patch: dict[str, Any] = {"resourceVersion": existing["resourceVersion"]}
     refreshed = current.refreshed(record.expires_at)
-    if refreshed.expires_at != current.expires_at:
-        patch["annotations"] = {EXPIRES_AT: utc_text(refreshed.expires_at)}
+    if changed := annotation_changes(current, refreshed):
+        patch["annotations"] = changed
     references = list(existing.get("ownerReferences") or [])
     if references and (owner is None or any(r.get("uid") != owner.uid for r in references)):
         patch["ownerReferences"] = None

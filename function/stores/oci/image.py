@@ -8,9 +8,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ... import record as records
 from ...archive import Archive
-from ...contract import utc_text
-from ..base import MANAGED_BY, ContextRecord, parse_time
+from ...record import MAPPING, ContextRecord, RecordField
+from ..base import MANAGED_BY
 from .client import OCI_MANIFEST
 
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -21,7 +22,6 @@ EMPTY = b"{}"
 EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY).hexdigest()
 ANNOTATION = "dev.build-context."
 MANAGED = ANNOTATION + "managed-by"
-REQUEST_ID_LIMIT = 256
 
 
 def _canonical(value: Any) -> bytes:
@@ -33,17 +33,33 @@ def _descriptor(media_type: str, blob: bytes, **extra: Any) -> dict[str, Any]:
     return {"mediaType": media_type, "digest": digest, "size": len(blob), **extra}
 
 
-def _identity(record: ContextRecord) -> dict[str, str]:
-    """The annotations both manifests carry: who manages it and which context it is."""
-    return {
-        MANAGED: MANAGED_BY,
-        ANNOTATION + "namespace": record.namespace,
-        ANNOTATION + "function": record.function,
-        ANNOTATION + "runtime": record.runtime,
-        ANNOTATION + "runtime-version": record.runtime_version,
-        ANNOTATION + "content-hash": record.content_hash,
-        ANNOTATION + "archive-sha256": record.archive_sha256,
-    }
+IMAGE_FIELDS = (
+    "namespace",
+    "function",
+    "runtime",
+    "runtime_version",
+    "content_hash",
+    "archive_sha256",
+)
+"""What the reproducible context image carries of the record: what is the same for every
+request of this content (the rest lives in the record manifest)."""
+
+
+def _annotations(record: ContextRecord, only: tuple[str, ...] | None = None) -> dict[str, str]:
+    """The key rule: `ANNOTATION` + each field's kebab-case name; `only` these attributes."""
+    notes = {MANAGED: MANAGED_BY}
+    for field, text in records.text_fields(record):
+        if only is None or field.attr in only:
+            notes[ANNOTATION + field.kebab] = _spaced(record, field, text)
+    return notes
+
+
+def _spaced(record: ContextRecord, field: RecordField, text: str) -> str:
+    """A JSON object as this store has always written it, with spaces after `,` and `:`, so
+    that a record is byte for byte what earlier versions wrote (either form reads back)."""
+    if field.wire.codec is not MAPPING:
+        return text
+    return json.dumps(dict(getattr(record, field.attr)), sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,7 @@ class ContextImage:
             }
         )
         annotations = {
-            **_identity(record),
+            **_annotations(record, IMAGE_FIELDS),
             "org.opencontainers.image.title": f"{record.function} build context",
         }
         layer = {
@@ -100,14 +116,7 @@ class ContextImage:
 
 def record_manifest(record: ContextRecord, context: ContextImage) -> bytes:
     empty = _descriptor(EMPTY_TYPE, EMPTY, data=base64.b64encode(EMPTY).decode())
-    annotations = {
-        **_identity(record),
-        ANNOTATION + "size-bytes": str(record.size_bytes),
-        ANNOTATION + "created-at": utc_text(record.created_at),
-        ANNOTATION + "expires-at": utc_text(record.expires_at),
-        ANNOTATION + "request-id": record.request_id[:REQUEST_ID_LIMIT],
-        ANNOTATION + "metadata": json.dumps(dict(record.metadata), sort_keys=True),
-    }
+    annotations = _annotations(record)
     return _canonical(
         {
             "schemaVersion": 2,
@@ -132,20 +141,8 @@ def record_from_manifest(data: bytes) -> tuple[ContextRecord, str]:
         notes = manifest["annotations"]
         if manifest.get("artifactType") != RECORD_TYPE or notes.get(MANAGED) != MANAGED_BY:
             raise ValueError("not a build-context record")
-        metadata = json.loads(notes[ANNOTATION + "metadata"])
-        record = ContextRecord(
-            namespace=str(notes[ANNOTATION + "namespace"]),
-            function=str(notes[ANNOTATION + "function"]),
-            runtime=str(notes[ANNOTATION + "runtime"]),
-            runtime_version=str(notes[ANNOTATION + "runtime-version"]),
-            content_hash=str(notes[ANNOTATION + "content-hash"]),
-            archive_sha256=str(notes[ANNOTATION + "archive-sha256"]),
-            size_bytes=int(notes[ANNOTATION + "size-bytes"]),
-            created_at=parse_time(str(notes[ANNOTATION + "created-at"])),
-            expires_at=parse_time(str(notes[ANNOTATION + "expires-at"])),
-            request_id=str(notes.get(ANNOTATION + "request-id", "")),
-            metadata={str(k): str(v) for k, v in dict(metadata).items()},
-        )
+        # A pin is a tag of its own (cleanup.py), never part of the record.
+        record = records.from_text(lambda field: notes.get(ANNOTATION + field.kebab), retain=False)
         return record, str(manifest["subject"]["digest"])
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"unreadable record: {error}") from None

@@ -2,58 +2,47 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import quote, unquote
 
-from ..base import MANAGED_BY, ContextRecord, record_fields, record_from_fields
+from ... import record as records
+from ...record import ContextRecord
+from ..base import MANAGED_BY
 
 SUFFIX = ".tar.gz"
 MARKER = "managed-by"
 METADATA_BUDGET = 2000
-"""AWS allows 2 KiB of user metadata; the request's own metadata is left out beyond this."""
-REQUEST_ID_LIMIT = 256
-
-_RECORD_FIELDS = (
-    "namespace",
-    "function",
-    "runtime",
-    "runtimeVersion",
-    "contentHash",
-    "archiveSha256",
-    "sizeBytes",
-    "createdAt",
-    "expiresAt",
-)
-
-
-def _kebab(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+"""AWS allows 2 KiB of user metadata (keys and values); what does not fit is left out."""
 
 
 def object_metadata(record: ContextRecord) -> dict[str, str]:
-    """The record as S3 user metadata: lowercase keys, US-ASCII values, within 2 KiB."""
-    fields = record_fields(record)
+    """The record as S3 user metadata. The key rule: each field's kebab-case name (S3 returns
+    keys in lowercase); values US-ASCII, free text percent-encoded; in table order within
+    `METADATA_BUDGET`, an optional field that does not fit, or holds its default, left out
+    (reading gives the default back: the reply then says what is stored)."""
     metadata = {MARKER: MANAGED_BY}
-    metadata.update({_kebab(name): str(fields[name]) for name in _RECORD_FIELDS})
-    metadata["request-id"] = quote(record.request_id[:REQUEST_ID_LIMIT], safe="")
-    if record.metadata:
-        extra = json.dumps(dict(record.metadata), ensure_ascii=True, separators=(",", ":"))
-        used = sum(len(k) + len(v) for k, v in metadata.items())
-        if used + len("metadata") + len(extra) <= METADATA_BUDGET:
-            metadata["metadata"] = extra
+    used = len(MARKER) + len(MANAGED_BY)
+    for field, text in records.text_fields(record):
+        value = quote(text, safe="") if field.wire.codec.free_text else text
+        if not field.required and (
+            getattr(record, field.attr) == field.default
+            or used + len(field.kebab) + len(value) > METADATA_BUDGET
+        ):
+            continue
+        metadata[field.kebab] = value
+        used += len(field.kebab) + len(value)
     return metadata
 
 
 def record_from_metadata(metadata: Mapping[str, str], retain: bool = False) -> ContextRecord:
     """KeyError or ValueError when the metadata is not a whole record."""
-    fields: dict[str, Any] = {name: metadata[_kebab(name)] for name in _RECORD_FIELDS}
-    fields["requestId"] = unquote(metadata.get("request-id", ""))
-    fields["metadata"] = json.loads(metadata.get("metadata") or "{}")
-    fields["retain"] = retain
-    return record_from_fields(fields)
+
+    def lookup(field: records.RecordField) -> str | None:
+        text = metadata.get(field.kebab)
+        return unquote(text) if text is not None and field.wire.codec.free_text else text
+
+    return records.from_text(lookup, retain=retain)
 
 
 def managed(metadata: Mapping[str, str]) -> bool:
