@@ -54,14 +54,14 @@ class Settings(BaseSettings):
         ge=0,
         le=256,
         description="Worker threads of each server process; 0: 2 with the filesystem store, 4 "
-        "with a store on the network (ConfigMap, S3, OCI). See README, Speed.",
+        "with a store on the network (ConfigMap, S3, OCI). See docs/serving.md.",
     )
     processes: int = Field(
         0,
         ge=0,
         le=64,
         description="Server processes sharing the port, each with its own threads; 0: two per "
-        "CPU the container may use (affinity and cgroup quota), at most 4. See README, Speed.",
+        "CPU the container may use (affinity and cgroup quota), at most 4. See docs/serving.md.",
     )
     shutdown_grace_seconds: float = Field(
         25.0, ge=0, le=300, description="On SIGTERM, how long in-flight requests may take."
@@ -281,13 +281,13 @@ class Settings(BaseSettings):
     require_locked_dependencies: bool = Field(
         False,
         description="Refuse requests whose dependencies come without a `lockFile` "
-        "(hermetic builds). README, Locked dependencies.",
+        "(hermetic builds). docs/validation.md, Locked dependencies.",
     )
     secret_scan: Literal["refuse", "warn", "off"] = Field(
         "refuse",
         description="Credentials found in the source (private keys, cloud keys, tokens, "
         "kubeconfigs, passwords in URLs, high-entropy assignments): `refuse` the request "
-        "(InvalidSource), `warn` (log and list them in the reply), or `off`. README, Secrets.",
+        "(InvalidSource), `warn` (log and list them in the reply), or `off`. docs/validation.md, Secrets.",
     )
 
     # --- supply chain --------------------------------------------------------------------

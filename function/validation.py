@@ -4,7 +4,7 @@ files first, so that no source clashes with one)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +132,7 @@ def validate(request: BuildContextRequest, settings: Settings) -> ValidRequest:
             "(BUILD_CONTEXT_MAX_DEPENDENCIES)"
         )
         raise InvalidRequest(message, [FieldError(message, field="dependencies")])
+    check_dependency_lengths(request.dependencies)
     deps = runtime.dependencies(request.dependencies, settings)
     lock = _lock(request, runtime, deps, settings, version)
     # The generated files' names never depend on the sources; their content may (package.json's
@@ -344,11 +345,31 @@ def _builder_file_problem(folded: str) -> str | None:
     return None
 
 
+def check_dependency_lengths(dependencies: Sequence[str] | Mapping[str, str]) -> None:
+    if isinstance(dependencies, Mapping):
+        sizes = [
+            (f"dependencies.{boundary.escaped(name)}", len(name) + len(spec))
+            for name, spec in dependencies.items()
+        ]
+    else:
+        sizes = [(f"dependencies[{index}]", len(spec)) for index, spec in enumerate(dependencies)]
+    problems = [
+        FieldError(
+            f"{size} characters; the limit is {boundary.DEPENDENCY_MAX} per dependency: name "
+            "one package and a version range, without long markers",
+            field=where,
+        )
+        for where, size in sizes
+        if size > boundary.DEPENDENCY_MAX
+    ]
+    if problems:
+        raise InvalidRequest(f"{problems[0].field}: {problems[0].message}", problems)
+
+
 def _syntax(sources: Mapping[str, str], runtime: Runtime, version: str) -> None:
-    problems: list[FieldError] = []
-    for path, text in sources.items():
-        if runtime.is_source(path):
-            problems += runtime.source_errors(path, text, version)
+    problems = runtime.source_errors(
+        {path: text for path, text in sources.items() if runtime.is_source(path)}, version
+    )
     if problems:
         first = problems[0]
         raise InvalidSource(f"{first.file}: {first.message}", problems)

@@ -69,9 +69,9 @@ class Runtime(ABC):
         """Check the request's dependencies; return them canonical and sorted."""
 
     @abstractmethod
-    def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
-        """The first syntax error of a source file (empty when it compiles); for the entry
-        file, also what the runtime needs of it beyond syntax."""
+    def source_errors(self, sources: Mapping[str, str], version: str) -> list[FieldError]:
+        """The first syntax error of each source file (none when it compiles), checked within
+        bounded work; for the entry file, also what the runtime needs of it beyond syntax."""
 
     @abstractmethod
     def lock(self, text: str, deps: Pinned, settings: Settings, version: str) -> Lock:
@@ -168,6 +168,6 @@ def lock_error(problem: str, runtime: str, line: int | None = None) -> InvalidRe
     where = f"line {line}: " if line else ""
     message = f"lockFile: {where}{problem}"
     return InvalidRequest(
-        f"{message} (the {runtime} lock file; see README, Locked dependencies)",
+        f"{message} (the {runtime} lock file; see docs/validation.md, Locked dependencies)",
         [FieldError(message, field="lockFile", line=line)],
     )

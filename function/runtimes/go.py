@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import tree_sitter_go
-
 from ..boundary import quote
 from ..errors import FieldError
 from ..settings import Settings
@@ -22,7 +20,7 @@ from .base import (
 )
 from .treesitter import TreeSitterGrammar
 
-_GRAMMAR = TreeSitterGrammar(tree_sitter_go.language(), "Go")
+_GRAMMAR = TreeSitterGrammar("go", "Go")
 # golang.org/x/mod/module.CheckPath: a dotted lowercase host first, then path elements.
 _FIRST = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
 _ELEMENT = re.compile(r"[A-Za-z0-9_~-](?:[A-Za-z0-9._~-]*[A-Za-z0-9_~-])?")
@@ -157,33 +155,26 @@ class GoRuntime(SpecifierListRuntime):
                     )
         return {"sums": [f"{m} {v} {h}" for (m, v), h in sorted(sums.items())]}
 
-    def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
-        parsed = _GRAMMAR.parse(text)
-        errors = _GRAMMAR.first_error(path, parsed)
-        if errors or path != self.entry_file:
-            return errors
-        root = parsed.root
-        package = next((c for c in root.children if c.type == "package_clause"), None)
-        name = (
-            parsed.text(package.named_children[0]) if package and package.named_children else None
-        )
-        has_main = any(
-            c.type == "function_declaration"
-            and (node := c.child_by_field_name("name")) is not None
-            and parsed.text(node) == b"main"
-            for c in root.children
-        )
-        if name == b"main" and has_main:
-            return []
-        return [
-            FieldError(
-                "the entry file must declare 'package main' with a 'func main()' so that it "
-                "builds into a command",
-                file=path,
-                line=1 if package is None else package.start_point[0] + 1,
-                column=1,
-            )
-        ]
+    def source_errors(self, sources: Mapping[str, str], version: str) -> list[FieldError]:
+        problems: list[FieldError] = []
+        for path, outcome in _GRAMMAR.check(sources, entry=self.entry_file):
+            errors = _GRAMMAR.errors(path, outcome)
+            if (
+                not errors
+                and path == self.entry_file
+                and not (outcome.package and outcome.package[0] == "main" and outcome.has_main)
+            ):
+                errors = [
+                    FieldError(
+                        "the entry file must declare 'package main' with a 'func main()' so "
+                        "that it builds into a command",
+                        file=path,
+                        line=outcome.package[1] if outcome.package else 1,
+                        column=1,
+                    )
+                ]
+            problems += errors
+        return problems
 
     def tool_file_problem(self, path: str) -> str | None:
         name = path.rsplit("/", 1)[-1]

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import semantic_version
-import tree_sitter_javascript
 
 from .. import boundary
 from ..boundary import quote
@@ -46,7 +45,7 @@ _NPM_RANGE = re.compile(rf"{_RANGE}(?: \|\| {_RANGE})*")
 _NPM_RANGE_MAX = 256
 # npm-package-arg reads a spec ending like a tarball as a local file, before trying semver.
 _TARBALL = re.compile(r"(?i).*\.(?:tgz|tar\.gz|tar)")
-_GRAMMAR = TreeSitterGrammar(tree_sitter_javascript.language(), "JavaScript")
+_GRAMMAR = TreeSitterGrammar("javascript", "JavaScript")
 _REGISTRY = "https://registry.npmjs.org/"
 # Subresource Integrity as npm writes it: one or more `sha512-<base64>` (sha1 is refused).
 _INTEGRITY = re.compile(r"sha512-[A-Za-z0-9+/]{86}==(?: sha512-[A-Za-z0-9+/]{86}==)*")
@@ -178,8 +177,8 @@ class NodeRuntime(Runtime):
             "packages": locked,
         }
 
-    def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
-        return _GRAMMAR.first_error(path, _GRAMMAR.parse(text))
+    def source_errors(self, sources: Mapping[str, str], version: str) -> list[FieldError]:
+        return _GRAMMAR.first_errors(sources)
 
     def tool_file_problem(self, path: str) -> str | None:
         if path.split("/", 1)[0] == "node_modules":
@@ -354,15 +353,12 @@ def all_es_modules(sources: Mapping[str, str]) -> bool:
     parses it again as an ES module; "type": "module" says so at once. With one CommonJS file
     among them it stays unset, since "module" would break that file (.mjs and .cjs files say
     what they are whatever the type)."""
-    scripts = [text for path, text in sources.items() if path.endswith(".js")]
-    if not scripts or not all("import" in text or "export" in text for text in scripts):
+    scripts = {path: text for path, text in sources.items() if path.endswith(".js")}
+    if not scripts or not all("import" in text or "export" in text for text in scripts.values()):
         return False  # a file without the words has no such statement: no parse needed
+    # Parsed by the syntax checker, within its budgets, as the syntax check was: never here.
     return all(
-        any(
-            child.type in ("import_statement", "export_statement")
-            for child in _GRAMMAR.parse(text).root.children
-        )
-        for text in scripts
+        outcome.verdict == "ok" and outcome.es_module for _, outcome in _GRAMMAR.check(scripts)
     )
 
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import ast
-import io
 import re
 import sys
-import tokenize
 import warnings
 from collections.abc import Mapping
 
-import tree_sitter_python
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -18,7 +14,7 @@ from packaging.utils import canonicalize_name
 from ..boundary import quote
 from ..errors import FieldError
 from ..settings import Settings
-from . import markers
+from . import markers, python_syntax
 from .base import (
     GENERATED_FOR_EVERY_RUNTIME,
     MAX_LOCK_ENTRIES,
@@ -29,9 +25,7 @@ from .base import (
     lock_error,
     with_build_ca,
 )
-from .treesitter import TreeSitterGrammar, too_deep
 
-_GRAMMAR = TreeSitterGrammar(tree_sitter_python.language(), "Python")
 # compile() of the caller's source and packaging's reading of marker strings (ast.literal_eval)
 # warn about the caller's text (invalid escape sequences): not ours to log, so never printed.
 warnings.filterwarnings("ignore", category=SyntaxWarning)
@@ -211,45 +205,8 @@ class PythonRuntime(SpecifierListRuntime):
                 )
         return {"requirements": [entries[name] for name in sorted(entries)]}
 
-    def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
-        """Compile to bytecode (never run): 5x faster than building an AST, and it reports what
-        py_compile would, such as 'return' outside a function. The UTF-8 bytes are compiled, as
-        CPython reads the stored file: a BOM is allowed, a coding cookie is honoured (and must
-        say UTF-8, since that is how the file is stored). compile() ignores the grammar
-        version, so an older version is also parsed with its own grammar (ast, slower, only
-        for those requests) and checked for 3.12 f-strings (PEP 701), which ast accepts. A
-        version newer than the serving interpreter is checked with the tree-sitter grammar,
-        which knows newer syntax: more lenient, but it never refuses valid code. Only the
-        serving minor is exact: `check_is_exact` says so, and the reply warns otherwise."""
-        source = text.encode("utf-8")
-        problem = _encoding_problem(path, source)
-        if problem:
-            return [problem]
-        minor = int(version.split(".")[1])
-        if minor > sys.version_info[1]:
-            return _GRAMMAR.first_error(path, _GRAMMAR.parse(text))
-        try:
-            compile(source, path, "exec", dont_inherit=True)
-            if minor < sys.version_info[1]:
-                ast.parse(source, path, feature_version=(3, minor))
-                if minor < 12:
-                    problem = _pep701_problem(path, text, version)
-                    if problem:
-                        return [problem]
-        except SyntaxError as exc:
-            line, column = exc.lineno or 1, exc.offset or 1
-            return [
-                FieldError(
-                    f"Python {version} syntax error: {exc.msg} at line {line}, column {column}; "
-                    "fix the source so that it compiles",
-                    file=path,
-                    line=line,
-                    column=column,
-                )
-            ]
-        except (RecursionError, MemoryError):
-            return [too_deep(path, f"Python {version}")]
-        return []
+    def source_errors(self, sources: Mapping[str, str], version: str) -> list[FieldError]:
+        return python_syntax.source_errors(sources, version)
 
     def check_is_exact(self, version: str) -> bool:
         return version == f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -322,82 +279,3 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
 
 
 RUNTIME = PythonRuntime()
-
-
-def _encoding_problem(path: str, source: bytes) -> FieldError | None:
-    """A coding cookie CPython does not know, or one other than UTF-8 (the stored encoding)."""
-    try:
-        encoding, _ = tokenize.detect_encoding(io.BytesIO(source).readline)
-    except SyntaxError as exc:
-        message = str(exc.msg if hasattr(exc, "msg") else exc)
-        return FieldError(
-            f"Python cannot read the file: {quote(message, 120)}; remove the coding "
-            "declaration or write '# -*- coding: utf-8 -*-'",
-            file=path,
-            line=1,
-            column=1,
-        )
-    if encoding not in ("utf-8", "utf-8-sig"):
-        return FieldError(
-            f"the file declares the coding {quote(encoding)}, but it is stored as UTF-8: "
-            "remove the coding declaration or write '# -*- coding: utf-8 -*-'",
-            file=path,
-            line=1,
-            column=1,
-        )
-    return None
-
-
-# Token types of the 3.12+ tokenizer (the serving interpreter); -1 never matches.
-_FSTRING_START: int = getattr(tokenize, "FSTRING_START", -1)
-_FSTRING_MIDDLE: int = getattr(tokenize, "FSTRING_MIDDLE", -1)
-_FSTRING_END: int = getattr(tokenize, "FSTRING_END", -1)
-
-
-def _pep701_problem(path: str, text: str, version: str) -> FieldError | None:
-    """An f-string that only Python 3.12+ reads (PEP 701): the f-string's own quote inside a
-    replacement field, a backslash or a comment in one. The serving tokenizer (3.12+) splits
-    f-strings into parts, which shows the replacement fields."""
-    stack: list[str] = []
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
-    except (tokenize.TokenError, SyntaxError, RecursionError, MemoryError):
-        return None
-    for token in tokens:
-        if token.type == _FSTRING_START:
-            if stack and _clash(_quote_of(token.string), stack[-1]):
-                return _pep701(path, token.start, version, "reuses the enclosing f-string's quotes")
-            stack.append(_quote_of(token.string))
-        elif token.type == _FSTRING_END:
-            if stack:
-                stack.pop()
-        elif stack and token.type != _FSTRING_MIDDLE:
-            if token.type == tokenize.STRING and _clash(_quote_of(token.string), stack[-1]):
-                return _pep701(path, token.start, version, "reuses the f-string's quotes")
-            if token.type == tokenize.COMMENT:
-                return _pep701(path, token.start, version, "has a comment")
-            if "\\" in token.string:
-                return _pep701(path, token.start, version, "has a backslash")
-    return None
-
-
-def _quote_of(token: str) -> str:
-    body = token.lstrip("rRbBfFuUtT")
-    return body[:3] if body[:3] in ('"""', "'''") else body[:1]
-
-
-def _clash(inner: str, outer: str) -> bool:
-    """Before 3.12, a string inside a replacement field ended the f-string at its quote."""
-    return inner[0] == outer[0] and len(inner) >= len(outer)
-
-
-def _pep701(path: str, start: tuple[int, int], version: str, what: str) -> FieldError:
-    line, column = start[0], start[1] + 1
-    return FieldError(
-        f"Python {version} syntax error: an f-string replacement field {what} at line {line}, "
-        f"column {column}; Python before 3.12 cannot read it: use other quotes or a variable, "
-        "or ask for runtimeVersion 3.12 or later",
-        file=path,
-        line=line,
-        column=column,
-    )
