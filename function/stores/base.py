@@ -72,6 +72,9 @@ class Store(ABC, Generic[H]):
     """Backends fill in the four primitives; the rest has defaults that a backend may beat."""
 
     backend: str
+    lists_by_function = False
+    """True when `list` yields each function's contexts one after another: cleanup then holds
+    the newest of one function at a time instead of every function's (cleanup.py)."""
 
     def check(self) -> None:
         """Fail at start-up (ConfigurationError) when the store cannot work at all."""
