@@ -248,6 +248,14 @@ class _BeforeImages(BaseSettings):
         "line is not held to it).",
     )
     cleanup_page_size: int = Field(500, ge=1, le=1000, description="Items per list page.")
+    cleanup_concurrency: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Requests the S3 and OCI stores keep in flight during cleanup: contexts "
+        "read while listing, and contexts re-checked and deleted (each a few requests in turn). "
+        "Raise it for a distant endpoint.",
+    )
 
     # --- limits per caller ---------------------------------------------------------------
     max_contexts_per_function: int = Field(

@@ -78,6 +78,9 @@ class Store(ABC, Generic[H]):
     setting_names: tuple[str, ...]
     """The Settings fields the store reads (its BUILD_CONTEXT_* variables)."""
     docs_page: str
+    lists_by_function = False
+    """True when `list` yields each function's contexts one after another: cleanup then holds
+    the newest of one function at a time instead of every function's (cleanup.py)."""
 
     def check(self) -> None:
         """Fail at start-up (ConfigurationError) when the store cannot work at all."""

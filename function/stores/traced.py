@@ -18,6 +18,7 @@ class TracedStore(Store[H]):
     def __init__(self, inner: Store[H], telemetry: Telemetry) -> None:
         self.inner = inner
         self.backend = inner.backend
+        self.lists_by_function = inner.lists_by_function
         self.telemetry = telemetry
 
     def check(self) -> None:

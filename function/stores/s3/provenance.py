@@ -60,10 +60,9 @@ class AttestedS3Store(S3Store):
     def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
         key = envelope_key(self.key(namespace, function, content_hash))
         try:
-            data: bytes = self.objects.send("get_object", key)["Body"].read()
+            return self.objects.read(key)
         except NotFound:
             raise KeyError((namespace, function, content_hash)) from None
-        return data
 
     def delete(self, item: Listed[Head], still_expired: StillExpired) -> Deletion:
         deletion = super().delete(item, still_expired)
