@@ -157,29 +157,15 @@ class _Checker:
         }
         with self._lock:
             process = self._started()
-            assert process.stdin is not None and process.stdout is not None
-            outcomes: list[Outcome] = []
-            clock = None
             try:
-                process.stdin.write(json.dumps(header).encode() + b"\n")
-                for _, source in files:
-                    process.stdin.write(source)
-                process.stdin.flush()
-                while line := process.stdout.readline():
-                    fields = json.loads(line)
-                    if "clock" in fields:
-                        clock = float(fields["clock"])
-                    elif "leaving" in fields:
-                        if fields["leaving"]:
-                            self.stop()
-                        return outcomes, 0.0
-                    else:
-                        outcomes.append(_outcome(fields))
-            except BrokenPipeError:
-                pass  # it died: its exit status says how
+                outcomes, clock, leaving = _exchange(process, header, files)
             except BaseException:
                 self.stop()
                 raise
+            if leaving is not None:
+                if leaving:
+                    self.stop()
+                return outcomes, 0.0
             exitcode, spent = self._reap()
         verdict = _LIMITS.get(-exitcode)
         if verdict is None or clock is None:
@@ -219,6 +205,32 @@ class _Checker:
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         return process.returncode, usage.ru_utime + usage.ru_stime
+
+
+def _exchange(
+    process: subprocess.Popen[bytes], header: dict[str, Any], files: Sequence[tuple[str, bytes]]
+) -> tuple[list[Outcome], float | None, bool | None]:
+    """One request sent and its answer read: the outcomes, the checker's CPU clock, and whether
+    it leaves now (None: it died before it answered in full; its exit status says how)."""
+    assert process.stdin is not None and process.stdout is not None
+    outcomes: list[Outcome] = []
+    clock = None
+    try:
+        process.stdin.write(json.dumps(header).encode() + b"\n")
+        for _, source in files:
+            process.stdin.write(source)
+        process.stdin.flush()
+        while line := process.stdout.readline():
+            fields = json.loads(line)
+            if "clock" in fields:
+                clock = float(fields["clock"])
+            elif "leaving" in fields:
+                return outcomes, clock, bool(fields["leaving"])
+            else:
+                outcomes.append(_outcome(fields))
+    except BrokenPipeError:
+        pass
+    return outcomes, clock, None
 
 
 def _close(process: subprocess.Popen[bytes]) -> None:

@@ -141,26 +141,25 @@ def inspect(
     es_module = any(c.type in ("import_statement", "export_statement") for c in root.children)
     if not entry:
         return Outcome("ok", steps=steps, es_module=es_module)
-    package = next((c for c in root.children if c.type == "package_clause"), None)
-    name = package.named_children[0] if package is not None and package.named_children else None
+    package, has_main = _go_entry(root, source)
+    return Outcome("ok", steps=steps, package=package, has_main=has_main, es_module=es_module)
+
+
+def _go_entry(root: Node, source: bytes) -> tuple[tuple[str, int] | None, bool]:
+    """A Go entry file's package clause (its name and line; None: no clause), and whether it
+    declares `func main()`."""
+    clause = next((c for c in root.children if c.type == "package_clause"), None)
+    package = None
+    if clause is not None:
+        name = clause.named_children[0] if clause.named_children else None
+        package = (_text(source, name) if name is not None else "", clause.start_point[0] + 1)
     has_main = any(
         c.type == "function_declaration"
         and (node := c.child_by_field_name("name")) is not None
         and source[node.start_byte : node.end_byte] == b"main"
         for c in root.children
     )
-    return Outcome(
-        "ok",
-        steps=steps,
-        package=None
-        if package is None
-        else (
-            _text(source, name) if name is not None else "",
-            package.start_point[0] + 1,
-        ),
-        has_main=has_main,
-        es_module=es_module,
-    )
+    return package, has_main
 
 
 def _text(source: bytes, node: Node) -> str:

@@ -189,13 +189,21 @@ def _pep701_problem(path: str, text: str, version: str) -> FieldError | None:
         elif token.type == _FSTRING_END:
             if stack:
                 stack.pop()
-        elif stack and token.type != _FSTRING_MIDDLE:
-            if token.type == tokenize.STRING and _clash(_quote_of(token.string), stack[-1]):
-                return _pep701(path, token.start, version, "reuses the f-string's quotes")
-            if token.type == tokenize.COMMENT:
-                return _pep701(path, token.start, version, "has a comment")
-            if "\\" in token.string:
-                return _pep701(path, token.start, version, "has a backslash")
+        elif stack and (what := _inside_field(token, stack[-1])):
+            return _pep701(path, token.start, version, what)
+    return None
+
+
+def _inside_field(token: tokenize.TokenInfo, quote: str) -> str | None:
+    """What a token inside a replacement field has that only 3.12+ reads (None: nothing)."""
+    if token.type == _FSTRING_MIDDLE:
+        return None
+    if token.type == tokenize.STRING and _clash(_quote_of(token.string), quote):
+        return "reuses the f-string's quotes"
+    if token.type == tokenize.COMMENT:
+        return "has a comment"
+    if "\\" in token.string:
+        return "has a backslash"
     return None
 
 
