@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from pydantic.alias_generators import to_camel
 
+from .errors import FailureReason
 from .runtimes import DEFAULT, RUNTIMES
 
 REQUESTED = "remediation.buildcontext.requested"
@@ -166,19 +167,6 @@ class ErrorDetail(_Model):
     file: str | None = None
     line: int | None = None
     column: int | None = None
-
-
-FailureReason = Literal[
-    "InvalidRequest",
-    "UnsupportedRuntime",
-    "InvalidSource",
-    "ContextTooLarge",
-    "QuotaExceeded",
-    "StorageUnavailable",
-    "StorageForbidden",
-    "InternalError",
-]
-"""The `reason` of a `buildcontext.failed` event; each is one class in errors.py."""
 
 
 class BuildContextFailed(_Model):

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Literal
 
 from .credentials import redact
 
-if TYPE_CHECKING:  # the contract describes the runtimes, whose modules raise these errors
-    from .contract import FailureReason
+FailureReason = Literal[
+    "InvalidRequest",
+    "UnsupportedRuntime",
+    "InvalidSource",
+    "ContextTooLarge",
+    "QuotaExceeded",
+    "StorageUnavailable",
+    "StorageForbidden",
+    "InternalError",
+]
+"""The `reason` of a `buildcontext.failed` event; each is one class below."""
+
 
 MAX_ERRORS = 20
 """Errors a failure lists; the rest are only counted, so that a request full of mistakes (or

@@ -7,16 +7,13 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import AfterValidator, Field
 
 from ..archive import GENERATED_DOTFILES
 from ..boundary import quote
 from ..errors import FieldError, InvalidRequest
-
-if TYPE_CHECKING:  # settings.py builds its image fields from the runtimes: no import at run time
-    from ..settings import Settings
 
 Dependencies = Sequence[str] | Mapping[str, str]
 Pinned = tuple[tuple[str, str], ...]
@@ -83,6 +80,17 @@ class BaseImage:
         return template, Field(self.default, description=self.description)
 
 
+class RuntimeSettings(Protocol):
+    """What a runtime reads of the settings. settings.Settings offers it, and builds its image
+    fields from the runtimes' declarations: so the runtimes name it by what they read, and
+    the two packages do not import each other."""
+
+    @property
+    def allow_url_dependencies(self) -> bool: ...
+
+    def image(self, image: BaseImage, version: str) -> str: ...
+
+
 @dataclass(frozen=True)
 class Rendered:
     """Files the function writes into the context, next to the caller's sources."""
@@ -120,7 +128,7 @@ class Runtime(ABC):
         return list(values)
 
     @abstractmethod
-    def dependencies(self, deps: Dependencies, settings: Settings) -> Pinned:
+    def dependencies(self, deps: Dependencies, settings: RuntimeSettings) -> Pinned:
         """Check the request's dependencies; return them canonical and sorted."""
 
     @abstractmethod
@@ -129,7 +137,7 @@ class Runtime(ABC):
         bounded work; for the entry file, also what the runtime needs of it beyond syntax."""
 
     @abstractmethod
-    def lock(self, text: str, deps: Pinned, settings: Settings, version: str) -> Lock:
+    def lock(self, text: str, deps: Pinned, settings: RuntimeSettings, version: str) -> Lock:
         """Check the request's lock file against the checked dependencies (InvalidRequest):
         every declared dependency is pinned by an entry the `version` image installs."""
 
@@ -138,7 +146,7 @@ class Runtime(ABC):
         self,
         version: str,
         deps: Pinned,
-        settings: Settings,
+        settings: RuntimeSettings,
         lock: Lock | None = None,
         sources: Mapping[str, str] | None = None,
     ) -> Rendered:
@@ -173,7 +181,7 @@ class SpecifierListRuntime(Runtime):
 
     joiner: str
 
-    def dependencies(self, deps: Dependencies, settings: Settings) -> Pinned:
+    def dependencies(self, deps: Dependencies, settings: RuntimeSettings) -> Pinned:
         problems: list[FieldError] = []
         checked: list[tuple[int, str, str]] = []
         for index, spec in enumerate(as_list(deps, self.joiner)):
@@ -185,7 +193,7 @@ class SpecifierListRuntime(Runtime):
         return self.pinned(problems, checked)
 
     @abstractmethod
-    def check_specifier(self, spec: str, settings: Settings) -> tuple[str, str] | str:
+    def check_specifier(self, spec: str, settings: RuntimeSettings) -> tuple[str, str] | str:
         """One entry as (canonical name, specifier to write), or what is wrong with it."""
 
 

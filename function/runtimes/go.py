@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from ..boundary import quote
 from ..errors import FieldError
@@ -15,14 +14,12 @@ from .base import (
     Lock,
     Pinned,
     Rendered,
+    RuntimeSettings,
     SpecifierListRuntime,
     lock_error,
     with_build_ca,
 )
 from .treesitter import TreeSitterGrammar
-
-if TYPE_CHECKING:
-    from ..settings import Settings
 
 _GRAMMAR = TreeSitterGrammar("go", "Go")
 # golang.org/x/mod/module.CheckPath: a dotted lowercase host first, then path elements.
@@ -126,7 +123,7 @@ class GoRuntime(SpecifierListRuntime):
     dependency_example = "github.com/google/uuid@v1.6.0"
     joiner = "@"
 
-    def check_specifier(self, spec: str, settings: Settings) -> tuple[str, str] | str:
+    def check_specifier(self, spec: str, settings: RuntimeSettings) -> tuple[str, str] | str:
         module, at, version = spec.rpartition("@")
         if not at:
             return (
@@ -138,7 +135,7 @@ class GoRuntime(SpecifierListRuntime):
             return f"module path {quote(module)} {problem}"
         return version_problem(module, version) or (module, version)
 
-    def lock(self, text: str, deps: Pinned, settings: Settings, version: str) -> Lock:
+    def lock(self, text: str, deps: Pinned, settings: RuntimeSettings, version: str) -> Lock:
         """A go.sum: `module version h1:…` and `module version/go.mod h1:…` lines. Every
         declared module needs both; with -mod=readonly the build then fails on any module
         whose sum is missing or differs, so `dependencies` must list every module the build
@@ -192,7 +189,7 @@ class GoRuntime(SpecifierListRuntime):
         self,
         version: str,
         deps: Pinned,
-        settings: Settings,
+        settings: RuntimeSettings,
         lock: Lock | None = None,
         sources: Mapping[str, str] | None = None,
     ) -> Rendered:

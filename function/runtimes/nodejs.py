@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import semantic_version
 
@@ -20,13 +20,11 @@ from .base import (
     Pinned,
     Rendered,
     Runtime,
+    RuntimeSettings,
     with_build_ca,
 )
 from .npm_lock import NPM_NAME, read_lock
 from .treesitter import TreeSitterGrammar
-
-if TYPE_CHECKING:
-    from ..settings import Settings
 
 # The semver ranges npm-package-arg reads as ranges, and nothing it reads otherwise: plain
 # ASCII comparators, X-ranges, hyphen ranges and ||. No tags, URLs, git, file:, npm: aliases.
@@ -70,7 +68,7 @@ class NodeRuntime(Runtime):
             pairs[value[:at] if at > 0 else value] = value[at + 1 :] if at > 0 else "*"
         return pairs
 
-    def dependencies(self, deps: Dependencies, settings: Settings) -> Pinned:
+    def dependencies(self, deps: Dependencies, settings: RuntimeSettings) -> Pinned:
         if not isinstance(deps, Mapping):
             if not deps:
                 return ()
@@ -109,7 +107,7 @@ class NodeRuntime(Runtime):
             pairs.append((index, name, spec))
         return self.pinned(problems, pairs)
 
-    def lock(self, text: str, deps: Pinned, settings: Settings, version: str) -> Lock:
+    def lock(self, text: str, deps: Pinned, settings: RuntimeSettings, version: str) -> Lock:
         """A package-lock.json, as npm ci installs it (npm_lock.read_lock)."""
         return read_lock(text, deps)
 
@@ -130,7 +128,7 @@ class NodeRuntime(Runtime):
         self,
         version: str,
         deps: Pinned,
-        settings: Settings,
+        settings: RuntimeSettings,
         lock: Lock | None = None,
         sources: Mapping[str, str] | None = None,
     ) -> Rendered:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -19,13 +18,11 @@ from .base import (
     Lock,
     Pinned,
     Rendered,
+    RuntimeSettings,
     SpecifierListRuntime,
     with_build_ca,
 )
 from .pip_requirements import PIP_LINE, line_problem, read_lock
-
-if TYPE_CHECKING:
-    from ..settings import Settings
 
 # compile() of the caller's source and packaging's reading of marker strings (ast.literal_eval)
 # warn about the caller's text (invalid escape sequences): not ours to log, so never printed.
@@ -53,7 +50,7 @@ class PythonRuntime(SpecifierListRuntime):
     dependency_example = "requests>=2.31"
     joiner = ""
 
-    def check_specifier(self, spec: str, settings: Settings) -> tuple[str, str] | str:
+    def check_specifier(self, spec: str, settings: RuntimeSettings) -> tuple[str, str] | str:
         text = spec.strip()
         if text.startswith("-"):
             return (
@@ -84,7 +81,7 @@ class PythonRuntime(SpecifierListRuntime):
             return f"{quote(text)} {problem}"
         return canonicalize_name(requirement.name), str(requirement)
 
-    def lock(self, text: str, deps: Pinned, settings: Settings, version: str) -> Lock:
+    def lock(self, text: str, deps: Pinned, settings: RuntimeSettings, version: str) -> Lock:
         """pip requirements in hash-checking mode (pip_requirements.read_lock)."""
         return read_lock(text, deps, version)
 
@@ -98,7 +95,7 @@ class PythonRuntime(SpecifierListRuntime):
         self,
         version: str,
         deps: Pinned,
-        settings: Settings,
+        settings: RuntimeSettings,
         lock: Lock | None = None,
         sources: Mapping[str, str] | None = None,
     ) -> Rendered:
