@@ -1,4 +1,5 @@
-"""Every environment variable the function reads, in one place.
+"""Every environment variable the function reads, in one place (the base images' settings are
+made here from the images the runtimes declare, runtimes.IMAGES).
 
 `config/settings.env` and the Knative settings ConfigMap are generated from this model
 (`python -m function settings`), and a test keeps them in step.
@@ -9,22 +10,23 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .boundary import (
-    DNS_LABEL,
-    DNS_SUBDOMAIN,
-    DNS_SUBDOMAIN_MAX,
-    is_dns_label,
-    is_dns_subdomain,
-)
+from .boundary import DNS_LABEL, DNS_SUBDOMAIN, DNS_SUBDOMAIN_MAX, is_dns_label, is_dns_subdomain
 from .errors import ConfigurationError
+from .runtimes import IMAGES, BaseImage
 
 PREFIX = "BUILD_CONTEXT_"
-_IMAGE_REF = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+|\{version\})*([:@][A-Za-z0-9_.{}-]+)?$")
 # A token subject of a ServiceAccount, as Kubernetes writes it: a namespace (DNS-1123 label) and
 # a ServiceAccount name (DNS-1123 subdomain, at most 253 characters).
 SUBJECT = re.compile(
@@ -37,7 +39,10 @@ OCI_REPOSITORY = re.compile(
 """The distribution spec's repository-name grammar (what every registry accepts)."""
 
 
-class Settings(BaseSettings):
+class _BeforeImages(BaseSettings):
+    """The settings up to the base images, which the runtimes declare (runtimes.IMAGES); the
+    rest is `Settings`. Fields keep this order in the generated documents."""
+
     model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
 
     # --- serving -------------------------------------------------------------------------
@@ -304,12 +309,19 @@ class Settings(BaseSettings):
         description="Prefix put before every base image, e.g. `mirror.local/library/`, "
         "for air-gapped clusters.",
     )
-    python_image: str = Field("python:{version}-slim-bookworm", description="Python base image.")
-    nodejs_image: str = Field("node:{version}-bookworm-slim", description="Node.js base image.")
-    go_build_image: str = Field("golang:{version}-bookworm", description="Go build-stage image.")
-    go_runtime_image: str = Field(
-        "gcr.io/distroless/static-debian12:nonroot", description="Go final-stage image."
+    # then `<key>_image` for each runtime's base image, and `Settings` (retries on)
+
+
+if TYPE_CHECKING:  # the image fields are read through Settings.template/image, by image
+    _WithImages = _BeforeImages
+else:
+    _WithImages = create_model(
+        "_WithImages", __base__=_BeforeImages, **{i.setting: i.field() for i in IMAGES}
     )
+
+
+class Settings(_WithImages):
+    """Every setting: the fields above, the runtimes' image settings, then these."""
 
     # --- retries -------------------------------------------------------------------------
     retry_attempts: int = Field(4, ge=1, le=20, description="Attempts per storage call.")
@@ -320,16 +332,6 @@ class Settings(BaseSettings):
     retry_deadline_seconds: float = Field(
         20.0, gt=0, description="Overall time budget of one storage call including retries."
     )
-
-    @field_validator("python_image", "nodejs_image", "go_build_image", "go_runtime_image")
-    @classmethod
-    def _image_reference(cls, value: str) -> str:
-        if not _IMAGE_REF.fullmatch(value):
-            raise ValueError(
-                f"{value[:80]!r} is not an image reference (lowercase name, optional :tag, "
-                "`{version}` where the runtime version goes)"
-            )
-        return value
 
     @field_validator("auth_create_subjects", "auth_cleanup_subjects")
     @classmethod
@@ -425,8 +427,13 @@ class Settings(BaseSettings):
         """Whether this instance answers `handler` (`create` or `cleanup`)."""
         return self.handlers in ("all", handler)
 
-    def image(self, template: str, version: str) -> str:
-        return self.registry_mirror + template.replace("{version}", version)
+    def template(self, image: BaseImage) -> str:
+        """The operator's template of a runtime's base image (its setting, else the default)."""
+        return str(getattr(self, image.setting))
+
+    def image(self, image: BaseImage, version: str) -> str:
+        """The reference a Dockerfile builds FROM: mirror, then the template at `version`."""
+        return self.registry_mirror + self.template(image).replace("{version}", version)
 
 
 def env_name(field_name: str) -> str:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .syntax_parse import (
+    GRAMMARS,
     VERDICTS,
     Outcome,
     Verdict,
@@ -77,7 +78,7 @@ def serve() -> None:
     one JSON line per file, and {"leaving": whether it now leaves}. It ends when its input
     closes (the server is gone)."""
     requests = sys.stdin.buffer
-    parsers = {language: new_parser(language) for language in ("javascript", "go", "python")}
+    parsers = {language: new_parser(language) for language in GRAMMARS}
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # a signal to the server's process group (Ctrl-C, a group SIGTERM) must not end a check
     # the draining server still waits for: the checker leaves when the server is gone

@@ -38,7 +38,7 @@ from function.settings import load_settings
 from function.stores import open_store
 from function.stores.base import RETAIN, ContextRecord, Deletion, Listed
 from function.stores.s3 import ClaimTimes, S3Store
-from function.stores.s3_provenance import AttestedS3Store, envelope_key
+from function.stores.s3.provenance import AttestedS3Store, envelope_key
 from function.stores.traced import TracedStore
 from function.telemetry import Telemetry
 from tests.conftest import StartServer

@@ -14,7 +14,6 @@ from four disk commits to about two (docs/performance.md).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from .. import record as records
 from ..archive import Archive
 from ..contract import OwnerReference
 from ..errors import ConfigurationError, StorageUnavailable
+from ..locks import held, open_lock
 from ..settings import Settings
 from ..telemetry import NOOP, Telemetry
 from .base import (
@@ -54,6 +54,8 @@ SYNC_THREADS = 16
 
 
 class FilesystemStore(Store[Path]):
+    setting_names = ("fs_root",)
+    docs_page = "docs/filesystem.md"
     backend = "filesystem"
 
     def __init__(self, root: Path) -> None:
@@ -108,18 +110,17 @@ class FilesystemStore(Store[Path]):
                 "BUILD_CONTEXT_FS_ROOT", f"{self.root} is not a writable folder ({exc.strerror})"
             ) from None
 
+    def lock_folder(self) -> Path:
+        return self.root / ".limits"
+
     def folder(self, namespace: str, function: str, content_hash: str) -> str:
         return os.path.join(self._root, namespace, function, content_hash)
 
     @contextlib.contextmanager
     def _locked(self, namespace: str, function: str) -> Iterator[str]:
         parent = os.path.join(self._root, namespace, function)
-        lock = open_lock(os.path.join(parent, ".lock"))
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with held(open_lock(os.path.join(parent, ".lock"))):
             yield parent
-        finally:
-            os.close(lock)  # closing the last descriptor releases the lock
 
     def _stored(self, record: ContextRecord, reused: bool, provenance: bool) -> Stored:
         folder = self.folder(record.namespace, record.function, record.content_hash)
@@ -296,17 +297,6 @@ def _write_new(path: str, data: bytes) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def open_lock(path: str) -> int:
-    """A lock file's descriptor, to `flock`; its folder is made on first use only (one system
-    call per request instead of a mkdir that fails with EEXIST, then the open)."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-    try:
-        return os.open(path, flags, 0o666)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        return os.open(path, flags, 0o666)
 
 
 def _write_atomic(path: str, data: bytes, folder: str) -> None:

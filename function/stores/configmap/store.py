@@ -62,6 +62,13 @@ class _Gone(Exception):
 
 
 class ConfigMapStore(Store[ConfigMapHandle]):
+    setting_names = (
+        "configmap_max_bytes",
+        "configmap_namespace_max_bytes",
+        "configmap_namespace_max_count",
+        "configmap_usage_refresh_seconds",
+    )
+    docs_page = "docs/configmap.md"
     backend = "configmap"
 
     def __init__(

@@ -40,6 +40,14 @@ MAX_LAYER_BYTES = 512 * 1024 * 1024
 
 
 class OCIStore(Store[Handle]):
+    setting_names = (
+        "oci_registry",
+        "oci_repository",
+        "oci_docker_config",
+        "oci_ca_file",
+        "oci_insecure_http",
+    )
+    docs_page = "docs/oci.md"
     backend = "oci"
     lists_by_function = True  # one repository per function, the catalog in lexical order
 

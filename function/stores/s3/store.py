@@ -36,6 +36,17 @@ _RACES = 8
 
 
 class S3Store(Store[Head]):
+    setting_names = (
+        "s3_bucket",
+        "s3_prefix",
+        "s3_endpoint_url",
+        "s3_region",
+        "s3_force_path_style",
+        "s3_sse",
+        "s3_sse_kms_key_id",
+        "s3_multipart_threshold_bytes",
+    )
+    docs_page = "docs/s3.md"
     backend = "s3"
     lists_by_function = True  # keys in lexical order: a function's keys share its prefix
 

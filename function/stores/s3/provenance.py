@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from ..archive import Archive
-from ..contract import OwnerReference
-from ..provenance import ENVELOPE_MEDIA_TYPE
-from .base import ContextRecord, Deletion, Listed, Outcomes, StillExpired, Stored
-from .failures import NotFound, StoreError
-from .s3 import Head, S3Store
-from .s3.codec import SUFFIX
+from ...archive import Archive
+from ...contract import OwnerReference
+from ...provenance import ENVELOPE_MEDIA_TYPE
+from ..base import ContextRecord, Deletion, Listed, Outcomes, StillExpired, Stored
+from ..failures import NotFound, StoreError
+from .bucket import Head
+from .codec import SUFFIX
+from .store import S3Store
 
 log = logging.getLogger("build_context.s3")
 
