@@ -7,7 +7,6 @@ made here from the images the runtimes declare, runtimes.IMAGES).
 
 from __future__ import annotations
 
-import re
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -22,21 +21,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .boundary import DNS_LABEL, DNS_SUBDOMAIN, DNS_SUBDOMAIN_MAX, is_dns_label, is_dns_subdomain
+from . import setting_formats as formats
+from .boundary import is_dns_label
 from .errors import ConfigurationError
 from .runtimes import IMAGES, BaseImage
 
 PREFIX = "BUILD_CONTEXT_"
-# A token subject of a ServiceAccount, as Kubernetes writes it: a namespace (DNS-1123 label) and
-# a ServiceAccount name (DNS-1123 subdomain, at most 253 characters).
-SUBJECT = re.compile(
-    rf"system:serviceaccount:{DNS_LABEL.pattern}:(?=.{{1,{DNS_SUBDOMAIN_MAX}}}\Z){DNS_SUBDOMAIN.pattern}"
-)
-OCI_REGISTRY = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?")
-OCI_REPOSITORY = re.compile(
-    r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
-)
-"""The distribution spec's repository-name grammar (what every registry accepts)."""
 
 
 class _BeforeImages(BaseSettings):
@@ -333,50 +323,14 @@ class Settings(_WithImages):
         20.0, gt=0, description="Overall time budget of one storage call including retries."
     )
 
-    @field_validator("auth_create_subjects", "auth_cleanup_subjects")
-    @classmethod
-    def _subjects(cls, value: str) -> str:
-        for item in (part.strip() for part in value.split(",")):
-            if item and not (SUBJECT.fullmatch(item) or is_dns_subdomain(item)):
-                raise ValueError(
-                    f"{item[:80]!r} is neither `system:serviceaccount:NAMESPACE:NAME` nor a "
-                    "ServiceAccount name"
-                )
-        return value
-
-    @field_validator("registry_mirror")
-    @classmethod
-    def _mirror(cls, value: str) -> str:
-        if value and not re.fullmatch(r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*/", value):
-            raise ValueError(f"{value[:80]!r} must be a registry host and path ending in '/'")
-        return value
-
-    @field_validator("s3_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        if value.startswith("/") or (value and not value.endswith("/")):
-            raise ValueError(f"{value[:80]!r} must not start with '/' and must end with '/'")
-        return value
-
-    @field_validator("oci_registry")
-    @classmethod
-    def _registry_host(cls, value: str) -> str:
-        if value and not OCI_REGISTRY.fullmatch(value):
-            raise ValueError(
-                f"{value[:80]!r} must be a registry host with an optional port, without scheme "
-                "or path, e.g. registry.example.com:5000"
-            )
-        return value
-
-    @field_validator("oci_repository")
-    @classmethod
-    def _repository_prefix(cls, value: str) -> str:
-        if not OCI_REPOSITORY.fullmatch(value) or len(value) > 100:
-            raise ValueError(
-                f"{value[:80]!r} must be a lowercase repository path of at most 100 characters "
-                "(components of a-z, 0-9 and single . _ - separators, joined by /)"
-            )
-        return value
+    # Formats of single values: function/setting_formats.py
+    _subjects = field_validator("auth_create_subjects", "auth_cleanup_subjects")(
+        staticmethod(formats.subjects)
+    )
+    _mirror = field_validator("registry_mirror")(staticmethod(formats.registry_mirror))
+    _prefix = field_validator("s3_prefix")(staticmethod(formats.key_prefix))
+    _registry = field_validator("oci_registry")(staticmethod(formats.registry_host))
+    _repository = field_validator("oci_repository")(staticmethod(formats.repository_path))
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
