@@ -59,7 +59,7 @@ def create_app(root: Path, check: bool = False) -> Flask:
         entry = ENTRY.get(str(data.get("runtime")), "remediation.py")
         if check:
             runtime, version = resolve(str(data.get("runtime")), data.get("runtimeVersion"))
-            errors = runtime.source_errors(entry, str(data["sourceCode"]), version)
+            errors = runtime.source_errors({entry: str(data["sourceCode"])}, version)
             if errors:
                 return {"reason": "InvalidSource", "message": errors[0].message}, 400
         files = {"Dockerfile": DOCKERFILE.encode(), entry: str(data["sourceCode"]).encode()}

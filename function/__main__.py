@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     create.add_argument("paths", nargs="*", type=Path, help="source files or folders")
     create.add_argument("--function", "-f", help="lambdaFunction name")
-    create.add_argument("--runtime", "-r", default=None, help="python | nodejs | go")
+    create.add_argument("--runtime", "-r", default=None, help="as the request's `runtime`")
     create.add_argument("--runtime-version")
     create.add_argument("--dependency", "-d", action="append", default=[], help="repeatable")
     create.add_argument(
@@ -153,7 +153,9 @@ def _create_request(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             data[key] = value
     if args.dependency:
-        data["dependencies"] = _dependencies(args.dependency, data.get("runtime", "python"))
+        from .runtimes import cli_dependencies  # each runtime reads `-d` its own way
+
+        data["dependencies"] = cli_dependencies(args.dependency, data.get("runtime"))
     if args.metadata:
         data["metadata"] = dict(m.split("=", 1) for m in args.metadata)
     return data
@@ -347,20 +349,6 @@ def _cleanup(args: argparse.Namespace) -> int:
         app.close()
     print(json.dumps(completed.wire(), indent=2))
     return 1 if any(store.errors for store in completed.stores) else 0
-
-
-def _dependencies(values: list[str], runtime: str) -> list[str] | dict[str, str]:
-    """npm takes name@range (the scope's '@' is not a separator); the others take a list."""
-    from .runtimes import lookup
-
-    found = lookup(runtime)
-    if found is None or found.name != "nodejs":
-        return values
-    pairs = {}
-    for value in values:
-        at = value.rfind("@")
-        pairs[value[:at] if at > 0 else value] = value[at + 1 :] if at > 0 else "*"
-    return pairs
 
 
 if __name__ == "__main__":

@@ -66,6 +66,11 @@ def path_problem(path: str, max_bytes: int = MAX_PATH_BYTES) -> str | None:
         return None
     if len(path.encode("utf-8", "surrogateescape")) > max_bytes:
         return f"is longer than {max_bytes} bytes (BUILD_CONTEXT_MAX_PATH_LENGTH)"
+    return _form_problem(path) or _part_problem(path)
+
+
+def _form_problem(path: str) -> str | None:
+    """A form that a filesystem or a tar reader takes for another path, or none."""
     if "\\" in path:
         return "contains a backslash; use '/' between folders"
     if path.startswith("/"):
@@ -74,6 +79,10 @@ def path_problem(path: str, max_bytes: int = MAX_PATH_BYTES) -> str | None:
         return "contains a control character"
     if posixpath.normpath(path) != path or ".." in path.split("/"):
         return "is not normalised (no '..', '.', '//' or trailing '/')"
+    return None
+
+
+def _part_problem(path: str) -> str | None:
     bad = next((p for p in path.split("/") if _PATH_PART.fullmatch(p) is None), None)
     if bad is not None:
         return (

@@ -23,7 +23,8 @@ from typing import Any
 
 import jwt
 
-from .settings import SUBJECT, Settings
+from .setting_formats import SUBJECT
+from .settings import Settings
 from .telemetry import redact
 
 log = logging.getLogger("build_context.auth")

@@ -38,6 +38,12 @@ METADATA_MAX_BYTES = 768
 user metadata, whose 2 KiB budget it shares with the record (about 450 bytes) and the
 percent-encoded request id (up to 768), so a stored context always keeps all of it."""
 
+DEPENDENCY_MAX = 1000
+"""Characters per entry of `dependencies` (for an object, name and range together). pip, npm
+and go set no bound of their own; real requirements stay under 200 characters, a pinned VCS
+URL under 300. Bounded before any parser reads it: packaging reads markers at about 270 ns a
+character."""
+
 QUOTE_CHARS = 64
 """How much of a request value a message quotes."""
 

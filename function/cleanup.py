@@ -1,18 +1,21 @@
 """The cleanup use-case: delete what has expired in every store, and nothing a rule keeps.
 
-Two passes per store keep memory flat: the first remembers only the newest `keep_latest`
-contexts of each function, the second deletes what has expired and no rule keeps. Every delete
-goes through the store's re-check of the freshest record, so a context that a request reused
-(or a user pinned) while the run was going stays.
+One pass per store, in flat memory: a context is settled as soon as `keep_latest` newer ones of
+its function have been listed (it is not among the newest), so only the newest few of each
+function wait for the end of the listing, or, for a store that lists a function's contexts
+together, for the end of that function. Every delete goes through the store's re-check of the
+freshest record, so a context that a request reused (or a user pinned) while the run was going
+stays.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -49,27 +52,67 @@ class Policy:
     stricter_ttl: timedelta | None
     dry_run: bool
 
-    def keeps(self, record: ContextRecord, newest: frozenset[ContextKey]) -> str | None:
-        """The first rule that keeps the context, or None when it may go."""
+    def keeps(self, record: ContextRecord, newest: bool) -> str | None:
+        """The first rule that keeps the context, or None when it may go; `newest`: it is
+        among the newest `keep_latest` of its function."""
         if not record.expired(self.now, self.stricter_ttl):
             return ACTIVE
         if record.retain:
             return PINNED
-        if context_key(record) in newest:
+        if newest:
             return KEEP_LATEST
         if self.now - record.created_at < self.grace:
             return GRACE
         return None
 
-    def still_deletable(
-        self, current: ContextRecord, listed: ContextRecord, newest: frozenset[ContextKey]
-    ) -> bool:
-        """True only for the very record we listed, not refreshed, and still kept by no rule."""
+    def still_deletable(self, current: ContextRecord, listed: ContextRecord) -> bool:
+        """True only for the very record we listed, not refreshed, and still kept by no rule
+        (a context sent to be deleted is never among the newest of its function)."""
         return (
             current.created_at == listed.created_at
             and current.expires_at <= listed.expires_at
-            and self.keeps(current, newest) is None
+            and self.keeps(current, newest=False) is None
         )
+
+
+class _Newest:
+    """The newest `keep` contexts of each function listed so far. A context that `keep` newer
+    ones of its function push out is settled at once: not among the newest. The rest are
+    settled as the newest when the listing ends, or, with `grouped` (the store lists a
+    function's contexts one after another), when the listing moves on to another function."""
+
+    def __init__(self, keep: int, grouped: bool) -> None:
+        self.keep = keep
+        self.grouped = grouped
+        self.heaps: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+        self.order = itertools.count()
+        """The last tie-breaker (after creation, expiry, content hash): a heap never compares
+        two items."""
+
+    def add(self, item: Listed[Any]) -> Iterator[tuple[Listed[Any], bool]]:
+        """What `item` settles: (context, among the newest of its function)."""
+        if self.keep == 0:
+            yield item, False
+            return
+        record = item.record
+        function = (record.namespace, record.function)
+        if self.grouped and function not in self.heaps:
+            yield from self.rest()
+        heap = self.heaps.setdefault(function, [])
+        entry = (record.created_at, record.expires_at, record.content_hash, next(self.order), item)
+        if len(heap) < self.keep:
+            heapq.heappush(heap, entry)
+        elif entry > heap[0]:
+            yield heapq.heapreplace(heap, entry)[-1], False
+        else:
+            yield item, False
+
+    def rest(self) -> Iterator[tuple[Listed[Any], bool]]:
+        """Every context still held: the newest of its function."""
+        heaps, self.heaps = self.heaps, {}
+        for heap in heaps.values():
+            for entry in heap:
+                yield entry[-1], True
 
 
 @dataclass
@@ -141,100 +184,34 @@ class CleanupService:
         return completed
 
     def _clean(self, store: Store[Any], policy: Policy) -> StoreCleanupSummary:
-        tally = _Tally(store.backend)
         start = time.perf_counter()
-        try:
-            newest = self._newest(store)
-        except Exception:
-            tally.errors += 1
-            log.exception(
-                "cleanup: cannot list the store; nothing deleted from it this run",
-                extra={"store": store.backend},
-            )
-            return tally.summary(time.perf_counter() - start)
-        batch: list[Listed[Any]] = []
+        run = _StoreRun(store, policy, self.settings.cleanup_page_size)
+        newest = _Newest(self.settings.keep_latest, store.lists_by_function)
         try:
             for item in store.list(self.namespaces):
-                tally.scanned += 1
-                record = item.record
-                if record.expired(policy.now, policy.stricter_ttl):
-                    tally.expired += 1
-                rule = policy.keeps(record, newest)
-                if rule is not None:
-                    tally.retained[rule] += 1
-                elif policy.dry_run:
-                    tally.deleted += 1
-                else:
-                    batch.append(item)
-                    if len(batch) >= self.settings.cleanup_page_size:
-                        self._delete(store, batch, policy, newest, tally)
-                        batch = []
+                run.tally.scanned += 1
+                if item.record.expired(policy.now, policy.stricter_ttl):
+                    run.tally.expired += 1
+                for settled, among_newest in newest.add(item):
+                    run.judge(settled, among_newest)
         except Exception:
-            tally.errors += 1
+            run.tally.errors += 1
             log.exception(
-                "cleanup: listing the store failed midway; the rest waits for the next run",
+                "cleanup: listing the store failed; what was listed is cleaned, the rest waits "
+                "for the next run",
                 extra={"store": store.backend},
             )
-        if batch:
-            self._delete(store, batch, policy, newest, tally)
-        swept = store.sweep_leftovers(policy.now - policy.grace, policy.dry_run)
-        tally.leftovers += swept.removed
-        tally.errors += swept.errors
-        return tally.summary(time.perf_counter() - start)
-
-    def _newest(self, store: Store[Any]) -> frozenset[ContextKey]:
-        """The newest `keep_latest` contexts of each function (by createdAt), in bounded memory."""
-        keep = self.settings.keep_latest
-        if keep == 0:
-            return frozenset()
-        heaps: dict[tuple[str, str], list[tuple[datetime, datetime, str]]] = {}
-        for item in store.list(self.namespaces):
-            record = item.record
-            heap = heaps.setdefault((record.namespace, record.function), [])
-            entry = (record.created_at, record.expires_at, record.content_hash)
-            if len(heap) < keep:
-                heapq.heappush(heap, entry)
-            elif entry > heap[0]:
-                heapq.heapreplace(heap, entry)
-        return frozenset(
-            (namespace, function, content_hash)
-            for (namespace, function), heap in heaps.items()
-            for _, _, content_hash in heap
-        )
-
-    def _delete(
-        self,
-        store: Store[Any],
-        batch: Sequence[Listed[Any]],
-        policy: Policy,
-        newest: frozenset[ContextKey],
-        tally: _Tally,
-    ) -> None:
-        listed = {context_key(item.record): item.record for item in batch}
-
-        def still_expired(current: ContextRecord) -> bool:
-            before = listed.get(context_key(current))
-            return before is not None and policy.still_deletable(current, before, newest)
-
-        try:
-            outcomes = store.delete_many(batch, still_expired)
-        except Exception as error:
-            outcomes = [error] * len(batch)
-        for item, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                tally.errors += 1
-                log.warning(
-                    "cleanup: could not delete a context; the run goes on",
-                    exc_info=outcome,
-                    extra=_where(store, item.record),
-                )
-            elif outcome is Deletion.DELETED:
-                tally.deleted += 1
-                log.debug("cleanup: deleted", extra=_where(store, item.record))
-            elif outcome is Deletion.KEPT:
-                tally.retained[REFRESHED] += 1
-            else:
-                tally.gone += 1
+            listed = False
+        else:
+            listed = True
+        for settled, among_newest in newest.rest():
+            run.judge(settled, among_newest)
+        run.flush()
+        if listed:
+            swept = store.sweep_leftovers(policy.now - policy.grace, policy.dry_run)
+            run.tally.leftovers += swept.removed
+            run.tally.errors += swept.errors
+        return run.tally.summary(time.perf_counter() - start)
 
     def _record(self, completed: CleanupCompleted, request_id: str) -> None:
         """Metrics and the one log line of a run; a dry run is counted but sets no last-run."""
@@ -275,3 +252,57 @@ def _where(store: Store[Any], record: ContextRecord) -> dict[str, str]:
         "function": record.function,
         "contentHash": record.content_hash,
     }
+
+
+class _StoreRun:
+    """One store's pass: the tally, and the batch of contexts waiting to be deleted."""
+
+    def __init__(self, store: Store[Any], policy: Policy, page_size: int) -> None:
+        self.store = store
+        self.policy = policy
+        self.page_size = page_size
+        self.tally = _Tally(store.backend)
+        self.batch: list[Listed[Any]] = []
+
+    def judge(self, item: Listed[Any], newest: bool) -> None:
+        rule = self.policy.keeps(item.record, newest)
+        if rule is not None:
+            self.tally.retained[rule] += 1
+        elif self.policy.dry_run:
+            self.tally.deleted += 1
+        else:
+            self.batch.append(item)
+            if len(self.batch) >= self.page_size:
+                self.flush()
+
+    def flush(self) -> None:
+        """Delete the batch, each context re-checked on its freshest record by the store."""
+        batch, self.batch = self.batch, []
+        if not batch:
+            return
+        listed = {context_key(item.record): item.record for item in batch}
+
+        def still_expired(current: ContextRecord) -> bool:
+            before = listed.get(context_key(current))
+            return before is not None and self.policy.still_deletable(current, before)
+
+        try:
+            outcomes = self.store.delete_many(batch, still_expired)
+        except Exception as error:
+            outcomes = [error] * len(batch)
+        tally = self.tally
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                tally.errors += 1
+                log.warning(
+                    "cleanup: could not delete a context; the run goes on",
+                    exc_info=outcome,
+                    extra=_where(self.store, item.record),
+                )
+            elif outcome is Deletion.DELETED:
+                tally.deleted += 1
+                log.debug("cleanup: deleted", extra=_where(self.store, item.record))
+            elif outcome is Deletion.KEPT:
+                tally.retained[REFRESHED] += 1
+            else:
+                tally.gone += 1

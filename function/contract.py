@@ -12,6 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from pydantic.alias_generators import to_camel
 
+from .errors import FailureReason
+from .runtimes import DEFAULT, RUNTIMES
+
 REQUESTED = "remediation.buildcontext.requested"
 CREATED = "buildcontext.created"
 FAILED = "buildcontext.failed"
@@ -46,7 +49,9 @@ class BuildContextRequest(_Model):
 
     lambda_function: str = Field(description="Function name: a DNS-1123 label, at most 63 chars.")
     runtime: str = Field(
-        "python", description="python | nodejs | go (aliases: python3, node, golang)."
+        DEFAULT.name,
+        description=" | ".join(RUNTIMES)
+        + f" (aliases: {', '.join(a for r in RUNTIMES.values() for a in r.aliases)}).",
     )
     runtime_version: str | None = Field(None, description="From the runtime's allow-list.")
     source_code: str | None = Field(None, description="Text of the entry file (remediation.<ext>).")
@@ -55,13 +60,14 @@ class BuildContextRequest(_Model):
     )
     dependencies: list[str] | dict[str, str] = Field(
         default_factory=list,
-        description="python: requirement specifiers; nodejs: {name: range}; go: module@version "
-        "(or {module: version}).",
+        description="; ".join(f"{r.name}: {r.dependencies_description}" for r in RUNTIMES.values())
+        + ".",
     )
     lock_file: str | None = Field(
         None,
-        description="Text of the runtime's lock file, to install exactly what it pins: pip "
-        "requirements with --hash (python), package-lock.json (nodejs), go.sum (go).",
+        description="Text of the runtime's lock file, to install exactly what it pins: "
+        + ", ".join(f"{r.lock_description} ({r.name})" for r in RUNTIMES.values())
+        + ".",
     )
     ttl_seconds: int | None = Field(None, description="Lifetime; capped by configuration.")
     metadata: dict[str, str] = Field(
@@ -161,19 +167,6 @@ class ErrorDetail(_Model):
     file: str | None = None
     line: int | None = None
     column: int | None = None
-
-
-FailureReason = Literal[
-    "InvalidRequest",
-    "UnsupportedRuntime",
-    "InvalidSource",
-    "ContextTooLarge",
-    "QuotaExceeded",
-    "StorageUnavailable",
-    "StorageForbidden",
-    "InternalError",
-]
-"""The `reason` of a `buildcontext.failed` event; each is one class in errors.py."""
 
 
 class BuildContextFailed(_Model):

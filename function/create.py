@@ -70,7 +70,7 @@ class CreateService:
 
     def __post_init__(self) -> None:
         if self.limits is None:
-            self.limits = FunctionLimits(self.settings)
+            self.limits = FunctionLimits(self.settings, self.store.lock_folder())
 
     def build(
         self,

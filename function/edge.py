@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
@@ -54,9 +54,6 @@ from waitress.utilities import (
 from .auth import KeysPending
 from .boundary import quote
 from .http_errors import HttpError
-
-if TYPE_CHECKING:
-    from .server import EdgeServer
 
 log = logging.getLogger("build_context.edge")
 
@@ -271,13 +268,20 @@ class EdgeTask(WSGITask):  # type: ignore[misc]
         return environ
 
 
+class EdgeHost(Protocol):
+    """What a channel needs of its server (`EdgeServer`, function/server.py, which imports this
+    module: the server is named by what it offers, so the two do not import each other)."""
+
+    edge: Edge
+
+
 class EdgeChannel(HTTPChannel):  # type: ignore[misc]
     """One connection: stops reading while a sender check waits, and times out a request that
     takes longer than the read timeout to arrive."""
 
     task_class = EdgeTask
 
-    def __init__(self, server: EdgeServer, sock: socket.socket, *args: Any, **kw: Any) -> None:
+    def __init__(self, server: EdgeHost, sock: socket.socket, *args: Any, **kw: Any) -> None:
         self.edge: Edge = server.edge
         self.parser_class = functools.partial(EdgeParser, channel=self)
         self.receiving_since: float | None = time.monotonic()

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from .contract import FailureReason
 from .credentials import redact
+
+FailureReason = Literal[
+    "InvalidRequest",
+    "UnsupportedRuntime",
+    "InvalidSource",
+    "ContextTooLarge",
+    "QuotaExceeded",
+    "StorageUnavailable",
+    "StorageForbidden",
+    "InternalError",
+]
+"""The `reason` of a `buildcontext.failed` event; each is one class below."""
+
 
 MAX_ERRORS = 20
 """Errors a failure lists; the rest are only counted, so that a request full of mistakes (or

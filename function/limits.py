@@ -9,8 +9,9 @@ same content after its context expired, stored or not yet deleted, is a new live
 meets the caps like any other.
 
 Count and create happen under one lock per (namespace, function): a lock file taken with
-`flock`, so the threads and the worker processes of one pod (and, for the filesystem store,
-every pod sharing its volume) admit one new context of a function at a time. Between pods that
+`flock` (locks.py), so the threads and the worker processes of one pod (and, in a store's shared
+folder, `Store.lock_folder`, every pod sharing it: the filesystem store's volume) admit one new
+context of a function at a time. Between pods that
 share a ConfigMap namespace, an S3 bucket or an OCI repository there is no common lock: each pod
 may admit one context beyond what it has seen, so the cap can be overshot by at most (pods - 1)
 contexts and (pods - 1) x the largest archive, and only while those pods create for the same
@@ -19,7 +20,6 @@ function at the same instant (docs/security.md).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import tempfile
@@ -33,9 +33,9 @@ from typing import Any
 from .archive import Archive
 from .contract import utc_text
 from .errors import FieldError, QuotaExceeded, StorageUnavailable
+from .locks import held, open_lock
 from .settings import Settings
 from .stores.base import ContextRecord, Store, Stored
-from .stores.filesystem import open_lock
 
 Put = Callable[[], "tuple[Stored, bool]"]
 
@@ -69,15 +69,10 @@ class Usage:
 
 class FunctionLimits:
     def __init__(self, settings: Settings, lock_dir: Path | None = None) -> None:
+        """`lock_dir`: the store's `lock_folder`, else a temporary folder of this pod's."""
         self.max_contexts = settings.max_contexts_per_function
         self.max_bytes = settings.max_bytes_per_function
-        if lock_dir is None:
-            lock_dir = (
-                settings.fs_root / ".limits"
-                if settings.storage == "filesystem"
-                else Path(tempfile.gettempdir()) / "build-context-limits"
-            )
-        self.lock_dir = lock_dir
+        self.lock_dir = lock_dir or Path(tempfile.gettempdir()) / "build-context-limits"
 
     @property
     def enabled(self) -> bool:
@@ -179,11 +174,8 @@ class FunctionLimits:
                 f"cannot take the per-function lock in {self.lock_dir} "
                 f"({type(error).__name__}); check the volume and retry"
             ) from error
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with held(lock):
             yield
-        finally:
-            os.close(lock)  # closing the last descriptor releases the lock
 
 
 def _exceeded(limit: str, message: str) -> QuotaExceeded:

@@ -17,7 +17,7 @@ from typing import Any
 from . import contract
 from .auth import Refused
 from .errors import BuildContextError, InternalError
-from .runtimes import lookup
+from .runtimes import DEFAULT, lookup
 from .telemetry import Telemetry, describe_cause, redact
 
 log = logging.getLogger("build_context")
@@ -26,7 +26,7 @@ log = logging.getLogger("build_context")
 def runtime_hint(data: Any) -> str:
     """The runtime a request names, for the metrics' `runtime` label before it is validated:
     a registered runtime's name, else `unknown` (the label's values stay bounded)."""
-    runtime = data.get("runtime", "python") if isinstance(data, dict) else None
+    runtime = data.get("runtime", DEFAULT.name) if isinstance(data, dict) else None
     found = lookup(runtime) if isinstance(runtime, str) else None
     return found.name if found else "unknown"
 

@@ -22,6 +22,7 @@ from . import __version__
 from . import archive as archives
 from . import record as records
 from .contract import utc_text
+from .runtimes import IMAGES
 from .settings import Settings
 from .signing import SigningKey, VerificationFailed, VerifyingKey, keyid, load_public_keys
 
@@ -37,8 +38,6 @@ BUILD_TYPE = "https://build-context.dev/provenance/context/v1"
 BUILDER_ID = "https://build-context.dev/builder/build-context"
 ARCHIVE_SUBJECT = "context.tar.gz"
 CONTENT_SUBJECT = "context.tar"
-IMAGE_SETTINGS = ("python", "nodejs", "go_build", "go_runtime")
-"""internalParameters.images: these keys, each the template of setting `<key>_image`."""
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -82,10 +81,11 @@ class BuildParameters:
 
 
 def internal_parameters(settings: Settings) -> dict[str, Any]:
-    """The operator's image settings that shaped the Dockerfile: the check renders with them."""
+    """The operator's image settings that shaped the Dockerfile, the check renders with them:
+    `images` holds every runtime's base images (runtimes.IMAGES), each template by its key."""
     return {
         "registryMirror": settings.registry_mirror,
-        "images": {name: getattr(settings, f"{name}_image") for name in IMAGE_SETTINGS},
+        "images": {image.key: settings.template(image) for image in IMAGES},
     }
 
 

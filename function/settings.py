@@ -1,4 +1,5 @@
-"""Every environment variable the function reads, in one place.
+"""Every environment variable the function reads, in one place (the base images' settings are
+made here from the images the runtimes declare, runtimes.IMAGES).
 
 `config/settings.env` and the Knative settings ConfigMap are generated from this model
 (`python -m function settings`), and a test keeps them in step.
@@ -6,38 +7,32 @@
 
 from __future__ import annotations
 
-import re
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .boundary import (
-    DNS_LABEL,
-    DNS_SUBDOMAIN,
-    DNS_SUBDOMAIN_MAX,
-    is_dns_label,
-    is_dns_subdomain,
-)
+from . import setting_formats as formats
+from .boundary import is_dns_label
 from .errors import ConfigurationError
+from .runtimes import IMAGES, BaseImage
 
 PREFIX = "BUILD_CONTEXT_"
-_IMAGE_REF = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+|\{version\})*([:@][A-Za-z0-9_.{}-]+)?$")
-# A token subject of a ServiceAccount, as Kubernetes writes it: a namespace (DNS-1123 label) and
-# a ServiceAccount name (DNS-1123 subdomain, at most 253 characters).
-SUBJECT = re.compile(
-    rf"system:serviceaccount:{DNS_LABEL.pattern}:(?=.{{1,{DNS_SUBDOMAIN_MAX}}}\Z){DNS_SUBDOMAIN.pattern}"
-)
-OCI_REGISTRY = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?")
-OCI_REPOSITORY = re.compile(
-    r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
-)
-"""The distribution spec's repository-name grammar (what every registry accepts)."""
 
 
-class Settings(BaseSettings):
+class _BeforeImages(BaseSettings):
+    """The settings up to the base images, which the runtimes declare (runtimes.IMAGES); the
+    rest is `Settings`. Fields keep this order in the generated documents."""
+
     model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
 
     # --- serving -------------------------------------------------------------------------
@@ -54,14 +49,14 @@ class Settings(BaseSettings):
         ge=0,
         le=256,
         description="Worker threads of each server process; 0: 2 with the filesystem store, 4 "
-        "with a store on the network (ConfigMap, S3, OCI). See README, Speed.",
+        "with a store on the network (ConfigMap, S3, OCI). See docs/serving.md.",
     )
     processes: int = Field(
         0,
         ge=0,
         le=64,
         description="Server processes sharing the port, each with its own threads; 0: two per "
-        "CPU the container may use (affinity and cgroup quota), at most 4. See README, Speed.",
+        "CPU the container may use (affinity and cgroup quota), at most 4. See docs/serving.md.",
     )
     shutdown_grace_seconds: float = Field(
         25.0, ge=0, le=300, description="On SIGTERM, how long in-flight requests may take."
@@ -243,6 +238,14 @@ class Settings(BaseSettings):
         "line is not held to it).",
     )
     cleanup_page_size: int = Field(500, ge=1, le=1000, description="Items per list page.")
+    cleanup_concurrency: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Requests the S3 and OCI stores keep in flight during cleanup: contexts "
+        "read while listing, and contexts re-checked and deleted (each a few requests in turn). "
+        "Raise it for a distant endpoint.",
+    )
 
     # --- limits per caller ---------------------------------------------------------------
     max_contexts_per_function: int = Field(
@@ -273,13 +276,13 @@ class Settings(BaseSettings):
     require_locked_dependencies: bool = Field(
         False,
         description="Refuse requests whose dependencies come without a `lockFile` "
-        "(hermetic builds). README, Locked dependencies.",
+        "(hermetic builds). docs/validation.md, Locked dependencies.",
     )
     secret_scan: Literal["refuse", "warn", "off"] = Field(
         "refuse",
         description="Credentials found in the source (private keys, cloud keys, tokens, "
         "kubeconfigs, passwords in URLs, high-entropy assignments): `refuse` the request "
-        "(InvalidSource), `warn` (log and list them in the reply), or `off`. README, Secrets.",
+        "(InvalidSource), `warn` (log and list them in the reply), or `off`. docs/validation.md, Secrets.",
     )
 
     # --- supply chain --------------------------------------------------------------------
@@ -296,12 +299,19 @@ class Settings(BaseSettings):
         description="Prefix put before every base image, e.g. `mirror.local/library/`, "
         "for air-gapped clusters.",
     )
-    python_image: str = Field("python:{version}-slim-bookworm", description="Python base image.")
-    nodejs_image: str = Field("node:{version}-bookworm-slim", description="Node.js base image.")
-    go_build_image: str = Field("golang:{version}-bookworm", description="Go build-stage image.")
-    go_runtime_image: str = Field(
-        "gcr.io/distroless/static-debian12:nonroot", description="Go final-stage image."
+    # then `<key>_image` for each runtime's base image, and `Settings` (retries on)
+
+
+if TYPE_CHECKING:  # the image fields are read through Settings.template/image, by image
+    _WithImages = _BeforeImages
+else:
+    _WithImages = create_model(
+        "_WithImages", __base__=_BeforeImages, **{i.setting: i.field() for i in IMAGES}
     )
+
+
+class Settings(_WithImages):
+    """Every setting: the fields above, the runtimes' image settings, then these."""
 
     # --- retries -------------------------------------------------------------------------
     retry_attempts: int = Field(4, ge=1, le=20, description="Attempts per storage call.")
@@ -313,60 +323,14 @@ class Settings(BaseSettings):
         20.0, gt=0, description="Overall time budget of one storage call including retries."
     )
 
-    @field_validator("python_image", "nodejs_image", "go_build_image", "go_runtime_image")
-    @classmethod
-    def _image_reference(cls, value: str) -> str:
-        if not _IMAGE_REF.fullmatch(value):
-            raise ValueError(
-                f"{value[:80]!r} is not an image reference (lowercase name, optional :tag, "
-                "`{version}` where the runtime version goes)"
-            )
-        return value
-
-    @field_validator("auth_create_subjects", "auth_cleanup_subjects")
-    @classmethod
-    def _subjects(cls, value: str) -> str:
-        for item in (part.strip() for part in value.split(",")):
-            if item and not (SUBJECT.fullmatch(item) or is_dns_subdomain(item)):
-                raise ValueError(
-                    f"{item[:80]!r} is neither `system:serviceaccount:NAMESPACE:NAME` nor a "
-                    "ServiceAccount name"
-                )
-        return value
-
-    @field_validator("registry_mirror")
-    @classmethod
-    def _mirror(cls, value: str) -> str:
-        if value and not re.fullmatch(r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*/", value):
-            raise ValueError(f"{value[:80]!r} must be a registry host and path ending in '/'")
-        return value
-
-    @field_validator("s3_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        if value.startswith("/") or (value and not value.endswith("/")):
-            raise ValueError(f"{value[:80]!r} must not start with '/' and must end with '/'")
-        return value
-
-    @field_validator("oci_registry")
-    @classmethod
-    def _registry_host(cls, value: str) -> str:
-        if value and not OCI_REGISTRY.fullmatch(value):
-            raise ValueError(
-                f"{value[:80]!r} must be a registry host with an optional port, without scheme "
-                "or path, e.g. registry.example.com:5000"
-            )
-        return value
-
-    @field_validator("oci_repository")
-    @classmethod
-    def _repository_prefix(cls, value: str) -> str:
-        if not OCI_REPOSITORY.fullmatch(value) or len(value) > 100:
-            raise ValueError(
-                f"{value[:80]!r} must be a lowercase repository path of at most 100 characters "
-                "(components of a-z, 0-9 and single . _ - separators, joined by /)"
-            )
-        return value
+    # Formats of single values: function/setting_formats.py
+    _subjects = field_validator("auth_create_subjects", "auth_cleanup_subjects")(
+        staticmethod(formats.subjects)
+    )
+    _mirror = field_validator("registry_mirror")(staticmethod(formats.registry_mirror))
+    _prefix = field_validator("s3_prefix")(staticmethod(formats.key_prefix))
+    _registry = field_validator("oci_registry")(staticmethod(formats.registry_host))
+    _repository = field_validator("oci_repository")(staticmethod(formats.repository_path))
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
@@ -417,8 +381,13 @@ class Settings(BaseSettings):
         """Whether this instance answers `handler` (`create` or `cleanup`)."""
         return self.handlers in ("all", handler)
 
-    def image(self, template: str, version: str) -> str:
-        return self.registry_mirror + template.replace("{version}", version)
+    def template(self, image: BaseImage) -> str:
+        """The operator's template of a runtime's base image (its setting, else the default)."""
+        return str(getattr(self, image.setting))
+
+    def image(self, image: BaseImage, version: str) -> str:
+        """The reference a Dockerfile builds FROM: mirror, then the template at `version`."""
+        return self.registry_mirror + self.template(image).replace("{version}", version)
 
 
 def env_name(field_name: str) -> str:

@@ -4,7 +4,7 @@ files first, so that no source clashes with one)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +132,7 @@ def validate(request: BuildContextRequest, settings: Settings) -> ValidRequest:
             "(BUILD_CONTEXT_MAX_DEPENDENCIES)"
         )
         raise InvalidRequest(message, [FieldError(message, field="dependencies")])
+    check_dependency_lengths(request.dependencies)
     deps = runtime.dependencies(request.dependencies, settings)
     lock = _lock(request, runtime, deps, settings, version)
     # The generated files' names never depend on the sources; their content may (package.json's
@@ -178,8 +179,8 @@ def _lock(
         if deps and settings.require_locked_dependencies:
             message = (
                 "lockFile: dependencies must come with a lock file here "
-                "(BUILD_CONTEXT_REQUIRE_LOCKED_DEPENDENCIES=true): send pip requirements with "
-                "--hash, a package-lock.json or a go.sum as lockFile"
+                "(BUILD_CONTEXT_REQUIRE_LOCKED_DEPENDENCIES=true): send "
+                f"{runtime.lock_description} ({runtime.name}) as lockFile"
             )
             raise InvalidRequest(message, [FieldError(message, field="lockFile")])
         return None
@@ -206,6 +207,33 @@ def path_problem(path: str, max_length: int) -> str | None:
 def _sources(
     request: BuildContextRequest, runtime: Runtime, settings: Settings, rendered: Rendered
 ) -> dict[str, str]:
+    files = _files(request, runtime, settings)
+    problems: list[FieldError] = []
+    checked: list[str] = []
+    total = 0
+    for path, text in sorted(files.items()):
+        where = _source_field(request, path)
+        problem = _file_problem(path, text, where, runtime, settings)
+        size = problem or _size(path, text, where, settings)
+        if isinstance(size, FieldError):
+            problems.append(size)
+            continue
+        total += size
+        checked.append(path)
+    if total > settings.max_total_bytes:
+        raise ContextTooLarge(
+            f"files: {total} bytes of source; the limit is {settings.max_total_bytes} "
+            "(BUILD_CONTEXT_MAX_TOTAL_BYTES): send less source or raise the limit",
+            [FieldError(f"{total} bytes > {settings.max_total_bytes}", field="files")],
+        )
+    problems += _tree_problems(request, checked, rendered)
+    if problems:
+        raise InvalidSource(f"{len(problems)} invalid file(s): {problems[0].message}", problems)
+    return dict(sorted(files.items()))
+
+
+def _files(request: BuildContextRequest, runtime: Runtime, settings: Settings) -> dict[str, str]:
+    """`files` with `sourceCode` as the entry file, which must be there once; not too many."""
     files = dict(request.files)
     if request.source_code is not None:
         if runtime.entry_file in files:
@@ -223,94 +251,56 @@ def _sources(
             "(BUILD_CONTEXT_MAX_FILES): send fewer files or raise the limit",
             [FieldError(f"more than {settings.max_files} files", field="files")],
         )
-    problems: list[FieldError] = []
-    generated = {g.casefold() for g in runtime.generated_files}
-    checked: list[str] = []
-    total = 0
-    for path, text in sorted(files.items()):
-        where = (
-            "sourceCode"
-            if path == runtime.entry_file and request.source_code is not None
-            else f"files.{path}"
+    return files
+
+
+def _file_problem(
+    path: str, text: str, where: str, runtime: Runtime, settings: Settings
+) -> FieldError | None:
+    """The first thing wrong with a source file's path or text, if any."""
+    problem = path_problem(path, settings.max_path_length)
+    if problem:
+        shown = boundary.escaped(path)
+        field = "sourceCode" if where == "sourceCode" else f"files.{shown}"
+        return FieldError(f"path {quote(path)} {problem}", field=field, file=shown)
+    folded = path.casefold()
+    tool_problem = _builder_file_problem(folded) or runtime.tool_file_problem(path)
+    if tool_problem:
+        return FieldError(
+            f"{quote(path)} {tool_problem}; rename or leave out the file", field=where, file=path
         )
-        problem = path_problem(path, settings.max_path_length)
-        if problem:
-            shown = boundary.escaped(path)
-            problems.append(
-                FieldError(
-                    f"path {quote(path)} {problem}",
-                    field="sourceCode" if where == "sourceCode" else f"files.{shown}",
-                    file=shown,
-                )
-            )
-            continue
-        folded = path.casefold()
-        tool_problem = _builder_file_problem(folded) or runtime.tool_file_problem(path)
-        if tool_problem:
-            problems.append(
-                FieldError(
-                    f"{quote(path)} {tool_problem}; rename or leave out the file",
-                    field=where,
-                    file=path,
-                )
-            )
-            continue
-        if folded in generated:
-            problems.append(
-                FieldError(
-                    f"{quote(path)} is generated by build-context from the request; put "
-                    "dependencies in `dependencies` and a lock file in `lockFile` instead",
-                    field=where,
-                    file=path,
-                )
-            )
-            continue
-        if "\x00" in text:
-            line = text.count("\n", 0, text.index("\x00")) + 1
-            problems.append(
-                FieldError(
-                    "contains a NUL byte; only text files are accepted",
-                    field=where,
-                    file=path,
-                    line=line,
-                )
-            )
-            continue
-        if path == runtime.entry_file and not text.strip():
-            problems.append(
-                FieldError(
-                    "the entry file is empty: send the program's source",
-                    field=where,
-                    file=path,
-                    line=1,
-                )
-            )
-            continue
-        try:
-            size = len(text.encode("utf-8"))
-        except UnicodeEncodeError as exc:
-            problems.append(
-                FieldError(f"is not valid UTF-8 text ({exc.reason})", field=where, file=path)
-            )
-            continue
-        if size > settings.max_file_bytes:
-            raise ContextTooLarge(
-                f"{where}: {path} is {size} bytes; the limit per file is {settings.max_file_bytes} "
-                "(BUILD_CONTEXT_MAX_FILE_BYTES): split the file or raise the limit",
-                [FieldError(f"{size} bytes > {settings.max_file_bytes}", field=where, file=path)],
-            )
-        total += size
-        checked.append(path)
-    if total > settings.max_total_bytes:
+    if folded in {g.casefold() for g in runtime.generated_files}:
+        return FieldError(
+            f"{quote(path)} is generated by build-context from the request; put "
+            "dependencies in `dependencies` and a lock file in `lockFile` instead",
+            field=where,
+            file=path,
+        )
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        return FieldError(
+            "contains a NUL byte; only text files are accepted", field=where, file=path, line=line
+        )
+    if path == runtime.entry_file and not text.strip():
+        return FieldError(
+            "the entry file is empty: send the program's source", field=where, file=path, line=1
+        )
+    return None
+
+
+def _size(path: str, text: str, where: str, settings: Settings) -> int | FieldError:
+    """The file's size as stored (UTF-8), within the limit per file."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        return FieldError(f"is not valid UTF-8 text ({exc.reason})", field=where, file=path)
+    if size > settings.max_file_bytes:
         raise ContextTooLarge(
-            f"files: {total} bytes of source; the limit is {settings.max_total_bytes} "
-            "(BUILD_CONTEXT_MAX_TOTAL_BYTES): send less source or raise the limit",
-            [FieldError(f"{total} bytes > {settings.max_total_bytes}", field="files")],
+            f"{where}: {path} is {size} bytes; the limit per file is {settings.max_file_bytes} "
+            "(BUILD_CONTEXT_MAX_FILE_BYTES): split the file or raise the limit",
+            [FieldError(f"{size} bytes > {settings.max_file_bytes}", field=where, file=path)],
         )
-    problems += _tree_problems(request, checked, rendered)
-    if problems:
-        raise InvalidSource(f"{len(problems)} invalid file(s): {problems[0].message}", problems)
-    return dict(sorted(files.items()))
+    return size
 
 
 def _tree_problems(
@@ -344,11 +334,31 @@ def _builder_file_problem(folded: str) -> str | None:
     return None
 
 
+def check_dependency_lengths(dependencies: Sequence[str] | Mapping[str, str]) -> None:
+    if isinstance(dependencies, Mapping):
+        sizes = [
+            (f"dependencies.{boundary.escaped(name)}", len(name) + len(spec))
+            for name, spec in dependencies.items()
+        ]
+    else:
+        sizes = [(f"dependencies[{index}]", len(spec)) for index, spec in enumerate(dependencies)]
+    problems = [
+        FieldError(
+            f"{size} characters; the limit is {boundary.DEPENDENCY_MAX} per dependency: name "
+            "one package and a version range, without long markers",
+            field=where,
+        )
+        for where, size in sizes
+        if size > boundary.DEPENDENCY_MAX
+    ]
+    if problems:
+        raise InvalidRequest(f"{problems[0].field}: {problems[0].message}", problems)
+
+
 def _syntax(sources: Mapping[str, str], runtime: Runtime, version: str) -> None:
-    problems: list[FieldError] = []
-    for path, text in sources.items():
-        if runtime.is_source(path):
-            problems += runtime.source_errors(path, text, version)
+    problems = runtime.source_errors(
+        {path: text for path, text in sources.items() if runtime.is_source(path)}, version
+    )
     if problems:
         first = problems[0]
         raise InvalidSource(f"{first.file}: {first.message}", problems)

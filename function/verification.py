@@ -30,7 +30,6 @@ from .provenance import (
     ARCHIVE_SUBJECT,
     BUILD_TYPE,
     CONTENT_SUBJECT,
-    IMAGE_SETTINGS,
     PAYLOAD_TYPE,
     PREDICATE_TYPE,
     STATEMENT_TYPE,
@@ -47,12 +46,14 @@ from .refusals import (
     UnusableInput,
     VerificationFailed,
 )
+from .runtimes import IMAGES, RUNTIMES, Runtime
 from .settings import Settings
 from .signing import VerifyingKey
 
 MAX_ENVELOPE_BYTES = 8 * 1024 * 1024
 MAX_ARCHIVE_BYTES = 64 * 1024 * 1024
 SHA256 = re.compile(r"[0-9a-f]{64}")
+Files = Mapping[str, bytes]
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,19 @@ def verify(
 ) -> Verified:
     """Every check, in order; the first that fails raises its VerificationFailed."""
     expected = expected or Expected()
+    archive_sha256 = _check_pinned(archive_bytes, expected)
+    payload, signatures = _read_envelope(envelope_bytes)
+    signer = _check_signature(payload, signatures, keys, allow_unsigned)
+    body = _json(payload, "the statement", MalformedStatement)
+    parsed, runtime, images = _statement(body)
+    _check_expected(parsed, expected)
+    files = _check_subjects(archive_bytes, archive_sha256, parsed)
+    _check_rendered(files, parsed, runtime, images)
+    return Verified(body, parsed, signer)
+
+
+def _check_pinned(archive_bytes: bytes, expected: Expected) -> str:
+    """The archive's sha256, once it is within bounds and the expected one (if pinned)."""
     if len(archive_bytes) > MAX_ARCHIVE_BYTES:
         raise MalformedArchive(f"the archive is larger than {MAX_ARCHIVE_BYTES} bytes")
     archive_sha256 = hashlib.sha256(archive_bytes).hexdigest()
@@ -185,11 +199,12 @@ def verify(
             f"the archive's sha256 is {archive_sha256}, not the expected "
             f"{expected.archive_sha256} (a context swapped in the store?)"
         )
-    payload, signatures = _read_envelope(envelope_bytes)
-    signer = _check_signature(payload, signatures, keys, allow_unsigned)
-    body = _json(payload, "the statement", MalformedStatement)
-    parsed = _statement(body)
-    _check_expected(parsed, expected)
+    return archive_sha256
+
+
+def _check_subjects(archive_bytes: bytes, archive_sha256: str, parsed: Statement) -> Files:
+    """The archive's files, once the archive and its tar are the statement's subjects, every
+    file's digest is the recorded one and the tar is the canonical one we pack."""
     if archive_sha256 != parsed.digest(ARCHIVE_SUBJECT):
         raise ContentMismatch(f"the archive's sha256 is not the subject {ARCHIVE_SUBJECT}'s")
     tar = unpack.inflate(archive_bytes)
@@ -208,8 +223,7 @@ def verify(
         )
     if archives.canonical_tar(files) != tar:
         raise ContentMismatch("the tar is not the canonical one build-context packs")
-    _check_rendered(files, parsed)
-    return Verified(body, parsed, signer)
+    return files
 
 
 def _json(data: bytes, what: str, failure: type[VerificationFailed]) -> Any:
@@ -264,25 +278,38 @@ def _base64(text: str, what: str) -> bytes:
 def _check_signature(
     payload: bytes, signatures: list[_Signature], keys: Sequence[VerifyingKey], allow_unsigned: bool
 ) -> str | None:
+    """The keyid that verifies a signature; None when unsigned is allowed and there is none."""
     if not signatures:
         if allow_unsigned:
             return None
         raise SignatureRefused("the envelope is unsigned (the function had no signing key)")
     if not keys:
         raise SignatureRefused("no public key given to check the signature with")
-    message = pae(PAYLOAD_TYPE, payload)
+    signer = _signer(pae(PAYLOAD_TYPE, payload), signatures, keys)
+    if signer is None:
+        ids = ", ".join(quote(s.keyid, 16) for s in signatures if s.keyid)
+        raise SignatureRefused(
+            "no signature verifies with the given public key(s) "
+            f"(signed by keyid {ids or 'unknown'})"
+        )
+    return signer
+
+
+def _signer(
+    message: bytes, signatures: list[_Signature], keys: Sequence[VerifyingKey]
+) -> str | None:
+    """The first key that verifies a signature it may have made (a keyid, if given, is its)."""
     for signature in signatures:
         raw = _base64(signature.sig, "sig")
         for key in keys:
             if signature.keyid in ("", key.keyid) and key.verifies(raw, message):
                 return key.keyid
-    ids = ", ".join(quote(s.keyid, 16) for s in signatures if s.keyid)
-    raise SignatureRefused(
-        f"no signature verifies with the given public key(s) (signed by keyid {ids or 'unknown'})"
-    )
+    return None
 
 
-def _statement(body: Any) -> Statement:
+def _statement(body: Any) -> tuple[Statement, Runtime, dict[str, Any]]:
+    """The statement, the runtime it names and the image settings it records, once it is ours
+    (types and parameters) and names a runtime, version and images we render with."""
     parsed: Statement = _shape(Statement, body, "the statement", MalformedStatement)
     if (parsed.type, parsed.predicateType, parsed.predicate.buildDefinition.buildType) != (
         STATEMENT_TYPE,
@@ -292,10 +319,11 @@ def _statement(body: Any) -> Statement:
         raise MalformedStatement(
             f"not an in-toto Statement v1 with a SLSA Provenance v1 predicate of {BUILD_TYPE}"
         )
-    images = parsed.predicate.buildDefinition.internalParameters.images
-    if sorted(images) != sorted(IMAGE_SETTINGS):
-        raise MalformedStatement(f"internalParameters.images must name {', '.join(IMAGE_SETTINGS)}")
-    return parsed
+    runtime = RUNTIMES.get(parsed.external.runtime)
+    if runtime is None or parsed.external.runtimeVersion not in runtime.versions:
+        raise MalformedStatement("the statement names no runtime and version we render")
+    images = _recorded_images(parsed.predicate.buildDefinition.internalParameters.images, runtime)
+    return parsed, runtime, images
 
 
 def _check_expected(parsed: Statement, expected: Expected) -> None:
@@ -311,16 +339,27 @@ def _check_expected(parsed: Statement, expected: Expected) -> None:
             )
 
 
-def _check_rendered(files: Mapping[str, bytes], parsed: Statement) -> None:
-    from .runtimes import RUNTIMES
+def _recorded_images(recorded: Mapping[str, str], runtime: Runtime) -> dict[str, Any]:
+    """The image settings to render with: every image of the runtime must be recorded, and no
+    key we do not know (the other runtimes' images do not shape its Dockerfile: a context
+    made before a runtime was added still verifies)."""
+    unknown = sorted(set(recorded) - {image.key for image in IMAGES})
+    missing = [image.key for image in runtime.images if image.key not in recorded]
+    if unknown or missing:
+        raise MalformedStatement(
+            "internalParameters.images must name every base image of the runtime "
+            f"({', '.join(image.key for image in runtime.images)}) and no other than "
+            f"{', '.join(image.key for image in IMAGES)}"
+        )
+    return {image.setting: recorded[image.key] for image in IMAGES if image.key in recorded}
 
-    definition = parsed.predicate.buildDefinition
-    external, internal = definition.externalParameters, definition.internalParameters
-    runtime = RUNTIMES.get(external.runtime)
-    if runtime is None or external.runtimeVersion not in runtime.versions:
-        raise MalformedStatement("the statement names no runtime and version we render")
+
+def _check_rendered(
+    files: Files, parsed: Statement, runtime: Runtime, images: Mapping[str, Any]
+) -> None:
+    internal = parsed.predicate.buildDefinition.internalParameters
+    external = parsed.external
     try:
-        images: dict[str, Any] = {f"{n}_image": internal.images[n] for n in IMAGE_SETTINGS}
         settings = Settings(registry_mirror=internal.registryMirror, **images)
         pinned = tuple((name, spec) for name, spec in external.dependencies)
         sources = {p: b.decode() for p, b in files.items() if runtime.is_source(p)}

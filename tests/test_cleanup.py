@@ -149,6 +149,43 @@ def test_keep_latest_keeps_the_newest_by_creation(store: StoreUnderTest, keep: i
     assert [store.exists(c) for c in contexts] == [False] * (10 - keep) + [True] * keep
 
 
+class ListingSpy(TracedStore[Any]):
+    """Test double around the real store (forwarding every call): counts its listings and can
+    hand the listed contexts over in another order, as a store without `lists_by_function`
+    may."""
+
+    def __init__(self, store: StoreUnderTest, reorder: bool = False) -> None:
+        super().__init__(store.client, NOOP)
+        self.listings = 0
+        self.reorder = reorder
+        if reorder:
+            self.lists_by_function = False
+
+    def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[Any]]:
+        self.listings += 1
+        listed = super().list(namespaces)
+        if not self.reorder:
+            return listed
+        items = list(listed)  # a handful of contexts in this test
+        return iter(items[::2] + items[1::2])
+
+
+@pytest.mark.parametrize("reorder", [False, True], ids=["as-listed", "functions-interleaved"])
+def test_one_listing_per_run_keeps_exactly_the_newest_of_each_function(
+    store: StoreUnderTest, reorder: bool
+) -> None:
+    """The newest are found while deleting, in the same pass: each store is listed once per
+    run (twice before), whatever the order its listing yields the functions in."""
+    clock = SimulatedClock()
+    contexts = [store.put(f"fn-{i % 3}", T0 - (30 - i) * DAY) for i in range(12)]
+    spy = ListingSpy(store, reorder)
+    service = CleanupService([spy], store.settings(keep_latest=2), clock=clock)
+    summary = only(service.run())
+    assert spy.listings == 1
+    assert (summary.deleted, summary.retained) == (6, {"keepLatest": 6})
+    assert [store.exists(c) for c in contexts] == [False] * 6 + [True] * 6
+
+
 def test_the_event_can_only_make_a_run_stricter(store: StoreUnderTest) -> None:
     clock = SimulatedClock()
     two_days = [store.put("payments", T0 - 2 * DAY - timedelta(hours=i)) for i in range(3)]

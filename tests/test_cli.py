@@ -183,11 +183,11 @@ def test_published_schemas_are_generated_from_the_models() -> None:
         )
 
 
-def test_readme_lists_every_setting_as_generated() -> None:
+def test_the_configuration_page_lists_every_setting_as_generated() -> None:
     from function.docs import render
 
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("<!-- settings:start -->\n", 1)[1].split("<!-- settings:end -->", 1)[0]
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    table = page.split("<!-- settings:start -->\n", 1)[1].split("<!-- settings:end -->", 1)[0]
     assert table == render("markdown"), (
-        "README settings table is stale: paste `python -m function settings --format markdown`"
+        "docs/configuration.md settings table is stale: paste `python -m function settings --format markdown`"
     )

@@ -236,7 +236,7 @@ process.stdout.write(JSON.stringify(cases.map(([value, list]) => {
 
 def test_npm_admits_as_npm_install_checks_does() -> None:
     """Our reading of an os/cpu/libc list against npm-install-checks, the module npm ci calls."""
-    from function.runtimes.nodejs import npm_admits
+    from function.runtimes.npm_lock import npm_admits
 
     root = subprocess.run(["npm", "root", "-g"], capture_output=True, text=True, check=True)
     module = Path(root.stdout.strip()) / "npm" / "node_modules" / "npm-install-checks"

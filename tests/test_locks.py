@@ -182,6 +182,10 @@ def test_a_lock_without_dependencies_and_unlocked_dependencies_when_required(
     strict = {"require_locked_dependencies": True}
     error = refused(tmp_path, {**PY, "dependencies": ["tenacity"]}, **strict)
     assert "BUILD_CONTEXT_REQUIRE_LOCKED_DEPENDENCIES" in error.message
+    # the fix for this runtime, as the runtime describes its lock (not every runtime's)
+    assert error.message.endswith("send pip requirements with --hash (python) as lockFile")
+    go = refused(tmp_path, {**GO, "dependencies": ["github.com/google/uuid@v1.6.0"]}, **strict)
+    assert go.message.endswith("send go.sum (go) as lockFile")
     assert service(tmp_path, **strict).build(PY, "r").valid.dependencies_locked
 
 

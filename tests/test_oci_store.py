@@ -24,7 +24,7 @@ from function.archive import Archive
 from function.errors import ConfigurationError, StorageForbidden, StorageUnavailable
 from function.settings import load_settings
 from function.stores import failures, open_store
-from function.stores.base import ContextRecord, Store
+from function.stores.base import ContextRecord, Deletion, Store
 from function.stores.oci import OCIStore, client
 from function.stores.oci import errors as oci_errors
 from function.stores.oci.client import Credentials as DockerCredentials
@@ -588,3 +588,107 @@ def test_a_ca_file_that_cannot_be_loaded_stops_start_up(
     with pytest.raises(ConfigurationError) as raised:
         open_store("oci", settings)
     assert raised.value.variable == "BUILD_CONTEXT_OCI_CA_FILE"
+
+
+def test_cleanup_opens_a_few_connections_not_one_per_context(
+    store: Store[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing a streamed response unread closes its connection: a HEAD read that way cost a
+    new connection (a TLS handshake on both sides) for every context deleted. A spy counts the
+    sockets the client opens while cleanup deletes 24 contexts, 8 at a time."""
+    import urllib3.connection
+
+    from function.cleanup import CleanupService
+
+    for i in range(24):
+        context = built(f"print({i})\n")
+        store.put_if_absent(context, record_for(context, created=NOW - timedelta(days=30)))
+    opened: list[object] = []
+    new_connection = urllib3.connection.HTTPConnection._new_conn
+
+    def spy(self: urllib3.connection.HTTPConnection) -> Any:
+        opened.append(self)
+        return new_connection(self)
+
+    monkeypatch.setattr(urllib3.connection.HTTPConnection, "_new_conn", spy)
+    settings = load_settings(namespace="team-a", keep_latest=0, cleanup_grace_seconds=0)
+    [summary] = CleanupService([store], settings, clock=lambda: NOW).run().stores
+    assert (summary.deleted, summary.errors) == (24, 0)
+    assert len(opened) <= settings.cleanup_concurrency + 2, f"{len(opened)} connections"
+
+
+def test_cleanup_deletes_at_most_the_configured_contexts_at_once(
+    registry: Registry, config: Path, prefix: str
+) -> None:
+    """BUILD_CONTEXT_CLEANUP_CONCURRENCY bounds the contexts deleted at once (and the records
+    read while listing). A spy holds each manifest DELETE a moment, so that more at once show."""
+    import threading
+    import time
+
+    from function.cleanup import CleanupService
+
+    settings = oci_settings(registry, config, prefix, cleanup_concurrency=3)
+    store = open_store("oci", settings)
+    for i in range(12):
+        context = built(f"print({i})\n")
+        store.put_if_absent(context, record_for(context, created=NOW - timedelta(days=30)))
+    registry_client = store.client  # type: ignore[attr-defined]
+    delete_manifest = registry_client.delete_manifest
+    in_flight, most = 0, 0
+    lock = threading.Lock()
+
+    def spy(repository: str, digest: str) -> bool:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        time.sleep(0.05)
+        try:
+            return bool(delete_manifest(repository, digest))
+        finally:
+            with lock:
+                in_flight -= 1
+
+    registry_client.delete_manifest = spy
+    rules = load_settings(namespace="team-a", keep_latest=0, cleanup_grace_seconds=0)
+    [summary] = CleanupService([store], rules, clock=lambda: NOW).run().stores
+    store.close()
+    assert (summary.deleted, summary.errors) == (12, 0)
+    assert 1 <= most <= 3, f"{most} deletes in flight"
+
+
+def test_a_reuse_between_cleanups_recheck_and_delete_gets_its_context_back(
+    registry: Registry, config: Path, prefix: str
+) -> None:
+    """docs/oci.md, Races: a request reuses each context after cleanup re-checked it and
+    right before cleanup deletes it (the registry has no conditional delete). Cleanup sees
+    the record changed once the context is gone, puts the context back and keeps it; with
+    four contexts deleted at once, every one of them."""
+    cleaner = open_store("oci", oci_settings(registry, config, prefix))
+    requests = open_store("oci", oci_settings(registry, config, prefix))
+    old = NOW - timedelta(days=30)
+    contexts = {}
+    for i in range(4):
+        context = built(f"print({i})\n")
+        stored = cleaner.put_if_absent(context, record_for(context, created=old))
+        contexts[str(stored.storage["digest"])] = context
+    registry_client = cleaner.client  # type: ignore[attr-defined]
+    delete_manifest = registry_client.delete_manifest
+    reused: list[bool] = []
+
+    def reuse_first(repository: str, digest: str) -> bool:
+        if digest in contexts:  # the context image, not a record
+            context = contexts[digest]
+            reused.append(requests.put_if_absent(context, record_for(context)).reused)
+        return bool(delete_manifest(repository, digest))
+
+    registry_client.delete_manifest = reuse_first
+    items = list(cleaner.list())
+    outcomes = cleaner.delete_many(items, lambda record: record.expired(NOW))
+    assert outcomes == [Deletion.KEPT] * 4 and reused == [True] * 4
+    for context in contexts.values():
+        assert cleaner.get("team-a", "fix-disk", context.content_hash) == context.data
+    [still] = {item.record.expires_at for item in cleaner.list()}
+    assert still == NOW + WEEK, "each record is the reuse's, with its later expiry"
+    cleaner.close()
+    requests.close()

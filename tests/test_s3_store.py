@@ -9,6 +9,7 @@ import http.client
 import logging
 import socket
 import threading
+import time
 import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,7 +38,7 @@ from function.settings import load_settings
 from function.stores import open_store
 from function.stores.base import RETAIN, ContextRecord, Deletion, Listed
 from function.stores.s3 import ClaimTimes, S3Store
-from function.stores.s3_provenance import AttestedS3Store, envelope_key
+from function.stores.s3.provenance import AttestedS3Store, envelope_key
 from function.stores.traced import TracedStore
 from function.telemetry import Telemetry
 from tests.conftest import StartServer
@@ -664,6 +665,55 @@ def expired_later(r: ContextRecord) -> bool:
     return not r.retain and r.expired(LATER)
 
 
+def test_reuses_racing_a_page_deleted_at_once_are_never_lost(
+    seaweed: SeaweedS3, store: S3Store, admin: Any, bucket: str
+) -> None:
+    """The race above for four contexts claimed and re-checked at once: right before their
+    DeleteObjects call, a request reuses each one; each sees its claim, waits, finds its
+    context deleted and writes it again."""
+    items = expired_contexts(store, 4)
+    request_store = open_s3(seaweed, bucket)
+    claims_seen = {item.handle.key: threading.Event() for item in items}
+    outcome: dict[str, Any] = {}
+
+    def reuse(index: int, key: str) -> None:
+        built = small(f"print({index})\n")
+        later = record(built, NOW + timedelta(days=1), function=f"fn-{index}")
+        outcome[key] = request_store.put_if_absent(built, later)
+
+    racers = [
+        threading.Thread(target=reuse, args=(i, item.handle.key)) for i, item in enumerate(items)
+    ]
+
+    def on_head(http_response: Any, **_: Any) -> None:
+        claim = http_response.url.rsplit("/", 1)[-1]
+        for key, seen in claims_seen.items():
+            if key.endswith(claim.removesuffix(".deleting")) and http_response.status_code == 200:
+                seen.set()
+
+    def requests_arrive(params: dict[str, Any], **_: Any) -> None:
+        deleting = [o["Key"] for o in params["Delete"]["Objects"]]
+        if set(claims_seen) <= set(deleting) and not outcome and not racers[0].is_alive():
+            for racer in racers:
+                racer.start()
+            for racer, seen in zip(racers, claims_seen.values(), strict=True):
+                while racer.is_alive() and not seen.wait(0.01):
+                    pass
+
+    request_store.client.meta.events.register("after-call.s3.HeadObject", on_head)
+    store.client.meta.events.register("before-parameter-build.s3.DeleteObjects", requests_arrive)
+    outcomes = store.delete_many(items, expired_later)
+    for racer in racers:
+        racer.join()
+
+    assert list(outcomes) == [Deletion.DELETED] * 4
+    assert [outcome[item.handle.key].reused for item in items] == [False] * 4
+    for item in items:
+        metadata = admin.head_object(Bucket=bucket, Key=item.handle.key)["Metadata"]
+        assert metadata["expires-at"] == "2026-01-02T01:00:00Z"
+    assert sorted(keys(admin, bucket)) == sorted(claims_seen), "the claims are released"
+
+
 def test_delete_many_rechecks_each_context_and_deletes_the_page_in_one_call(
     store: S3Store, admin: Any, bucket: str
 ) -> None:
@@ -770,6 +820,39 @@ def test_delete_many_sends_no_delete_once_the_claims_are_older_than_the_hold(
     assert list(store.delete_many(items, expired_later)) == [Deletion.KEPT] * 3
     assert len(deleting) == 3 and all(key.endswith(".deleting") for key in deleting)
     assert sorted(keys(admin, bucket)) == sorted(item.handle.key for item in items)
+
+
+def test_cleanup_keeps_at_most_the_configured_requests_in_flight(
+    seaweed: SeaweedS3, admin: Any, bucket: str
+) -> None:
+    """BUILD_CONTEXT_CLEANUP_CONCURRENCY bounds the objects read while listing and the claims
+    taken while deleting. A spy on the client holds each HEAD and claim PUT a moment, so that
+    a store sending more at once would show it."""
+    store = open_s3(seaweed, bucket, cleanup_concurrency=3)
+    items = expired_contexts(store, 12)
+    in_flight, most = 0, 0
+    lock = threading.Lock()
+
+    def sent(params: dict[str, Any], **_: Any) -> None:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        time.sleep(0.05)
+
+    def answered(**_: Any) -> None:
+        nonlocal in_flight
+        with lock:
+            in_flight -= 1
+
+    for operation in ("HeadObject", "PutObject"):
+        store.client.meta.events.register(f"before-call.s3.{operation}", sent)
+        store.client.meta.events.register(f"after-call.s3.{operation}", answered)
+    listed = list(store.list())
+    assert len(listed) == len(items) and most <= 3
+    assert list(store.delete_many(listed, expired_later)) == [Deletion.DELETED] * 12
+    assert 1 <= most <= 3, f"{most} requests in flight"
+    assert keys(admin, bucket) == []
 
 
 def test_cleanup_through_the_traced_store_deletes_a_page_in_one_span(

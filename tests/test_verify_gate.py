@@ -245,6 +245,27 @@ def _external(body: dict[str, Any]) -> dict[str, Any]:
     return external
 
 
+def _images(body: dict[str, Any]) -> dict[str, Any]:
+    images: dict[str, Any] = body["predicate"]["buildDefinition"]["internalParameters"]["images"]
+    return images
+
+
+def test_a_statement_made_before_a_runtime_was_added_still_verifies(
+    tmp_path: Path, base: Built
+) -> None:
+    """A statement records the image templates of every runtime registered when it was made;
+    only its own runtime's shape its Dockerfile, so one without the others' still verifies."""
+
+    def older(body: dict[str, Any]) -> None:
+        for key in ("nodejs", "go_build", "go_runtime"):
+            del _images(body)[key]
+
+    envelope = _statement_changed(base, older)
+    done = run_verify(tmp_path, base.archive.data, envelope, None, "--unpinned")
+    assert done.returncode == 0, done.stderr
+    assert done.wrote_output
+
+
 MALFORMED_ENVELOPES = [
     pytest.param(lambda b: b"\x00\xff not json", "not UTF-8 JSON", id="not-json"),
     pytest.param(lambda b: _nested(200_000), "nests too deeply", id="deep"),
@@ -336,6 +357,16 @@ MALFORMED_STATEMENTS = [
         lambda b: provenance.envelope({"x": json.loads("[" * 50 + "]" * 50)}, None),
         "_type",
         id="not-a-statement",
+    ),
+    pytest.param(
+        lambda b: _statement_changed(b, lambda s: _images(s).pop("python")),
+        "internalParameters.images must name every base image of the runtime (python)",
+        id="without-its-runtimes-image",
+    ),
+    pytest.param(
+        lambda b: _statement_changed(b, lambda s: _images(s).update(java="eclipse-temurin")),
+        "and no other than python, nodejs, go_build, go_runtime",
+        id="an-image-we-do-not-have",
     ),
     pytest.param(
         lambda b: _envelope_with(

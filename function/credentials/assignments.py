@@ -112,13 +112,19 @@ def _verdict(
     if looks_random(value):
         return "high-entropy secret assignment"
     if syntax == "config":
-        if kind == "password" and len(value) >= 4:
-            return "password assignment"
-        if is_hex(value) and len(value) >= 32:
-            return "high-entropy secret assignment"
-        return None
+        return _config_verdict(kind, value)
     if kind == "password" and quoted and len(value) >= 8 and not is_name_of_a_thing(value):
         return "password assignment" if classes(value, symbols=True) >= 3 else None
+    return None
+
+
+def _config_verdict(kind: Literal["password", "secret"], value: str) -> str | None:
+    """A configuration file's value is the value itself, quoted or not: a password from 4
+    characters on, and a long hex string under any secret's name."""
+    if kind == "password" and len(value) >= 4:
+        return "password assignment"
+    if is_hex(value) and len(value) >= 32:
+        return "high-entropy secret assignment"
     return None
 
 

@@ -1,16 +1,19 @@
-"""What every runtime provides: versions, dependency rules, syntax check and rendered files."""
+"""What every runtime provides: its facts (names, versions, base images and their settings,
+descriptions, CLI parsing), dependency rules, syntax check and rendered files."""
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Protocol
+
+from pydantic import AfterValidator, Field
 
 from ..archive import GENERATED_DOTFILES
 from ..boundary import quote
 from ..errors import FieldError, InvalidRequest
-from ..settings import Settings
 
 Dependencies = Sequence[str] | Mapping[str, str]
 Pinned = tuple[tuple[str, str], ...]
@@ -44,6 +47,50 @@ def with_build_ca(variable: str, command: str) -> str:
     )
 
 
+_IMAGE_REF = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+|\{version\})*([:@][A-Za-z0-9_.{}-]+)?$")
+
+
+def image_reference(value: str) -> str:
+    if not _IMAGE_REF.fullmatch(value):
+        raise ValueError(
+            f"{value[:80]!r} is not an image reference (lowercase name, optional :tag, "
+            "`{version}` where the runtime version goes)"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """An image a runtime's Dockerfile builds FROM, and the operator's setting for it: `key`
+    names the setting `<key>_image` (BUILD_CONTEXT_<KEY>_IMAGE, documented with `description`)
+    and the entry of the provenance's internalParameters.images, from which `verify` renders
+    the Dockerfile again. `default` is a template: `{version}` is the runtimeVersion."""
+
+    key: str
+    default: str
+    description: str
+
+    @property
+    def setting(self) -> str:
+        return f"{self.key}_image"
+
+    def field(self) -> tuple[Any, Any]:
+        """Its setting's type and field, as settings.py builds them into the model."""
+        template = Annotated[str, AfterValidator(image_reference)]
+        return template, Field(self.default, description=self.description)
+
+
+class RuntimeSettings(Protocol):
+    """What a runtime reads of the settings. settings.Settings offers it, and builds its image
+    fields from the runtimes' declarations: so the runtimes name it by what they read, and
+    the two packages do not import each other."""
+
+    @property
+    def allow_url_dependencies(self) -> bool: ...
+
+    def image(self, image: BaseImage, version: str) -> str: ...
+
+
 @dataclass(frozen=True)
 class Rendered:
     """Files the function writes into the context, next to the caller's sources."""
@@ -56,6 +103,8 @@ class Rendered:
 
 
 class Runtime(ABC):
+    """Every fact about one runtime; tests/test_registries.py fails when one is missing."""
+
     name: str
     aliases: tuple[str, ...] = ()
     entry_file: str
@@ -63,18 +112,32 @@ class Runtime(ABC):
     versions: tuple[str, ...]
     default_version: str
     generated_files: frozenset[str]
+    images: tuple[BaseImage, ...]
+    """Every image `render` builds FROM (settings.image), and only those: provenance records
+    them all, so that `verify` renders with the images the context was made with."""
+    dependencies_description: str
+    """The shape of `dependencies`, for the request's schema (`python: ...; nodejs: ...`)."""
+    lock_description: str
+    """What `lockFile` holds, for the request's schema (`... (python), ... (nodejs)`)."""
+    dependency_example: str
+    """One dependency as `create -d` takes it; the registry test parses and checks it."""
+
+    def cli_dependencies(self, values: Sequence[str]) -> Dependencies:
+        """`create -d VALUE ...` as the request's `dependencies`: a list, unless the runtime
+        takes an object."""
+        return list(values)
 
     @abstractmethod
-    def dependencies(self, deps: Dependencies, settings: Settings) -> Pinned:
+    def dependencies(self, deps: Dependencies, settings: RuntimeSettings) -> Pinned:
         """Check the request's dependencies; return them canonical and sorted."""
 
     @abstractmethod
-    def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
-        """The first syntax error of a source file (empty when it compiles); for the entry
-        file, also what the runtime needs of it beyond syntax."""
+    def source_errors(self, sources: Mapping[str, str], version: str) -> list[FieldError]:
+        """The first syntax error of each source file (none when it compiles), checked within
+        bounded work; for the entry file, also what the runtime needs of it beyond syntax."""
 
     @abstractmethod
-    def lock(self, text: str, deps: Pinned, settings: Settings, version: str) -> Lock:
+    def lock(self, text: str, deps: Pinned, settings: RuntimeSettings, version: str) -> Lock:
         """Check the request's lock file against the checked dependencies (InvalidRequest):
         every declared dependency is pinned by an entry the `version` image installs."""
 
@@ -83,7 +146,7 @@ class Runtime(ABC):
         self,
         version: str,
         deps: Pinned,
-        settings: Settings,
+        settings: RuntimeSettings,
         lock: Lock | None = None,
         sources: Mapping[str, str] | None = None,
     ) -> Rendered:
@@ -118,7 +181,7 @@ class SpecifierListRuntime(Runtime):
 
     joiner: str
 
-    def dependencies(self, deps: Dependencies, settings: Settings) -> Pinned:
+    def dependencies(self, deps: Dependencies, settings: RuntimeSettings) -> Pinned:
         problems: list[FieldError] = []
         checked: list[tuple[int, str, str]] = []
         for index, spec in enumerate(as_list(deps, self.joiner)):
@@ -130,7 +193,7 @@ class SpecifierListRuntime(Runtime):
         return self.pinned(problems, checked)
 
     @abstractmethod
-    def check_specifier(self, spec: str, settings: Settings) -> tuple[str, str] | str:
+    def check_specifier(self, spec: str, settings: RuntimeSettings) -> tuple[str, str] | str:
         """One entry as (canonical name, specifier to write), or what is wrong with it."""
 
 
@@ -168,6 +231,6 @@ def lock_error(problem: str, runtime: str, line: int | None = None) -> InvalidRe
     where = f"line {line}: " if line else ""
     message = f"lockFile: {where}{problem}"
     return InvalidRequest(
-        f"{message} (the {runtime} lock file; see README, Locked dependencies)",
+        f"{message} (the {runtime} lock file; see docs/validation.md, Locked dependencies)",
         [FieldError(message, field="lockFile", line=line)],
     )

@@ -5,24 +5,23 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import tree_sitter_go
-
 from ..boundary import quote
 from ..errors import FieldError
-from ..settings import Settings
 from .base import (
     GENERATED_FOR_EVERY_RUNTIME,
     MAX_LOCK_ENTRIES,
+    BaseImage,
     Lock,
     Pinned,
     Rendered,
+    RuntimeSettings,
     SpecifierListRuntime,
     lock_error,
     with_build_ca,
 )
 from .treesitter import TreeSitterGrammar
 
-_GRAMMAR = TreeSitterGrammar(tree_sitter_go.language(), "Go")
+_GRAMMAR = TreeSitterGrammar("go", "Go")
 # golang.org/x/mod/module.CheckPath: a dotted lowercase host first, then path elements.
 _FIRST = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
 _ELEMENT = re.compile(r"[A-Za-z0-9_~-](?:[A-Za-z0-9._~-]*[A-Za-z0-9_~-])?")
@@ -49,7 +48,17 @@ _SUM_LINE = re.compile(
 def module_path_problem(path: str) -> str | None:
     if len(path) > _MAX_PATH:
         return f"is longer than {_MAX_PATH} characters"
-    elements = path.split("/")
+    problem = _elements_problem(path.split("/"))
+    if problem:
+        return problem
+    if _BAD_PATH_MAJOR.fullmatch(path):
+        return "ends in /v0 or /v1: only /v2 and above are major version suffixes; drop it"
+    if path.startswith("gopkg.in/") and _GOPKG.fullmatch(path) is None:
+        return "is a gopkg.in path without its .vN suffix, e.g. 'gopkg.in/yaml.v3'"
+    return None
+
+
+def _elements_problem(elements: list[str]) -> str | None:
     if _FIRST.fullmatch(elements[0]) is None:
         return "must start with a lowercase host name containing a dot, e.g. 'github.com/org/repo'"
     bad = [e for e in elements[1:] if _ELEMENT.fullmatch(e) is None]
@@ -60,10 +69,6 @@ def module_path_problem(path: str) -> str | None:
         return (
             f"has the element {quote(reserved[0])}, which the go command refuses (a Windows name)"
         )
-    if _BAD_PATH_MAJOR.fullmatch(path):
-        return "ends in /v0 or /v1: only /v2 and above are major version suffixes; drop it"
-    if path.startswith("gopkg.in/") and _GOPKG.fullmatch(path) is None:
-        return "is a gopkg.in path without its .vN suffix, e.g. 'gopkg.in/yaml.v3'"
     return None
 
 
@@ -98,6 +103,12 @@ def version_problem(module: str, version: str) -> str | None:
     return None
 
 
+BUILD_IMAGE = BaseImage("go_build", "golang:{version}-bookworm", "Go build-stage image.")
+RUNTIME_IMAGE = BaseImage(
+    "go_runtime", "gcr.io/distroless/static-debian12:nonroot", "Go final-stage image."
+)
+
+
 class GoRuntime(SpecifierListRuntime):
     name = "go"
     aliases = ("golang",)
@@ -106,9 +117,13 @@ class GoRuntime(SpecifierListRuntime):
     versions = ("1.25", "1.26", "1.27")
     default_version = "1.26"
     generated_files = GENERATED_FOR_EVERY_RUNTIME | {"go.mod", "go.sum"}
+    images = (BUILD_IMAGE, RUNTIME_IMAGE)
+    dependencies_description = "module@version (or {module: version})"
+    lock_description = "go.sum"
+    dependency_example = "github.com/google/uuid@v1.6.0"
     joiner = "@"
 
-    def check_specifier(self, spec: str, settings: Settings) -> tuple[str, str] | str:
+    def check_specifier(self, spec: str, settings: RuntimeSettings) -> tuple[str, str] | str:
         module, at, version = spec.rpartition("@")
         if not at:
             return (
@@ -120,33 +135,12 @@ class GoRuntime(SpecifierListRuntime):
             return f"module path {quote(module)} {problem}"
         return version_problem(module, version) or (module, version)
 
-    def lock(self, text: str, deps: Pinned, settings: Settings, version: str) -> Lock:
+    def lock(self, text: str, deps: Pinned, settings: RuntimeSettings, version: str) -> Lock:
         """A go.sum: `module version h1:…` and `module version/go.mod h1:…` lines. Every
         declared module needs both; with -mod=readonly the build then fails on any module
         whose sum is missing or differs, so `dependencies` must list every module the build
         needs (what `go mod tidy` puts in go.mod)."""
-        sums: dict[tuple[str, str], str] = {}
-        for number, raw in enumerate(text.splitlines(), 1):
-            line = raw.strip()
-            if not line:
-                continue
-            match = _SUM_LINE.fullmatch(line)
-            if match is None:
-                raise lock_error(
-                    "is not a go.sum line 'module version[/go.mod] h1:<base64>'", self.name, number
-                )
-            module, version = match["module"], match["version"]
-            problem = module_path_problem(module)
-            if problem:
-                raise lock_error(f"the module path {quote(module)} {problem}", self.name, number)
-            problem = version_problem(module, version)
-            if problem:
-                raise lock_error(problem, self.name, number)
-            key = (module, version + (match["gomod"] or ""))
-            if sums.setdefault(key, match["hash"]) != match["hash"]:
-                raise lock_error(f"two different sums for {module} {key[1]}", self.name, number)
-            if len(sums) > MAX_LOCK_ENTRIES:
-                raise lock_error(f"more than {MAX_LOCK_ENTRIES} lines", self.name, number)
+        sums = _sums(text)
         for module, version in deps:
             for suffix in ("", "/go.mod"):
                 if (module, version + suffix) not in sums:
@@ -157,33 +151,26 @@ class GoRuntime(SpecifierListRuntime):
                     )
         return {"sums": [f"{m} {v} {h}" for (m, v), h in sorted(sums.items())]}
 
-    def source_errors(self, path: str, text: str, version: str) -> list[FieldError]:
-        parsed = _GRAMMAR.parse(text)
-        errors = _GRAMMAR.first_error(path, parsed)
-        if errors or path != self.entry_file:
-            return errors
-        root = parsed.root
-        package = next((c for c in root.children if c.type == "package_clause"), None)
-        name = (
-            parsed.text(package.named_children[0]) if package and package.named_children else None
-        )
-        has_main = any(
-            c.type == "function_declaration"
-            and (node := c.child_by_field_name("name")) is not None
-            and parsed.text(node) == b"main"
-            for c in root.children
-        )
-        if name == b"main" and has_main:
-            return []
-        return [
-            FieldError(
-                "the entry file must declare 'package main' with a 'func main()' so that it "
-                "builds into a command",
-                file=path,
-                line=1 if package is None else package.start_point[0] + 1,
-                column=1,
-            )
-        ]
+    def source_errors(self, sources: Mapping[str, str], version: str) -> list[FieldError]:
+        problems: list[FieldError] = []
+        for path, outcome in _GRAMMAR.check(sources, entry=self.entry_file):
+            errors = _GRAMMAR.errors(path, outcome)
+            if (
+                not errors
+                and path == self.entry_file
+                and not (outcome.package and outcome.package[0] == "main" and outcome.has_main)
+            ):
+                errors = [
+                    FieldError(
+                        "the entry file must declare 'package main' with a 'func main()' so "
+                        "that it builds into a command",
+                        file=path,
+                        line=outcome.package[1] if outcome.package else 1,
+                        column=1,
+                    )
+                ]
+            problems += errors
+        return problems
 
     def tool_file_problem(self, path: str) -> str | None:
         name = path.rsplit("/", 1)[-1]
@@ -202,7 +189,7 @@ class GoRuntime(SpecifierListRuntime):
         self,
         version: str,
         deps: Pinned,
-        settings: Settings,
+        settings: RuntimeSettings,
         lock: Lock | None = None,
         sources: Mapping[str, str] | None = None,
     ) -> Rendered:
@@ -217,7 +204,7 @@ class GoRuntime(SpecifierListRuntime):
         if lock:
             manifests["go.sum"] = "".join(f"{line}\n" for line in lock["sums"])
         dockerfile = (
-            f"FROM {settings.image(settings.go_build_image, version)} AS build\n"
+            f"FROM {settings.image(BUILD_IMAGE, version)} AS build\n"
             "ENV CGO_ENABLED=0 \\\n"
             f"    GOFLAGS=-mod={mode} \\\n"
             "    GOTOOLCHAIN=local\n"
@@ -229,12 +216,39 @@ class GoRuntime(SpecifierListRuntime):
             f"RUN go build {'-mod=readonly ' if lock else ''}"
             '-trimpath -ldflags="-s -w" -o /out/remediation .\n'
             "\n"
-            f"FROM {settings.image(settings.go_runtime_image, version)}\n"
+            f"FROM {settings.image(RUNTIME_IMAGE, version)}\n"
             "COPY --from=build /out/remediation /remediation\n"
             "USER 65532:65532\n"
             'ENTRYPOINT ["/remediation"]\n'
         )
         return Rendered(dockerfile, manifests)
+
+
+def _sums(text: str) -> dict[tuple[str, str], str]:
+    """The go.sum's lines, checked: (module, version[/go.mod]) to its h1: hash."""
+    sums: dict[tuple[str, str], str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        match = _SUM_LINE.fullmatch(line)
+        if match is None:
+            raise lock_error(
+                "is not a go.sum line 'module version[/go.mod] h1:<base64>'", "go", number
+            )
+        module, version = match["module"], match["version"]
+        problem = module_path_problem(module)
+        if problem:
+            raise lock_error(f"the module path {quote(module)} {problem}", "go", number)
+        problem = version_problem(module, version)
+        if problem:
+            raise lock_error(problem, "go", number)
+        key = (module, version + (match["gomod"] or ""))
+        if sums.setdefault(key, match["hash"]) != match["hash"]:
+            raise lock_error(f"two different sums for {module} {key[1]}", "go", number)
+        if len(sums) > MAX_LOCK_ENTRIES:
+            raise lock_error(f"more than {MAX_LOCK_ENTRIES} lines", "go", number)
+    return sums
 
 
 RUNTIME = GoRuntime()

@@ -16,6 +16,7 @@ can tell two untried values apart. It holds "surely" only when it holds for ever
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -97,13 +98,22 @@ def implies(
     if unknown:
         return Verdict(False, f"names {unknown[0]!r}, which is not a PEP 508 marker variable")
     axes = _axes(named, python_version)
-    cases = 1
-    for _, values in axes:
-        cases *= len(values)
+    cases = math.prod(len(values) for _, values in axes)
     if cases > budget:
         return Verdict(
             False, f"needs {cases} cases to judge, over the {budget} left of {MAX_CASES} a lock"
         )
+    return _judge(condition, marker, axes, python_version, cases)
+
+
+def _judge(
+    condition: Marker | None,
+    marker: Marker,
+    axes: list[tuple[str, tuple[str, ...]]],
+    python_version: str,
+    cases: int,
+) -> Verdict:
+    """Every environment the axes make, until one where `condition` holds and `marker` not."""
     for environment in _environments(axes, python_version):
         if _holds(condition, environment, default=True) and not _holds(
             marker, environment, default=False

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ..archive import Archive
@@ -69,9 +70,17 @@ class Swept:
 
 
 class Store(ABC, Generic[H]):
-    """Backends fill in the four primitives; the rest has defaults that a backend may beat."""
+    """Backends fill in the four primitives; the rest has defaults that a backend may beat.
+    Every registered store also declares the settings it reads and the page documenting it
+    (tests/test_registries.py checks the page names each of those settings)."""
 
     backend: str
+    setting_names: tuple[str, ...]
+    """The Settings fields the store reads (its BUILD_CONTEXT_* variables)."""
+    docs_page: str
+    lists_by_function = False
+    """True when `list` yields each function's contexts one after another: cleanup then holds
+    the newest of one function at a time instead of every function's (cleanup.py)."""
 
     def check(self) -> None:
         """Fail at start-up (ConfigurationError) when the store cannot work at all."""
@@ -132,6 +141,12 @@ class Store(ABC, Generic[H]):
         not: what a store can tell without reading each record (S3: from the listing)."""
         for record in self.function_contexts(namespace, function):
             yield record.content_hash, record.size_bytes
+
+    def lock_folder(self) -> Path | None:
+        """A folder every pod writing to this store shares (the filesystem store's volume),
+        where the per-function limits keep their lock files so that they hold across those
+        pods; None: there is none, each pod locks in a folder of its own."""
+        return None
 
     def close(self) -> None:
         """Release clients and connections."""

@@ -54,6 +54,8 @@ SYNC_THREADS = 16
 
 
 class FilesystemStore(Store[Path]):
+    setting_names = ("fs_root",)
+    docs_page = "docs/filesystem.md"
     backend = "filesystem"
 
     def __init__(self, root: Path, open_functions: int = 64) -> None:
@@ -109,6 +111,9 @@ class FilesystemStore(Store[Path]):
             raise ConfigurationError(
                 "BUILD_CONTEXT_FS_ROOT", f"{self.root} is not a writable folder ({exc.strerror})"
             ) from None
+
+    def lock_folder(self) -> Path:
+        return self.root / ".limits"
 
     def folder(self, namespace: str, function: str, content_hash: str) -> str:
         return os.path.join(self._root, namespace, function, content_hash)
@@ -300,17 +305,6 @@ def _write_new(path: str, data: bytes) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def open_lock(path: str) -> int:
-    """A lock file's descriptor, to `flock`; its folder is made on first use only (one system
-    call per request instead of a mkdir that fails with EEXIST, then the open)."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-    try:
-        return os.open(path, flags, 0o666)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        return os.open(path, flags, 0o666)
 
 
 def _write_atomic(path: str, data: bytes, folder: str) -> None:

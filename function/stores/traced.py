@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 
 from opentelemetry import trace
 
@@ -17,6 +18,7 @@ class TracedStore(Store[H]):
     def __init__(self, inner: Store[H], telemetry: Telemetry) -> None:
         self.inner = inner
         self.backend = inner.backend
+        self.lists_by_function = inner.lists_by_function
         self.telemetry = telemetry
 
     def check(self) -> None:
@@ -86,6 +88,9 @@ class TracedStore(Store[H]):
     def function_sizes(self, namespace: str, function: str) -> Iterator[tuple[str, int]]:
         with self.telemetry.storage_call(self.backend, "function_sizes"):
             return iter(list(self.inner.function_sizes(namespace, function)))
+
+    def lock_folder(self) -> Path | None:
+        return self.inner.lock_folder()
 
     def close(self) -> None:
         self.inner.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import ExemplarFilter
     from prometheus_client import CollectorRegistry
 
-    from ..wsgi import WSGIApp
-
 
 @dataclass
 class Exporters:
@@ -28,7 +26,7 @@ class Exporters:
 
     meter_provider: metrics.MeterProvider
     tracer_provider: trace.TracerProvider
-    metrics_app: WSGIApp
+    metrics_app: Callable[..., Iterable[bytes]]
     otlp: tuple[str, ...]
     registry: CollectorRegistry
 

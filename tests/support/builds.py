@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from function.runtimes import RUNTIMES
+from function.runtimes.go import RUNTIME_IMAGE
 from function.settings import Settings
 from tests.support.processes import built_bin_dir
 
@@ -35,18 +37,13 @@ def mirror_names(roles: Sequence[str]) -> dict[str, str]:
     """The name the rendered Dockerfiles give each stand-in, from the function's own image
     settings behind the mirror: role `python-3.13` is `localhost/mirror/python:3.13-slim-bookworm`."""
     settings = Settings(registry_mirror=MIRROR)
-    templates = {
-        "python": settings.python_image,
-        "nodejs": settings.nodejs_image,
-        "go": settings.go_build_image,
-    }
     names = {}
     for role in roles:
         if role == "go-runtime":
-            names[role] = settings.image(settings.go_runtime_image, "")
+            names[role] = settings.image(RUNTIME_IMAGE, "")
         else:
             runtime, _, version = role.partition("-")
-            names[role] = settings.image(templates[runtime], version)
+            names[role] = settings.image(RUNTIMES[runtime].images[0], version)
     return names
 
 

@@ -4,6 +4,7 @@ the one place where apiserver statuses are read."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import urllib3
@@ -58,6 +59,52 @@ class KubeBoundary:
 BOUNDARY = KubeBoundary()
 
 
+def _unauthorized(call: Call, said: str) -> StoreError:
+    return Forbidden(
+        f"the apiserver did not accept our credentials to {call.verb} {call.what} ({said}): "
+        "check the pod's ServiceAccount token, or the user in KUBECONFIG",
+        "401",
+    )
+
+
+def _forbidden(call: Call, said: str) -> StoreError:
+    return Forbidden(
+        f"the apiserver refused to {call.verb} {call.what} (403: {said}): bind the "
+        f"ServiceAccount to the Role in knative/base/rbac.yaml in namespace {call.namespace!r} "
+        f"(verbs on configmaps, requests: {', '.join(REQUIRED_VERBS['create'])}; cleanup: "
+        f"{', '.join(REQUIRED_VERBS['cleanup'])})",
+        "403",
+    )
+
+
+def _not_found(call: Call, said: str) -> StoreError:
+    if call.verb in ("create", "list"):  # the namespace itself is missing
+        return Forbidden(
+            f"cannot {call.verb} {call.what}: {said}; create the namespace or remove it from "
+            "BUILD_CONTEXT_NAMESPACE / BUILD_CONTEXT_ALLOWED_NAMESPACES",
+            "404",
+        )
+    return NotFound(f"cannot {call.verb} {call.what}: it does not exist ({said})", "404")
+
+
+def _conflict(call: Call, said: str) -> StoreError:
+    return Conflict(f"cannot {call.verb} {call.what}: {said}", "409")
+
+
+def _expired(call: Call, said: str) -> StoreError:
+    return Unavailable(f"listing {call.what} took too long ({said}); run again", "410")
+
+
+BY_STATUS: dict[int, Callable[[Call, str], StoreError]] = {
+    401: _unauthorized,
+    403: _forbidden,
+    404: _not_found,
+    409: _conflict,
+    410: _expired,
+}
+"""The statuses that are not transient and mean something of their own; any other is Rejected."""
+
+
 def translate(error: BaseException, attempts: int, call: Call) -> StoreError | None:
     """The typed failure of `call` (None for an exception that is not the client's)."""
     if not isinstance(error, ApiException | urllib3.exceptions.HTTPError | OSError):
@@ -71,32 +118,9 @@ def translate(error: BaseException, attempts: int, call: Call) -> StoreError | N
             str(getattr(error, "status", "") or type(error).__name__),
         )
     assert isinstance(error, ApiException)
-    status, said, verb, what = int(error.status or 0), message(error), call.verb, call.what
-    code = str(status)
-    if status == 401:
-        return Forbidden(
-            f"the apiserver did not accept our credentials to {verb} {what} ({said}): "
-            "check the pod's ServiceAccount token, or the user in KUBECONFIG",
-            code,
-        )
-    if status == 403:
-        return Forbidden(
-            f"the apiserver refused to {verb} {what} (403: {said}): bind the ServiceAccount to "
-            f"the Role in knative/base/rbac.yaml in namespace {call.namespace!r} (verbs on "
-            f"configmaps, requests: {', '.join(REQUIRED_VERBS['create'])}; cleanup: "
-            f"{', '.join(REQUIRED_VERBS['cleanup'])})",
-            code,
-        )
-    if status == 404 and verb in ("create", "list"):
-        return Forbidden(
-            f"cannot {verb} {what}: {said}; create the namespace or remove it from "
-            "BUILD_CONTEXT_NAMESPACE / BUILD_CONTEXT_ALLOWED_NAMESPACES",
-            code,
-        )
-    if status == 404:
-        return NotFound(f"cannot {verb} {what}: it does not exist ({said})", code)
-    if status == 409:
-        return Conflict(f"cannot {verb} {what}: {said}", code)
-    if status == 410:
-        return Unavailable(f"listing {what} took too long ({said}); run again", code)
-    return Rejected(f"the apiserver rejected {verb} of {what} ({status}): {said}", code)
+    status, said = int(error.status or 0), message(error)
+    if status in BY_STATUS:
+        return BY_STATUS[status](call, said)
+    return Rejected(
+        f"the apiserver rejected {call.verb} of {call.what} ({status}): {said}", str(status)
+    )

@@ -62,6 +62,13 @@ class _Gone(Exception):
 
 
 class ConfigMapStore(Store[ConfigMapHandle]):
+    setting_names = (
+        "configmap_max_bytes",
+        "configmap_namespace_max_bytes",
+        "configmap_namespace_max_count",
+        "configmap_usage_refresh_seconds",
+    )
+    docs_page = "docs/configmap.md"
     backend = "configmap"
 
     def __init__(
@@ -253,21 +260,11 @@ class ConfigMapStore(Store[ConfigMapHandle]):
         owner: OwnerReference | None,
     ) -> Stored:
         """Same content already stored: push its expiry forward (metadata stays mutable on an
-        immutable ConfigMap), never touch the bytes. Owners: a context keeps an owner
-        reference only while one owner has it to itself. A reuse never adds an owner, and a
-        reuse by anyone else (another owner or none) removes the owner reference, so that no
-        request's owner, mistaken or hostile, can get a shared context garbage-collected; the
-        TTL then governs it."""
+        immutable ConfigMap), never touch the bytes; re-read and patch again on a conflict."""
         for _ in range(_RACES):
             current = self._ours(existing, record)
-            refreshed = current.refreshed(record.expires_at)
-            patch: dict[str, Any] = {"resourceVersion": existing["resourceVersion"]}
-            if changed := annotation_changes(current, refreshed):
-                patch["annotations"] = changed
-            references = list(existing.get("ownerReferences") or [])
-            if references and (owner is None or any(r.get("uid") != owner.uid for r in references)):
-                patch["ownerReferences"] = None
-            if len(patch) == 1:
+            patch = _reuse_patch(existing, current, record, owner)
+            if patch is None:
                 return self._stored(current, True)
             try:
                 patched = self.api.patch_metadata(namespace, existing["name"], patch)
@@ -308,3 +305,25 @@ class ConfigMapStore(Store[ConfigMapHandle]):
             "key": KEY,
         }
         return Stored(record, storage, context_uri(), reused, {**storage, "key": PROVENANCE_FILE})
+
+
+def _reuse_patch(
+    existing: Mapping[str, Any],
+    current: ContextRecord,
+    record: ContextRecord,
+    owner: OwnerReference | None,
+) -> dict[str, Any] | None:
+    """The metadata patch of a reuse (None: nothing to change), conditional on the version read.
+
+    Owners: a context keeps an owner reference only while one owner has it to itself. A reuse
+    never adds an owner, and a reuse by anyone else (another owner or none) removes the owner
+    reference, so that no request's owner, mistaken or hostile, can get a shared context
+    garbage-collected; the TTL then governs it."""
+    patch: dict[str, Any] = {"resourceVersion": existing["resourceVersion"]}
+    refreshed = current.refreshed(record.expires_at)
+    if changed := annotation_changes(current, refreshed):
+        patch["annotations"] = changed
+    references = list(existing.get("ownerReferences") or [])
+    if references and (owner is None or any(r.get("uid") != owner.uid for r in references)):
+        patch["ownerReferences"] = None
+    return None if len(patch) == 1 else patch

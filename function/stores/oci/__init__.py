@@ -17,19 +17,24 @@ A user pins a context by tagging it (`<tag>.retain`, or any other tag of theirs)
 manifest by digest would take every tag on it, so cleanup never deletes a context that carries
 a tag it did not make. docs/oci.md has the layout, races and what registry GC must do. client.py speaks the
 distribution API (and is the one place its failures are classified), image.py builds the two
-manifests, store.py is the store, cleanup.py its listing and deletes.
+manifests, store.py is the store, cleanup.py its listing and deletes, provenance.py the
+envelope as a referrer artifact, location.py how `verify` reads an oci:// location.
 """
 
 from .client import RegistryClient, credentials_from_docker_config
 from .image import EMPTY_DIGEST, ContextImage, record_from_manifest, record_manifest
+from .location import read_location
+from .provenance import AttestedOCIStore
 from .store import OCIStore
 
 __all__ = [
     "EMPTY_DIGEST",
+    "AttestedOCIStore",
     "ContextImage",
     "OCIStore",
     "RegistryClient",
     "credentials_from_docker_config",
+    "read_location",
     "record_from_manifest",
     "record_manifest",
 ]

@@ -167,8 +167,8 @@ class RegistryClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _authenticate(self, challenge: str, scope: str) -> None:
-        challenge = challenge[:MAX_CHALLENGE_CHARS]
-        scheme, _, rest = challenge.partition(" ")
+        """Answer a 401's challenge: Basic from now on, or a Bearer token for `scope`."""
+        scheme, _, rest = challenge[:MAX_CHALLENGE_CHARS].partition(" ")
         if self.credentials is None and scheme.lower() != "bearer":
             raise Denied(
                 f"{self.registry} wants credentials and none are configured; mount a pull "
@@ -183,34 +183,20 @@ class RegistryClient:
             raise Denied(f"{self.registry} asks for an unknown auth scheme {scheme[:40]!r}", 401)
         if self.credentials is not None and self.credentials.registry_token:
             token = _Token("Bearer " + self.credentials.registry_token, time.monotonic() + 3600)
-            with self._lock:
-                self._tokens[scope] = token
-            return
-        params = dict(_CHALLENGE_PARAM.findall(rest))
-        realm = params.get("realm", "")
-        realm_parts = urlsplit(realm)
-        if realm_parts.scheme != "https" and not (
-            self.insecure_http and realm_parts.scheme == "http"
-        ):
+        else:
+            token = self._fetch_token(dict(_CHALLENGE_PARAM.findall(rest)), scope)
+        with self._lock:
+            self._tokens[scope] = token
+
+    def _fetch_token(self, challenge: dict[str, str], scope: str) -> _Token:
+        """A token from the realm the challenge names (https only, unless plain HTTP is on)."""
+        realm = challenge.get("realm", "")
+        realm_scheme = urlsplit(realm).scheme
+        if realm_scheme != "https" and not (self.insecure_http and realm_scheme == "http"):
             raise Denied(f"{self.registry} names a token realm that is not https: {realm[:80]!r}")
-        query = {"service": params.get("service", ""), "scope": scope}
+        query = {"service": challenge.get("service", ""), "scope": scope}
         try:
-            if self.credentials is not None and self.credentials.identity_token:
-                reply = self.session.post(
-                    realm,
-                    data={
-                        **query,
-                        "grant_type": "refresh_token",
-                        "refresh_token": self.credentials.identity_token,
-                        "client_id": "build-context",
-                    },
-                    timeout=self.timeout,
-                )
-            else:
-                auth = None
-                if self.credentials is not None and self.credentials.username:
-                    auth = (self.credentials.username, self.credentials.password)
-                reply = self.session.get(realm, params=query, auth=auth, timeout=self.timeout)
+            reply = self._ask_token_service(realm, query)
         except requests.RequestException as error:
             raise Unavailable(
                 f"token service {realm[:80]} not reachable: {str(error)[:200]}"
@@ -225,9 +211,23 @@ class RegistryClient:
             lifetime = float(body.get("expires_in") or 60)
         except (ValueError, AttributeError):
             raise Unavailable(f"the token service of {self.registry} sent no token") from None
-        token = _Token("Bearer " + value, time.monotonic() + max(10.0, lifetime - 10.0))
-        with self._lock:
-            self._tokens[scope] = token
+        return _Token("Bearer " + value, time.monotonic() + max(10.0, lifetime - 10.0))
+
+    def _ask_token_service(self, realm: str, query: dict[str, str]) -> requests.Response:
+        """An identity token is exchanged (OAuth2 refresh grant); a user and password, or
+        nothing, are sent to the realm as they are (the docker token protocol)."""
+        credentials = self.credentials
+        if credentials is not None and credentials.identity_token:
+            grant = {
+                "grant_type": "refresh_token",
+                "refresh_token": credentials.identity_token,
+                "client_id": "build-context",
+            }
+            return self.session.post(realm, data={**query, **grant}, timeout=self.timeout)
+        auth = None
+        if credentials is not None and credentials.username:
+            auth = (credentials.username, credentials.password)
+        return self.session.get(realm, params=query, auth=auth, timeout=self.timeout)
 
     # --- the API ---------------------------------------------------------------------------
 
@@ -267,15 +267,16 @@ class RegistryClient:
     def _manifest_request(
         self, method: str, repository: str, reference: str
     ) -> requests.Response | None:
-        """A manifest by tag or digest, in any media type we read (streamed: the caller bounds
-        what it reads); None when absent."""
+        """A manifest by tag or digest, in any media type we read (a GET streamed: the caller
+        bounds what it reads); None when absent. A HEAD is not streamed: closing a response
+        whose body was not read closes its connection, and the next call pays a new one."""
         try:
             return self.request(
                 method,
                 f"/v2/{repository}/manifests/{reference}",
                 _scope(repository),
                 headers={"Accept": ACCEPT_MANIFESTS},
-                stream=True,
+                stream=method == "GET",
             )
         except Missing:
             return None

@@ -25,6 +25,9 @@ class Credentials:
     registry_token: str = ""
 
 
+_SETTING = "BUILD_CONTEXT_OCI_DOCKER_CONFIG"
+
+
 def registry_key(text: str) -> str:
     """`https://r.example.com/v1/` and `r.example.com` name the same registry in a config."""
     if "://" not in text:
@@ -34,38 +37,44 @@ def registry_key(text: str) -> str:
 
 def credentials_from_docker_config(path: Path, registry: str) -> Credentials | None:
     """The entry for `registry` in a docker config.json (`auths`), as pull secrets hold it."""
-    variable = "BUILD_CONTEXT_OCI_DOCKER_CONFIG"
+    for key, entry in _auths(path).items():
+        if isinstance(entry, dict) and registry_key(str(key)) == registry.lower():
+            return _credentials(path, str(key), entry)
+    return None
+
+
+def _auths(path: Path) -> dict[str, object]:
     try:
         data = json.loads(path.read_text())
     except OSError as error:
-        raise ConfigurationError(variable, f"cannot read {path}: {error.strerror}") from None
+        raise ConfigurationError(_SETTING, f"cannot read {path}: {error.strerror}") from None
     except ValueError:
-        raise ConfigurationError(variable, f"{path} is not JSON") from None
+        raise ConfigurationError(_SETTING, f"{path} is not JSON") from None
     auths = data.get("auths") if isinstance(data, dict) else None
     if not isinstance(auths, dict):
         raise ConfigurationError(
-            variable, f"{path} has no `auths` object", "Give a docker config.json."
+            _SETTING, f"{path} has no `auths` object", "Give a docker config.json."
         )
-    for key, entry in auths.items():
-        if not isinstance(entry, dict) or registry_key(str(key)) != registry.lower():
-            continue
-        username = str(entry.get("username") or "")
-        password = str(entry.get("password") or "")
-        if entry.get("auth"):
-            try:
-                decoded = base64.b64decode(str(entry["auth"]), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                raise ConfigurationError(
-                    variable, f"{path}: the `auth` of {key[:80]!r} is not base64 of user:password"
-                ) from None
-            username, _, password = decoded.partition(":")
-        return Credentials(
-            username=username,
-            password=password,
-            identity_token=str(entry.get("identitytoken") or ""),
-            registry_token=str(entry.get("registrytoken") or ""),
-        )
-    return None
+    return auths
+
+
+def _credentials(path: Path, key: str, entry: dict[str, object]) -> Credentials:
+    username = str(entry.get("username") or "")
+    password = str(entry.get("password") or "")
+    if entry.get("auth"):
+        try:
+            decoded = base64.b64decode(str(entry["auth"]), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise ConfigurationError(
+                _SETTING, f"{path}: the `auth` of {key[:80]!r} is not base64 of user:password"
+            ) from None
+        username, _, password = decoded.partition(":")
+    return Credentials(
+        username=username,
+        password=password,
+        identity_token=str(entry.get("identitytoken") or ""),
+        registry_token=str(entry.get("registrytoken") or ""),
+    )
 
 
 def configured_ca_file(path: str) -> str:

@@ -102,7 +102,7 @@ class AttestedOCIStore(OCIStore):
 
     def delete(self, item: Listed[Handle], still_expired: StillExpired) -> Deletion:
         deletion = super().delete(item, still_expired)
-        if deletion is Deletion.DELETED:
+        if deletion is Deletion.DELETED and item.handle.envelope:
             self._forget_envelope(item.handle.repository, item.handle.tag + ENVELOPE_SUFFIX)
         return deletion
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ...archive import Archive, image_tag
@@ -28,21 +26,12 @@ from ..base import (
 )
 from ..calls import StorageCalls
 from ..failures import NotFound, StoreError
-from .cleanup import (
-    DELETE_CONCURRENCY,
-    LIST_CONCURRENCY,
-    RECORD_SUFFIX,
-    Handle,
-    Sweeper,
-)
-from .client import (
-    OCI_MANIFEST,
-    RegistryClient,
-    RegistryError,
-)
+from .cleanup import Handle, Sweeper
+from .client import RegistryClient, RegistryError
 from .credentials import configured_ca_file, configured_credentials
-from .errors import Call, RegistryBoundary
-from .image import EMPTY, EMPTY_DIGEST, MANAGED, ContextImage, record_from_manifest, record_manifest
+from .errors import RegistryBoundary
+from .image import EMPTY, EMPTY_DIGEST, MANAGED, ContextImage
+from .repositories import RECORD_SUFFIX, Repositories
 
 T = TypeVar("T")
 log = logging.getLogger("build_context.oci")
@@ -51,7 +40,16 @@ MAX_LAYER_BYTES = 512 * 1024 * 1024
 
 
 class OCIStore(Store[Handle]):
+    setting_names = (
+        "oci_registry",
+        "oci_repository",
+        "oci_docker_config",
+        "oci_ca_file",
+        "oci_insecure_http",
+    )
+    docs_page = "docs/oci.md"
     backend = "oci"
+    lists_by_function = True  # one repository per function, the catalog in lexical order
 
     def __init__(
         self,
@@ -61,16 +59,14 @@ class OCIStore(Store[Handle]):
         page_size: int = 500,
         retry: RetryPolicy | None = None,
         telemetry: Telemetry = NOOP,
+        cleanup_concurrency: int = 8,
     ) -> None:
         self.client = client
         self.registry = client.registry
         self.prefix = repository_prefix
-        self.page_size = page_size
-        self.calls = StorageCalls(
-            self.backend, RegistryBoundary(), telemetry, retry or RetryPolicy()
-        )
-        self.layout = re.compile(re.escape(repository_prefix) + r"/([a-z0-9-]+)/([a-z0-9-]+)")
-        self.sweeper = Sweeper(self)
+        calls = StorageCalls(self.backend, RegistryBoundary(), telemetry, retry or RetryPolicy())
+        self.repositories = Repositories(client, repository_prefix, calls, page_size)
+        self.sweeper = Sweeper(self.repositories, cleanup_concurrency)
         self._known_blobs: set[tuple[str, str]] = set()
         """(repository, digest) of the shared empty blob once pushed; blobs outlive manifests
         until registry GC, which runs with the registry read-only (docs/oci.md)."""
@@ -84,16 +80,17 @@ class OCIStore(Store[Handle]):
                 insecure_http=settings.oci_insecure_http,
                 ca_file=configured_ca_file(settings.oci_ca_file),
                 timeout=settings.retry_deadline_seconds,
-                pool_size=settings.server_threads + LIST_CONCURRENCY + DELETE_CONCURRENCY,
+                pool_size=settings.server_threads + settings.cleanup_concurrency,
             ),
             settings.oci_repository,
             page_size=settings.cleanup_page_size,
             retry=RetryPolicy.from_settings(settings),
             telemetry=telemetry,
+            cleanup_concurrency=settings.cleanup_concurrency,
         )
 
     def repository(self, namespace: str, function: str) -> str:
-        return f"{self.prefix}/{namespace}/{function}"
+        return self.repositories.repository(namespace, function)
 
     def check(self) -> None:
         """Unreachable or refusing registries only warn: requests then fail retryably."""
@@ -116,11 +113,11 @@ class OCIStore(Store[Handle]):
         repository = self.repository(record.namespace, record.function)
         tag = image_tag(record.content_hash)
         context = ContextImage.of(archive, record)
-        found = self.call("read record", repository, lambda: self.read_record(repository, tag))
+        found = self.repositories.read_record(repository, tag)
         if found is None:
             self._push_blobs(repository, archive, context, new=True)
-            self._put_record(repository, tag, record, context)
-            self.tag_context(repository, tag, context)
+            self.repositories.put_record(repository, tag, record, context)
+            self.repositories.tag_context(repository, tag, context)
             return self._stored(repository, tag, context, record, reused=False)
         existing, record_digest, subject = found
         if existing.content_hash != record.content_hash or subject != context.digest:
@@ -129,9 +126,7 @@ class OCIStore(Store[Handle]):
                 "context; it is left as it is. Remove it or change BUILD_CONTEXT_OCI_REPOSITORY."
             )
         wanted = self._refresh(repository, tag, context, existing, record_digest, record)
-        current = self.call(
-            "read context", repository, lambda: self.client.head_manifest(repository, tag)
-        )
+        current = self.repositories.head(repository, tag, "read context")
         if current != context.digest:
             if current is not None:
                 raise StorageConflict(
@@ -140,7 +135,7 @@ class OCIStore(Store[Handle]):
                 )
             # A crash before the last step, or a cleanup that deleted it a moment ago.
             self._push_blobs(repository, archive, context)
-            self.tag_context(repository, tag, context)
+            self.repositories.tag_context(repository, tag, context)
         return self._stored(repository, tag, context, wanted, reused=True)
 
     def _refresh(
@@ -158,11 +153,11 @@ class OCIStore(Store[Handle]):
         for _ in range(3):
             if wanted == existing:
                 return wanted
-            self._put_record(repository, tag, wanted, context)
+            self.repositories.put_record(repository, tag, wanted, context)
             self._forget(repository, digest)
-            found = self.call("read record", repository, lambda: self.read_record(repository, tag))
+            found = self.repositories.read_record(repository, tag)
             if found is None:  # gone meanwhile: write it again; the caller re-tags the context
-                self._put_record(repository, tag, wanted, context)
+                self.repositories.put_record(repository, tag, wanted, context)
                 return wanted
             existing, digest, _ = found
             if existing.expires_at >= wanted.expires_at:
@@ -192,48 +187,15 @@ class OCIStore(Store[Handle]):
             if digest == EMPTY_DIGEST:
                 self._known_blobs.add((repository, digest))
 
-    def _put_record(
-        self, repository: str, tag: str, record: ContextRecord, context: ContextImage
-    ) -> None:
-        body = record_manifest(record, context)
-        self.call(
-            "push record",
-            repository,
-            lambda: self.client.put_manifest(repository, tag + RECORD_SUFFIX, body, OCI_MANIFEST),
-        )
-
-    def tag_context(self, repository: str, tag: str, context: ContextImage) -> None:
-        self.call(
-            "tag context",
-            repository,
-            lambda: self.client.put_manifest(repository, tag, context.manifest, OCI_MANIFEST),
-        )
-
     def _forget(self, repository: str, digest: str) -> None:
         """Delete a superseded record by digest; a leftover only costs registry GC a little."""
         try:
-            self.call("delete record", repository, lambda: self.client.delete_manifest(
-                repository, digest
-            ))  # fmt: skip
+            self.repositories.delete(repository, digest, "delete record")
         except StoreError as error:
             log.warning(
                 "OCI store: could not delete a superseded record",
                 extra={"repository": repository, "digest": digest, "error": error.message},
             )
-
-    def read_record(self, repository: str, tag: str) -> tuple[ContextRecord, str, str] | None:
-        found = self.client.get_manifest(repository, tag + RECORD_SUFFIX)
-        if found is None:
-            return None
-        data, digest = found
-        try:
-            record, subject = record_from_manifest(data)
-        except ValueError:
-            raise StorageConflict(
-                f"OCI store: {self.registry}/{repository}:{tag}{RECORD_SUFFIX} was not written "
-                "by build-context; it is left as it is"
-            ) from None
-        return record, digest, subject
 
     def _stored(
         self,
@@ -308,21 +270,11 @@ class OCIStore(Store[Handle]):
         return self.sweeper.delete(item, still_expired)
 
     def delete_many(self, items: Sequence[Listed[Handle]], still_expired: StillExpired) -> Outcomes:
-        """`delete` for a page, a few contexts at a time: the registry has no batch delete, and
-        each context's re-checks and deletes are independent of the others'."""
-        with ThreadPoolExecutor(DELETE_CONCURRENCY, thread_name_prefix="oci-delete") as pool:
-            return list(pool.map(lambda item: self.delete_or_error(item, still_expired), items))
-
-    # --- errors, once ----------------------------------------------------------------------
+        """`delete` of each context, a few at a time (the registry has no batch delete)."""
+        return self.sweeper.delete_many(
+            items, lambda item: self.delete_or_error(item, still_expired)
+        )
 
     def call(self, what: str, repository: str, operation: Callable[[], T]) -> T:
-        """One registry call (or a few that belong together) through the shared wrapper: a
-        span, retries of transient failures, and the client's error typed once (errors.py)."""
-        return self.calls.run(
-            what,
-            operation,
-            Call(what, self.registry, repository).translate,
-            span=f"oci {what}",
-            attributes={"server.address": self.registry, "build_context.repository": repository},
-            fields={"registry": self.registry, "repository": repository},
-        )
+        """One registry call through the funnel the store shares with its sweeper."""
+        return self.repositories.call(what, repository, operation)

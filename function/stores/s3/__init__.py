@@ -12,12 +12,24 @@ the ETag, so `If-Match` cannot tell cleanup about it. Cleanup therefore claims a
 and a reuse re-reads the object after seeing no claim. docs/s3.md, Races, has the argument.
 Cleanup sends its deletes a page at a time (delete.py): the same claim and re-check per key,
 then one DeleteObjects call for the keys that still qualify. botocore's failures are read in
-one place (errors.py); every call goes through bucket.py.
+one place (errors.py); every call goes through bucket.py. Each context's provenance envelope
+is an object beside its archive (provenance.py); `verify` reads s3:// locations (location.py).
 """
 
 from .bucket import Head, s3_client
 from .claims import ClaimTimes
 from .codec import object_metadata, record_from_metadata
+from .location import read_location
+from .provenance import AttestedS3Store
 from .store import S3Store
 
-__all__ = ["ClaimTimes", "Head", "S3Store", "object_metadata", "record_from_metadata", "s3_client"]
+__all__ = [
+    "AttestedS3Store",
+    "ClaimTimes",
+    "Head",
+    "S3Store",
+    "object_metadata",
+    "read_location",
+    "record_from_metadata",
+    "s3_client",
+]

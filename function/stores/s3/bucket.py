@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,8 +25,7 @@ from .codec import managed
 T = TypeVar("T")
 ONCE = RetryPolicy(attempts=1)
 LIST_CONCURRENCY = 8
-DELETE_CONCURRENCY = 8
-"""Claims and re-checks of a page in flight at once, on the one shared client."""
+"""Objects of a listed page read (HEAD, tags) at once, on the one shared client."""
 
 
 def s3_client(settings: Settings, session: boto3.session.Session | None = None) -> Any:
@@ -41,7 +41,9 @@ def s3_client(settings: Settings, session: boto3.session.Session | None = None) 
         retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=min(5.0, settings.retry_deadline_seconds),
         read_timeout=settings.retry_deadline_seconds,
-        max_pool_connections=settings.server_threads + LIST_CONCURRENCY + DELETE_CONCURRENCY,
+        max_pool_connections=settings.server_threads
+        + LIST_CONCURRENCY
+        + settings.cleanup_concurrency,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         user_agent_extra="build-context",
@@ -102,25 +104,42 @@ class Bucket:
     def region(self) -> str:
         return str(self.client.meta.region_name)
 
-    def call(self, operation: str, key: str, call: Callable[[], T], once: bool = False) -> T:
-        """One S3 call; `once` for a call that must not land late (a delete under a claim)."""
-        where = errors.Call(operation, self.name, key, self.prefix, self.endpoint)
-        return self.calls.run(
-            operation,
-            call,
-            lambda error, attempts: errors.translate(error, attempts, where),
-            span=f"s3.{operation}",
-            attributes={"aws.s3.bucket": self.name, "aws.s3.key": key},
-            fields={"bucket": self.name, "key": key, "endpoint": self.endpoint},
-            policy=ONCE if once else None,
-        )
-
-    def send(self, operation: str, key: str, once: bool = False, **params: Any) -> Any:
-        """`operation` (a client method taking Bucket and Key) on `key`, through `call`."""
+    def send(self, operation: str, key: str, *, once: bool = False, **params: Any) -> Any:
+        """The client method `operation` on `key` (Bucket and Key filled in), through the one
+        funnel; `once` for a call that must not land late (a delete under a claim)."""
         method = getattr(self.client, operation)
-        return self.call(
-            operation, key, lambda: method(Bucket=self.name, Key=key, **params), once=once
+        body = params.get("Body")
+
+        def attempt() -> Any:
+            if isinstance(body, io.IOBase):
+                body.seek(0)  # a retry sends a streamed body again from its start
+            return method(Bucket=self.name, Key=key, **params)
+
+        return self._call(operation, key, attempt, once)
+
+    def read(self, key: str) -> bytes:
+        """The object's bytes, read within the attempt: a cut-off body is retried too."""
+        data: bytes = self._call(
+            "get_object",
+            key,
+            lambda: self.client.get_object(Bucket=self.name, Key=key)["Body"].read(),
         )
+        return data
+
+    def list_page(
+        self, prefix: str, max_keys: int, token: str = "", once: bool = False
+    ) -> dict[str, Any]:
+        """One ListObjectsV2 page under `prefix`, continuing from `token`."""
+        more = {"ContinuationToken": token} if token else {}
+        page: dict[str, Any] = self._call(
+            "list_objects_v2",
+            prefix,
+            lambda: self.client.list_objects_v2(
+                Bucket=self.name, Prefix=prefix, MaxKeys=max_keys, **more
+            ),
+            once,
+        )
+        return page
 
     def put_new(self, key: str, body: bytes, **attributes: Any) -> bool:
         """One conditional PUT (`If-None-Match: *`); False when the key is already taken."""
@@ -143,15 +162,28 @@ class Bucket:
     ) -> dict[str, Any]:
         """One DeleteObjects call; its answer lists what was deleted (unless `quiet`) and
         the keys it could not delete."""
-        answer: dict[str, Any] = self.call(
+        answer: dict[str, Any] = self._call(
             "delete_objects",
             self.prefix,
             lambda: self.client.delete_objects(
                 Bucket=self.name, Delete={"Objects": objects, "Quiet": quiet}
             ),
-            once=once,
+            once,
         )
         return answer
+
+    def _call(self, operation: str, key: str, call: Callable[[], T], once: bool = False) -> T:
+        """The funnel every call above goes through: a span, retries, a typed failure."""
+        where = errors.Call(operation, self.name, key, self.prefix, self.endpoint)
+        return self.calls.run(
+            operation,
+            call,
+            lambda error, attempts: errors.translate(error, attempts, where),
+            span=f"s3.{operation}",
+            attributes={"aws.s3.bucket": self.name, "aws.s3.key": key},
+            fields={"bucket": self.name, "key": key, "endpoint": self.endpoint},
+            policy=ONCE if once else None,
+        )
 
     def log_fields(self, operation: str, key: str, error: BaseException) -> dict[str, Any]:
         return {

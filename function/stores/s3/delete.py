@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import logging
 import math
 from collections.abc import MutableSequence, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -17,7 +18,7 @@ from botocore.exceptions import ClientError
 from ..base import Deletion, Listed, Outcomes, StillExpired
 from ..failures import NotFound, PreconditionFailed, Unavailable, Unsupported
 from . import errors
-from .bucket import DELETE_CONCURRENCY, Bucket, Head
+from .bucket import Bucket, Head
 from .claims import BATCH_LIMIT, Claims
 from .codec import Layout, managed
 
@@ -36,12 +37,18 @@ class _Due:
     claimed_at: float
 
 
+Claim = tuple[float, Head | None] | None
+"""When a claim was sought and the object as it is under it; None when not claimed."""
+
+
 @dataclass
 class Deleter:
     bucket: Bucket
     claims: Claims
     layout: Layout
     batch_limit: int = BATCH_LIMIT
+    concurrency: int = 8
+    """Claims and re-reads in flight at once, on the one shared client."""
     conditional: bool = True
     """Whether the server honours ETag conditions on deletes (learnt on the first refusal)."""
 
@@ -71,13 +78,17 @@ class Deleter:
             self.claims.release(key)
 
     def delete_many(self, items: Sequence[Listed[Head]], still_expired: StillExpired) -> Outcomes:
-        """Each key claimed and re-checked as `delete` does (a few at a time), then one
+        """Each key claimed and re-checked as `delete` does (`concurrency` at a time), then one
         DeleteObjects call for every key that still qualifies, and one that releases the claims."""
-        outcomes: Outcomes = []
-        with ThreadPoolExecutor(DELETE_CONCURRENCY, thread_name_prefix="s3-delete") as pool:
+        outcomes: Outcomes = [Deletion.GONE] * len(items)
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-delete") as pool:
             for start in range(0, len(items), self.batch_limit):
-                batch = items[start : start + self.batch_limit]
-                outcomes += self._delete_batch(pool, batch, still_expired)
+                held = _Held(self, outcomes)
+                try:
+                    self._claim_batch(pool, items, start, still_expired, held)
+                    held.settle()
+                finally:
+                    held.release()
         return outcomes
 
     def _qualifies(self, current: Head, still_expired: StillExpired) -> bool:
@@ -88,62 +99,45 @@ class Deleter:
         except (KeyError, ValueError):
             return False
 
-    def _delete_batch(
+    def _claim_batch(
         self,
         pool: ThreadPoolExecutor,
         items: Sequence[Listed[Head]],
+        start: int,
         still_expired: StillExpired,
-    ) -> Outcomes:
-        """Claims and re-reads run in `pool`; `still_expired` runs here, in the caller's thread.
+        held: _Held,
+    ) -> None:
+        """Claims and re-reads run in `pool` (`concurrency` threads); twice as many wait
+        submitted, so a thread never idles until this one wakes up. `still_expired` runs
+        here, in the caller's thread.
 
-        Once the oldest claim is half the hold old, or when every key is through, what passed
-        its re-check is deleted and the claims are released: each delete leaves well within its
-        claim's hold, and no request waits long for a claim.
+        Once the oldest claim is half the hold old, what passed its re-check so far is deleted
+        and the claims are released: each delete leaves well within its claim's hold, and no
+        request waits long for a claim.
         """
-        outcomes: Outcomes = [Deletion.GONE] * len(items)
-        pending: dict[Future[tuple[float, Head | None] | None], int] = {
-            pool.submit(contextvars.copy_context().run, self._claim_and_reread, item.handle.key): i
-            for i, item in enumerate(items)
-        }
-        claimed: list[str] = []
-        due: list[_Due] = []
-        deadline = math.inf
+        indexes = iter(range(start, min(len(items), start + self.batch_limit)))
+        window: dict[Future[Claim], int] = {}
         try:
-            while pending:
-                timeout = max(0.0, deadline - self._now()) if claimed else None
-                done, _ = wait(pending, timeout, FIRST_COMPLETED)
+            while True:
+                for index in itertools.islice(indexes, 2 * self.concurrency - len(window)):
+                    key = items[index].handle.key
+                    run = contextvars.copy_context().run
+                    window[pool.submit(run, self._claim_and_reread, key)] = index
+                if not window:
+                    return
+                done, _ = wait(window, held.timeout(), FIRST_COMPLETED)
                 for future in done:
-                    index = pending.pop(future)
-                    try:
-                        claim = future.result()
-                    except Exception as error:
-                        outcomes[index] = error
-                        continue
-                    if claim is None:
-                        continue
-                    claimed_at, current = claim
-                    claimed.append(items[index].handle.key)
-                    deadline = min(deadline, claimed_at + self._hold / 2)
-                    if current is None:
-                        continue
-                    outcomes[index] = Deletion.KEPT
-                    if self._qualifies(current, still_expired):
-                        due.append(_Due(index, current.key, current.etag, claimed_at))
-                if claimed and self._now() >= deadline:
-                    self._delete_due(due, outcomes)
-                    self.claims.release_many(claimed)
-                    due, claimed, deadline = [], [], math.inf
-            self._delete_due(due, outcomes)
+                    index = window.pop(future)
+                    held.add(index, items[index].handle.key, future, still_expired)
+                if held.overdue():
+                    held.settle()
         finally:
-            for future, index in pending.items():
+            for future, index in window.items():  # claims still in flight when a step failed
                 with contextlib.suppress(Exception):
                     if future.result() is not None:
-                        claimed.append(items[index].handle.key)
-            self.claims.release_many(claimed)
-        return outcomes
+                        held.claimed.append(items[index].handle.key)
 
-    def _claim_and_reread(self, key: str) -> tuple[float, Head | None] | None:
-        """When the claim was sought and the object as it is under it; None when not claimed."""
+    def _claim_and_reread(self, key: str) -> Claim:
         claimed_at = self._now()
         if not self.claims.take(key):
             return None
@@ -159,17 +153,7 @@ class Deleter:
         Each key carries the ETag of its re-read where the server honours it. A key whose
         claim is older than the hold stays (KEPT) for the next run.
         """
-        now = self._now()
-        timely = [d for d in due if now - d.claimed_at <= self._hold]
-        if len(timely) < len(due):
-            log.warning(
-                "S3 store: deletion claims held too long; those contexts wait for the next run",
-                extra={
-                    "store": self.bucket.calls.backend,
-                    "bucket": self.bucket.name,
-                    "late": len(due) - len(timely),
-                },
-            )
+        timely = self._timely(due)
         if not timely:
             return
         conditional = self.conditional
@@ -187,6 +171,20 @@ class Deleter:
             self._fail(timely, error, outcomes)
         else:
             self._answered(timely, answer, outcomes)
+
+    def _timely(self, due: Sequence[_Due]) -> list[_Due]:
+        now = self._now()
+        timely = [d for d in due if now - d.claimed_at <= self._hold]
+        if len(timely) < len(due):
+            log.warning(
+                "S3 store: deletion claims held too long; those contexts wait for the next run",
+                extra={
+                    "store": self.bucket.calls.backend,
+                    "bucket": self.bucket.name,
+                    "late": len(due) - len(timely),
+                },
+            )
+        return timely
 
     @staticmethod
     def _fail(timely: Sequence[_Due], error: Exception, outcomes: MutableSequence[Outcome]) -> None:
@@ -241,3 +239,54 @@ class Deleter:
         except NotFound:
             return Deletion.GONE
         return Deletion.DELETED
+
+
+@dataclass
+class _Held:
+    """The claims one batch holds, and what passed its re-check, until they are settled:
+    the due keys deleted with one DeleteObjects call, then every claim released."""
+
+    deleter: Deleter
+    outcomes: MutableSequence[Outcome]
+    claimed: list[str] = field(default_factory=list)
+    due: list[_Due] = field(default_factory=list)
+    deadline: float = math.inf
+    """Half the hold after the oldest claim still held: settle by then."""
+
+    def add(self, index: int, key: str, claim: Future[Claim], still_expired: StillExpired) -> None:
+        """The outcome of one claim and re-read: GONE unless it was claimed and still there."""
+        try:
+            taken = claim.result()
+        except Exception as error:
+            self.outcomes[index] = error
+            return
+        if taken is None:
+            return
+        claimed_at, current = taken
+        self.claimed.append(key)
+        self.deadline = min(self.deadline, claimed_at + self.deleter.claims.times.hold / 2)
+        if current is None:
+            return
+        self.outcomes[index] = Deletion.KEPT
+        if self.deleter._qualifies(current, still_expired):
+            self.due.append(_Due(index, current.key, current.etag, claimed_at))
+
+    def timeout(self) -> float | None:
+        """How long to wait for the next claim before settling (None: no claim held)."""
+        if not self.claimed:
+            return None
+        return max(0.0, self.deadline - self.deleter.claims.monotonic())
+
+    def overdue(self) -> bool:
+        return bool(self.claimed) and self.deleter.claims.monotonic() >= self.deadline
+
+    def settle(self) -> None:
+        """Delete what is due, then release every claim held."""
+        due, self.due = self.due, []
+        self.deleter._delete_due(due, self.outcomes)
+        self.release()
+
+    def release(self) -> None:
+        claimed, self.claimed, self.deadline = self.claimed, [], math.inf
+        if claimed:
+            self.deleter.claims.release_many(claimed)

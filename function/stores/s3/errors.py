@@ -3,6 +3,7 @@ where S3 error codes are read."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from botocore.exceptions import (
@@ -137,6 +138,55 @@ def startup_problem(failure: StoreError, bucket: str, endpoint: str) -> Configur
     return None
 
 
+def _denied(call: Call, found: str) -> StoreError:
+    return Forbidden(
+        f"S3 store: {call.operation} on {call.location} was denied ({found}); grant the "
+        f"function's identity {IAM_ACTION.get(call.operation, 's3:*')} on "
+        f"arn:aws:s3:::{call.bucket}/{call.prefix}* (docs/s3.md lists the policy)",
+        found,
+    )
+
+
+def _bad_credentials(call: Call, found: str) -> StoreError:
+    return Forbidden(
+        f"S3 store: {call.endpoint} rejected the credentials for {call.operation} on "
+        f"{call.location} ({found}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the "
+        "pod's role",
+        found,
+    )
+
+
+def _no_bucket(call: Call, found: str) -> StoreError:
+    return Unavailable(
+        f"S3 store: bucket {call.bucket!r} does not exist at {call.endpoint}; create it or "
+        "fix BUILD_CONTEXT_S3_BUCKET",
+        found,
+    )
+
+
+def _too_large(call: Call, found: str) -> StoreError:
+    return TooLarge(
+        f"S3 store: {call.endpoint} refused the archive for {call.location} as too large; "
+        "send less source or raise the server's object size limit",
+        found,
+    )
+
+
+REFUSED: dict[str, Callable[[Call, str], StoreError]] = {
+    **dict.fromkeys(FORBIDDEN, _denied),
+    **dict.fromkeys(CREDENTIALS, _bad_credentials),
+    "NoSuchBucket": _no_bucket,
+    "EntityTooLarge": _too_large,
+}
+"""Codes whose failure says what to fix whatever the call, checked before retrying counts."""
+SETTLED: dict[str, type[StoreError]] = {
+    TAKEN: PreconditionFailed,
+    **dict.fromkeys(MISSING, NotFound),
+    UNSUPPORTED: Unsupported,
+}
+"""Codes a caller branches on (a lost condition, a missing key, a refused feature)."""
+
+
 def translate(error: BaseException, attempts: int, call: Call) -> StoreError | None:
     """The typed failure of `call` (None for an exception that is not botocore's)."""
     if not isinstance(error, (ClientError, BotoCoreError)):
@@ -150,31 +200,8 @@ def translate(error: BaseException, attempts: int, call: Call) -> StoreError | N
             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or give the pod a role (docs/s3.md)",
             found,
         )
-    if found in CREDENTIALS:
-        return Forbidden(
-            f"S3 store: {call.endpoint} rejected the credentials for {where} ({found}); check "
-            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the pod's role",
-            found,
-        )
-    if found in FORBIDDEN:
-        return Forbidden(
-            f"S3 store: {where} was denied ({found}); grant the function's identity "
-            f"{IAM_ACTION.get(call.operation, 's3:*')} on "
-            f"arn:aws:s3:::{call.bucket}/{call.prefix}* (docs/s3.md lists the policy)",
-            found,
-        )
-    if found == "NoSuchBucket":
-        return Unavailable(
-            f"S3 store: bucket {call.bucket!r} does not exist at {call.endpoint}; create it or "
-            "fix BUILD_CONTEXT_S3_BUCKET",
-            found,
-        )
-    if found == "EntityTooLarge":
-        return TooLarge(
-            f"S3 store: {call.endpoint} refused the archive for {call.location} as too large; "
-            "send less source or raise the server's object size limit",
-            found,
-        )
+    if found in REFUSED:
+        return REFUSED[found](call, found)
     if BOUNDARY.transient(error):
         return Unavailable(
             f"S3 store: {where} at {call.endpoint} failed after {attempts} attempt(s) "
@@ -183,10 +210,6 @@ def translate(error: BaseException, attempts: int, call: Call) -> StoreError | N
         )
     settled = f"S3 store: {where} at {call.endpoint} failed ({said}); check the S3 settings "
     settled += "(docs/s3.md)"
-    if found == TAKEN:
-        return PreconditionFailed(settled, found)
-    if found in MISSING:
-        return NotFound(settled, found)
-    if found == UNSUPPORTED:
-        return Unsupported(settled, found)
+    if found in SETTLED:
+        return SETTLED[found](settled, found)
     return Unavailable(settled, found, retryable=False)

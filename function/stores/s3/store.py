@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +36,19 @@ _RACES = 8
 
 
 class S3Store(Store[Head]):
+    setting_names = (
+        "s3_bucket",
+        "s3_prefix",
+        "s3_endpoint_url",
+        "s3_region",
+        "s3_force_path_style",
+        "s3_sse",
+        "s3_sse_kms_key_id",
+        "s3_multipart_threshold_bytes",
+    )
+    docs_page = "docs/s3.md"
     backend = "s3"
+    lists_by_function = True  # keys in lexical order: a function's keys share its prefix
 
     def __init__(
         self,
@@ -53,6 +64,7 @@ class S3Store(Store[Head]):
         telemetry: Telemetry = NOOP,
         claim_times: ClaimTimes = CLAIM_TIMES,
         delete_batch_limit: int = BATCH_LIMIT,
+        cleanup_concurrency: int = 8,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -72,7 +84,9 @@ class S3Store(Store[Head]):
         self.layout = Layout(prefix)
         self.claims = Claims(self.objects, claim_times, sleep, monotonic)
         self.uploader = Uploader(self.objects, multipart_threshold)
-        self.deleter = Deleter(self.objects, self.claims, self.layout, delete_batch_limit)
+        self.deleter = Deleter(
+            self.objects, self.claims, self.layout, delete_batch_limit, cleanup_concurrency
+        )
 
     @classmethod
     def from_settings(
@@ -93,6 +107,7 @@ class S3Store(Store[Head]):
             page_size=settings.cleanup_page_size,
             retry=RetryPolicy.from_settings(settings),
             telemetry=telemetry,
+            cleanup_concurrency=settings.cleanup_concurrency,
             **parts,
         )
 
@@ -114,14 +129,7 @@ class S3Store(Store[Head]):
         request then answers StorageForbidden or a retryable StorageUnavailable.
         """
         try:
-            self.objects.call(
-                "list_objects_v2",
-                self.prefix,
-                lambda: self.client.list_objects_v2(
-                    Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1
-                ),
-                once=True,
-            )
+            self.objects.list_page(self.prefix, 1, once=True)
         except StoreError as failure:
             problem = errors.startup_problem(failure, self.bucket, self.endpoint)
             if problem is not None:
@@ -173,36 +181,24 @@ class S3Store(Store[Head]):
     def get(self, namespace: str, function: str, content_hash: str) -> bytes:
         key = self.key(namespace, function, content_hash)
         try:
-            data: bytes = self.objects.call(
-                "get_object",
-                key,
-                lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(),
-            )
+            return self.objects.read(key)
         except NotFound:
             raise KeyError((namespace, function, content_hash)) from None
-        return data
 
     def list(self, namespaces: frozenset[str] | None = None) -> Iterator[Listed[Head]]:
-        """Page by page; the objects of a page are read (HEAD and tags) a few at a time."""
+        """Page by page; the objects of a page are read (HEAD, tags when tagged) as many at
+        a time as cleanup deletes them (BUILD_CONTEXT_CLEANUP_CONCURRENCY)."""
         prefixes = (
             [self.prefix]
             if namespaces is None
             else [f"{self.prefix}{ns}/" for ns in sorted(namespaces)]
         )
-        with ThreadPoolExecutor(LIST_CONCURRENCY, thread_name_prefix="s3-list") as pool:
-            for prefix in prefixes:
-                for keys in self._pages(prefix):
-                    for head in pool.map(self._head_for_listing, keys):
-                        if head is not None and (listed := self._listed(head)) is not None:
-                            yield listed
+        return self._read(prefixes, self.deleter.concurrency)
 
     def function_contexts(self, namespace: str, function: str) -> Iterator[ContextRecord]:
         """The function's prefix only; each object read as `list` does."""
-        with ThreadPoolExecutor(LIST_CONCURRENCY, thread_name_prefix="s3-list") as pool:
-            for keys in self._pages(f"{self.prefix}{namespace}/{function}/"):
-                for head in pool.map(self._head_for_listing, keys):
-                    if head is not None and (listed := self._listed(head)) is not None:
-                        yield listed.record
+        for listed in self._read([f"{self.prefix}{namespace}/{function}/"], LIST_CONCURRENCY):
+            yield listed.record
 
     def function_sizes(self, namespace: str, function: str) -> Iterator[tuple[str, int]]:
         """From the listing alone: no object is read. An object under our layout that is not
@@ -222,6 +218,14 @@ class S3Store(Store[Head]):
         self.client.close()
 
     # --- the steps ------------------------------------------------------------------------
+
+    def _read(self, prefixes: Sequence[str], workers: int) -> Iterator[Listed[Head]]:
+        with ThreadPoolExecutor(workers, thread_name_prefix="s3-list") as pool:
+            for prefix in prefixes:
+                for keys in self._pages(prefix):
+                    for head in pool.map(self._head_for_listing, keys):
+                        if head is not None and (listed := self._listed(head)) is not None:
+                            yield listed
 
     def _head_for_listing(self, key: str) -> Head | None:
         return self.objects.head(key, with_tags=True, tag_count_hint=True)
@@ -245,21 +249,11 @@ class S3Store(Store[Head]):
 
     def _page_items(self, prefix: str) -> Iterator[Sequence[tuple[str, int]]]:
         """(key, size) of every object under `prefix`, a page at a time."""
-        token: dict[str, str] = {}
+        token = ""
         while True:
-            page = self.objects.call(
-                "list_objects_v2",
-                prefix,
-                functools.partial(
-                    self.client.list_objects_v2,
-                    Bucket=self.bucket,
-                    Prefix=prefix,
-                    MaxKeys=min(self.page_size, LIST_PAGE_LIMIT),
-                    **token,
-                ),
-            )
+            page = self.objects.list_page(prefix, min(self.page_size, LIST_PAGE_LIMIT), token)
             items = [(item["Key"], int(item.get("Size", 0))) for item in page.get("Contents", [])]
-            token = {"ContinuationToken": page.get("NextContinuationToken", "")}
+            token = page.get("NextContinuationToken", "")
             more = bool(page.get("IsTruncated"))
             del page
             yield items

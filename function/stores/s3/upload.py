@@ -101,19 +101,13 @@ class Uploader:
         return True
 
     def _upload_part(self, key: str, upload_id: str, number: int, part: memoryview) -> str:
-        bucket = self.bucket
-        answer = bucket.call(
+        answer = self.bucket.send(
             "upload_part",
             key,
-            # A fresh reader for each attempt: a retry sends the part again from its start.
-            lambda: bucket.client.upload_part(
-                Bucket=bucket.name,
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=PartReader(part),
-                ContentMD5=md5(part),
-            ),
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=PartReader(part),
+            ContentMD5=md5(part),
         )
         return str(answer["ETag"])
 

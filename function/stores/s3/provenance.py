@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from ..archive import Archive
-from ..contract import OwnerReference
-from ..provenance import ENVELOPE_MEDIA_TYPE
-from .base import ContextRecord, Deletion, Listed, Outcomes, StillExpired, Stored
-from .failures import NotFound, StoreError
-from .s3 import Head, S3Store
-from .s3.codec import SUFFIX
+from ...archive import Archive
+from ...contract import OwnerReference
+from ...provenance import ENVELOPE_MEDIA_TYPE
+from ..base import ContextRecord, Deletion, Listed, Outcomes, StillExpired, Stored
+from ..failures import NotFound, StoreError
+from .bucket import Head
+from .codec import SUFFIX
+from .store import S3Store
 
 log = logging.getLogger("build_context.s3")
 
@@ -59,10 +60,9 @@ class AttestedS3Store(S3Store):
     def get_provenance(self, namespace: str, function: str, content_hash: str) -> bytes:
         key = envelope_key(self.key(namespace, function, content_hash))
         try:
-            data: bytes = self.objects.send("get_object", key)["Body"].read()
+            return self.objects.read(key)
         except NotFound:
             raise KeyError((namespace, function, content_hash)) from None
-        return data
 
     def delete(self, item: Listed[Head], still_expired: StillExpired) -> Deletion:
         deletion = super().delete(item, still_expired)
