@@ -210,6 +210,10 @@ def test_the_sizes_the_caps_read_stay_exact_across_processes_kills_and_cleanups(
     assert kept() == truth() and len(truth()) == 19
     run(_delete_every_other)
     assert kept() == truth() and len(truth()) == 9
+    run(_put_range, 20, 23)  # then this process deletes without looking first, as cleanup does
+    (item,) = [i for i in store.list() if i.record.content_hash == _archive(8).content_hash]
+    assert store.delete(item, lambda fresh: True) is Deletion.DELETED
+    assert kept() == truth() and len(truth()) == 11
     store.close()
 
 

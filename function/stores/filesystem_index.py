@@ -100,6 +100,7 @@ class FunctionIndex:
         if self.sizes is None:
             os.write(self.lock_fd, line)  # not kept by this process: the others read it
             return
+        self.stored()  # read to the end first (a delete does not look before): line by line
         if self.offset + len(line) > LOG_LIMIT:
             self._new_epoch()
         os.write(self.lock_fd, line)
