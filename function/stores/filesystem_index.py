@@ -150,17 +150,25 @@ def _open_folder(folder: str) -> int:
         return os.open(folder, flags)
 
 
-class FunctionIndexes:
-    """The open `FunctionIndex` of each function this process wrote, at most `limit` of them
-    (two descriptors each, beside up to 500 connections);
-    a process forked after use opens its own (a shared open file would share its flock)."""
+Seen = tuple[dict[str, int], bytes, int]
+"""What a process knew of a function when it closed its descriptors: sizes, epoch, log offset.
+Any such snapshot is a valid start: the lines after it are read and checked as anyone's."""
 
-    def __init__(self, root: str, archive: str, limit: int = 64) -> None:
+
+class FunctionIndexes:
+    """The open `FunctionIndex` of each function this process writes, at most `limit` of them
+    (two descriptors each, beside up to 500 connections); what a closed one knew is remembered
+    for `remembered` functions, so that coming back costs two opens, not a rescan. A process
+    forked after use opens its own (a shared open file would share its flock)."""
+
+    def __init__(self, root: str, archive: str, limit: int = 64, remembered: int = 4096) -> None:
         self.root = root
         self.archive = archive
         self.limit = limit
+        self.remembered = remembered
         self._lock = threading.Lock()
         self._open: dict[tuple[str, str], FunctionIndex] = {}
+        self._seen: dict[tuple[str, str], Seen] = {}
         self._pid = os.getpid()
 
     @contextmanager
@@ -169,8 +177,9 @@ class FunctionIndexes:
 
         A lock file removed or replaced since it was opened (its folder deleted by hand, say)
         no longer keeps anyone out: the index is then closed and opened afresh."""
+        key = (namespace, function)
         while True:
-            index = self._get(namespace, function)
+            index = self._get(key)
             with index.mutex:
                 if index.closed:
                     continue  # closed by `close` or evicted meanwhile: take a fresh one
@@ -184,31 +193,47 @@ class FunctionIndexes:
                 if current:
                     return
                 with self._lock:
-                    if self._open.get((namespace, function)) is index:
-                        del self._open[(namespace, function)]
+                    if self._open.get(key) is index:
+                        del self._open[key]
                 index.close()
 
-    def _get(self, namespace: str, function: str) -> FunctionIndex:
-        key = (namespace, function)
+    def _get(self, key: tuple[str, str]) -> FunctionIndex:
         with self._lock:
             if self._pid != os.getpid():
                 self._open, self._pid = {}, os.getpid()  # the parent's stay the parent's
             index = self._open.pop(key, None)
             if index is None:
-                index = FunctionIndex(os.path.join(self.root, namespace, function), self.archive)
+                index = FunctionIndex(os.path.join(self.root, *key), self.archive)
+                if (seen := self._seen.pop(key, None)) is not None:
+                    index.sizes, index.epoch, index.offset = dict(seen[0]), seen[1], seen[2]
             self._open[key] = index  # most recently used last
             evicted = []
             while len(self._open) > self.limit:
-                evicted.append(self._open.pop(next(iter(self._open))))
-        for old in evicted:
+                evicted.append(_oldest(self._open))
+        for old_key, old in evicted:
             with old.mutex:
                 old.close()
+                seen = None if old.sizes is None else (old.sizes, old.epoch, old.offset)
+            if seen is not None:
+                self._remember(old_key, seen)
         return index
+
+    def _remember(self, key: tuple[str, str], seen: Seen) -> None:
+        with self._lock:
+            self._seen.pop(key, None)
+            self._seen[key] = seen
+            while len(self._seen) > self.remembered:
+                del self._seen[next(iter(self._seen))]
 
     def close(self) -> None:
         with self._lock:
-            indexes, self._open = list(self._open.values()), {}
+            indexes, self._open, self._seen = list(self._open.values()), {}, {}
         for index in indexes:
             with index.mutex:
                 if not index.closed:
                     index.close()
+
+
+def _oldest(indexes: dict[tuple[str, str], FunctionIndex]) -> tuple[tuple[str, str], FunctionIndex]:
+    key = next(iter(indexes))
+    return key, indexes.pop(key)
