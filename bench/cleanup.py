@@ -62,7 +62,7 @@ def fill(name: str, env: dict[str, str], count: int) -> tuple[Store[Any], Settin
     """`count` expired contexts through the store, 16 at a time; returns the store."""
     with stores.environment(env):  # the store's credentials too
         settings = load_settings(namespace=NAMESPACE, keep_latest=0)
-        store = open_store(name, settings)
+        store = open_store(env["BUILD_CONTEXT_STORAGE"], settings)
     created = utcnow() - timedelta(days=60)
     salt = uuid.uuid4().hex
 
