@@ -62,7 +62,7 @@ def fill(name: str, env: dict[str, str], count: int) -> tuple[Store[Any], Settin
     """`count` expired contexts through the store, 16 at a time; returns the store."""
     with stores.environment(env):  # the store's credentials too
         settings = load_settings(namespace=NAMESPACE, keep_latest=0)
-        store = open_store(name, settings)
+        store = open_store(env["BUILD_CONTEXT_STORAGE"], settings)
     created = utcnow() - timedelta(days=60)
     salt = uuid.uuid4().hex
 
@@ -274,7 +274,11 @@ def floor_report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cleanup", description=__doc__)
-    parser.add_argument("--stores", default="s3,oci", help="comma-separated, of: s3, oci")
+    parser.add_argument(
+        "--stores",
+        default="s3,oci",
+        help="comma-separated, of: s3, oci (basic auth), oci-token (Bearer tokens)",
+    )
     parser.add_argument("--contexts", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
@@ -282,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     if sizes[0] >= sizes[1]:
         parser.error(f"--contexts must be above {FUNCTIONS} to fit a rate on two sizes")
     names = [n for n in args.stores.split(",") if n]
-    if unknown := set(names) - {"s3", "oci"}:
-        parser.error(f"unknown stores {sorted(unknown)}; this bench knows s3 and oci")
+    if unknown := set(names) - {"s3", "oci", "oci-token"}:
+        parser.error(f"unknown stores {sorted(unknown)}; this bench knows s3, oci and oci-token")
     found = {name: measure(name, sizes, args.rounds) for name in names}
     for name in names:
         report(name, sizes, found[name], args.rounds)

@@ -55,11 +55,13 @@ def configmap(workdir: Path) -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def oci(workdir: Path) -> Iterator[dict[str, str]]:
-    """A CNCF Distribution registry on loopback (tests/support/registry.py), TLS and basic auth."""
+def oci(workdir: Path, auth: str = "htpasswd") -> Iterator[dict[str, str]]:
+    """A CNCF Distribution registry on loopback (tests/support/registry.py), TLS and basic auth
+    (bcrypt checked by the registry on every request), or `auth="token"`: the Bearer flow of
+    Docker Hub, Harbor, GHCR and Quay (a token per repository scope, cached by the client)."""
     from tests.support.registry import Registry
 
-    registry = Registry(workdir / "registry").start()
+    registry = Registry(workdir / "registry", auth=auth).start()
     try:
         config = registry.docker_config(workdir / "docker" / "config.json")
         yield {
@@ -72,11 +74,16 @@ def oci(workdir: Path) -> Iterator[dict[str, str]]:
         registry.stop()
 
 
+def oci_token(workdir: Path) -> contextlib.AbstractContextManager[dict[str, str]]:
+    return oci(workdir, auth="token")
+
+
 BACKENDS: dict[str, Backend] = {
     "filesystem": filesystem,
     "s3": s3,
     "configmap": configmap,
     "oci": oci,
+    "oci-token": oci_token,
 }
 
 

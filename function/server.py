@@ -148,6 +148,13 @@ class EdgeServer(TcpWSGIServer):  # type: ignore[misc]  # waitress is untyped
         self.accepting = False
         self.socket.close()
 
+    def close_all(self) -> None:
+        """Close every connection, the trigger and the listener here on the loop, which then
+        ends: it runs while its map holds a socket. Closed from another thread, a socket the
+        loop polls next fails its select() (EBADF) and kills the loop's thread."""
+        for dispatcher in list(self._map.values()):
+            dispatcher.close()
+
     def receiving(self) -> bool:
         """Whether a connection holds a request not answered yet: arrived but not read (a new
         connection's, or the next on a kept-alive one), part-read, queued, or its reply unsent.
@@ -248,7 +255,10 @@ def serve(
     readiness.draining.set()
     drained = drain(server, in_flight, settings.shutdown_grace_seconds)
     log.info("stopping", extra={"drained": drained})
-    server.close()
+    if server.on_loop(server.close_all, LOOP_ANSWER_SECONDS) is None:
+        server.close()  # the loop is stuck: close from here, as waitress itself would
+    runner.join(LOOP_ANSWER_SECONDS)
+    server.task_dispatcher.shutdown()
     if shared is not None:
         shared.close()
     app.close()
