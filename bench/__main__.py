@@ -19,13 +19,11 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import uuid
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +35,11 @@ from function.settings import load_settings
 from function.stores import open_store
 from function.telemetry import Telemetry
 from function.validation import parse, validate
-from function.workers import process_count
-from tests.support.server import FunctionServer
 
-from . import floor as floor_server
 from . import stores, workload
 from .load import MemoryWatch, Run, Table, percentiles, send
+from .ratios import ratio_section
+from .serving import Shape, ms, requests_of, running_server, seed
 
 MIB = 1024 * 1024
 STAGES = ("validate", "render", "archive", "store")
@@ -155,112 +152,6 @@ def machine() -> str:
     )
 
 
-@dataclass(frozen=True)
-class Measure:
-    """One row of the ratio table: what is read from a run."""
-
-    label: str
-    read: Callable[[Run, float], float]
-    """From the run and the server's CPU seconds per request."""
-    latency: bool
-    """True: lower is better (ratio function/floor); False: a rate (ratio floor/function)."""
-
-
-def _p50(run: Run, cpu: float) -> float:
-    return percentiles(run.latencies)[0]
-
-
-def _p95(run: Run, cpu: float) -> float:
-    return percentiles(run.latencies)[1]
-
-
-def _rate(run: Run, cpu: float) -> float:
-    return run.throughput
-
-
-def _cpu(run: Run, cpu: float) -> float:
-    return cpu
-
-
-Scenario = tuple[str, int, int, list[Measure]]
-"""Which requests (`_requests` kind), how many, how many in flight, and what is read."""
-
-
-def _at_once(kind: str, sizes: str, short: str = "") -> Scenario:
-    """150 requests in flight at once: p95 latency, throughput and server CPU per request
-    (its label names the sizes as `short`, where given)."""
-    return (
-        kind,
-        150,
-        150,
-        [
-            Measure(f"150 at once, {sizes}: p95", _p95, True),
-            Measure(f"150 at once, {sizes}: req/s", _rate, False),
-            Measure(f"150 at once, {short or sizes}: server CPU per request", _cpu, True),
-        ],
-    )
-
-
-def ratio_section(shape: Shape, rounds: int | None, quick: bool) -> None:
-    """The function (filesystem store on TMPDIR's disk) against the floor (bench/floor.py), in
-    alternating rounds: each scenario runs on both servers back to back, in turns first, so a
-    noisy neighbour hits both alike. Medians over rounds; the cost ratio is function/floor for
-    latency and floor/function for throughput, so for every row lower is better (goal <= 1.5)."""
-    rounds = rounds or (1 if quick else 7)
-    scenarios: list[Scenario] = [
-        ("small", 20 if quick else 60, 1, [Measure("one at a time, 1 KB: p50", _p50, True)]),
-        _at_once("small", "1 KB"),
-        _at_once("mixed", "mixed 1 KB-900 KB", short="mixed"),
-    ]
-    print(
-        f"\n## Against the floor (filesystem store under {tempfile.gettempdir()}; function: "
-        f"{shape.describe()}; floor: one Flask process under waitress, 8 threads; median of "
-        f"{rounds} alternating rounds)\n"
-    )
-    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    with (
-        running_server("filesystem", shape) as (server, _),
-        floor_server.running(server.workdir) as (floor_url, floor_pid),
-    ):
-        assert server.process is not None
-        pids = {"function": server.process.pid, "floor": floor_pid}
-        warm = send(floor_url, workload.mixed(40, seed=_seed()), concurrency=10)
-        if warm.failures:
-            raise SystemExit(f"floor warm-up failed: {warm.failures[0]}")
-        for index in range(rounds):
-            for kind, count, concurrency, measures in scenarios:
-                requests = _requests(kind, count)
-                order = [("function", server.url), ("floor", floor_url)]
-                for who, url in order if index % 2 == 0 else reversed(order):
-                    with MemoryWatch(pids[who]) as watch:
-                        run = send(url, requests, concurrency)
-                    if run.failures:
-                        raise SystemExit(f"{who} failed: {run.failures[0]}")
-                    cpu = watch.cpu_seconds / len(run.replies)
-                    for measure in measures:
-                        values[measure.label][who].append(measure.read(run, cpu))
-    table = Table(["measure", "function", "floor", "cost ratio", "ratio per round (min-max)"])
-    print(table.header())
-    for _, _, _, measures in scenarios:
-        for measure in measures:
-            ours, least = values[measure.label]["function"], values[measure.label]["floor"]
-            per_round = [
-                (a / b if measure.latency else b / a) for a, b in zip(ours, least, strict=True)
-            ]
-            mine, theirs = statistics.median(ours), statistics.median(least)
-            ratio = mine / theirs if measure.latency else theirs / mine
-            show = _ms if measure.latency else (lambda v: f"{v:,.0f}")
-            print(
-                table.add(
-                    measure.label,
-                    show(mine),
-                    show(theirs),
-                    f"**{ratio:.2f}x**",
-                    f"{min(per_round):.2f}-{max(per_round):.2f}x",
-                )
-            )
-
-
 def timed(fn: Callable[[], object], budget: float, minimum: int = 5) -> float:
     """Median seconds of one call, over as many calls as fit in `budget` (at least `minimum`)."""
     fn()
@@ -368,7 +259,7 @@ def stage_section(names: Sequence[str], quick: bool) -> None:
             service = CreateService(settings, store, telemetry=clock)
             sizes: dict[str, list[float]] = defaultdict(list)
             totals: list[float] = []
-            for request in workload.mixed(count, seed=_seed()):
+            for request in workload.mixed(count, seed=seed()):
                 marks = {s: len(clock.samples[s]) for s in STAGES}
                 start = time.perf_counter()
                 service.run(request.data, str(uuid.uuid4()))
@@ -385,56 +276,13 @@ def stage_section(names: Sequence[str], quick: bool) -> None:
                     table.add(
                         name,
                         stage,
-                        _ms(p50),
-                        _ms(p95),
-                        _ms(p99),
-                        _ms(percentiles(small)[0]),
-                        _ms(percentiles(large)[0]),
+                        ms(p50),
+                        ms(p95),
+                        ms(p99),
+                        ms(percentiles(small)[0]),
+                        ms(percentiles(large)[0]),
                     )
                 )
-
-
-@dataclass(frozen=True)
-class Shape:
-    """Server threads and processes; None: the server's default."""
-
-    threads: int | None = None
-    processes: int | None = None
-
-    def env(self) -> dict[str, str]:
-        env = {}
-        if self.threads:
-            env["BUILD_CONTEXT_THREADS"] = str(self.threads)
-        if self.processes:
-            env["BUILD_CONTEXT_PROCESSES"] = str(self.processes)
-        return env
-
-    def describe(self) -> str:
-        settings = load_settings(**{k: v for k, v in vars(self).items() if v})
-        return f"server threads: {settings.server_threads}, processes: {process_count(settings)}"
-
-
-@contextlib.contextmanager
-def running_server(name: str, shape: Shape) -> Iterator[tuple[FunctionServer, dict[str, str]]]:
-    with stores.opened(name) as (env, workdir):
-        server = FunctionServer({**env, **shape.env()}, workdir).start()
-        try:
-            warm = send(server.url, workload.mixed(40, seed=_seed()), concurrency=10)
-            if warm.failures:
-                raise SystemExit(f"warm-up failed on {name}: {warm.failures[0]}")
-            yield server, env
-        finally:
-            server.stop()
-
-
-def _requests(kind: str, count: int) -> list[workload.Request]:
-    if kind == "small":
-        seed = _seed()
-        return [
-            workload.request(workload.RUNTIMES[i % 3], "1KB", seed * 1_000_003 + i)
-            for i in range(count)
-        ]
-    return workload.mixed(count, seed=_seed())
 
 
 def _count(concurrency: int, quick: bool) -> int:
@@ -460,7 +308,7 @@ def http_section(
         with running_server(name, shape) as (server, _):
             assert server.process is not None
             for concurrency in concurrencies:
-                requests = _requests(kind, _count(concurrency, quick))
+                requests = requests_of(kind, _count(concurrency, quick))
                 spy = (
                     _py_spy(server.process.pid, profile)
                     if profile and name == names[0] and concurrency == max(concurrencies)
@@ -471,7 +319,7 @@ def http_section(
                 print(table.add(name, *_run_cells(run, memory)))
             burst = max(concurrencies)
             with MemoryWatch(server.process.pid) as memory:
-                run = send(server.url, _requests(kind, burst), burst)
+                run = send(server.url, requests_of(kind, burst), burst)
             cells = _run_cells(run, memory)
             cells[0] = f"{burst}, one burst"
             print(table.add(name, *cells))
@@ -501,7 +349,7 @@ def sweep_section(
         for shape in sweep:
             with running_server(name, shape) as (server, _):
                 assert server.process is not None
-                requests = _requests(kind, _count(concurrency, quick))
+                requests = requests_of(kind, _count(concurrency, quick))
                 with MemoryWatch(server.process.pid) as memory:
                     run = send(server.url, requests, concurrency)
                 p50, p95, p99 = percentiles(run.latencies)
@@ -528,14 +376,14 @@ def sweep_section(
                 getattr(shape, option),
                 concurrency,
                 int(count),
-                _ms(p50),
-                _ms(p95),
-                _ms(p99),
-                _ms(most),
-                _ms(small),
+                ms(p50),
+                ms(p95),
+                ms(p99),
+                ms(most),
+                ms(small),
                 f"{throughput:.0f}",
                 int(failed),
-                _ms(cpu),
+                ms(cpu),
                 f"{peak / MIB:.0f} MiB",
             )
         )
@@ -561,14 +409,14 @@ def _run_cells(run: Run, memory: MemoryWatch) -> list[str]:
     return [
         str(run.concurrency),
         str(len(run.replies)),
-        _ms(p50),
-        _ms(p95),
-        _ms(p99),
-        _ms(max(run.latencies)),
-        _ms(percentiles(run.latencies_of("1KB"))[1]),
+        ms(p50),
+        ms(p95),
+        ms(p99),
+        ms(max(run.latencies)),
+        ms(percentiles(run.latencies_of("1KB"))[1]),
         f"{run.throughput:.0f}",
         str(len(run.failures)),
-        _ms(memory.cpu_seconds / len(run.replies)),
+        ms(memory.cpu_seconds / len(run.replies)),
         f"{memory.peak / MIB:.0f} MiB",
     ]
 
@@ -648,16 +496,8 @@ def _duration(seconds: float) -> str:
     return f"{seconds * 1e6:,.0f} µs" if seconds < 0.01 else f"{seconds * 1e3:,.1f} ms"
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:,.1f} ms" if seconds >= 0.01 else f"{seconds * 1e3:.2f} ms"
-
-
 def _mix() -> str:
     return ", ".join(f"{size} {weight}%" for size, weight in workload.MIX)
-
-
-def _seed() -> int:
-    return int.from_bytes(os.urandom(4), "big")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@ the ratio measures everything else), sha256 it, write the file, fsync the file a
 reply. It validates nothing, checks no syntax, keeps no record, has no telemetry, no lock and
 never reuses: never serve it to anyone.
 
-    python -m bench.floor --port 8099 --root /tmp/floor
+With `--check` it is the second floor: it also runs the function's own exact syntax check of the
+source (`Runtime.source_errors`: CPython's compiler, the tree-sitter grammars) before it packs,
+and answers a syntax error with 400: the least a server that keeps our promises does.
+
+    python -m bench.floor --port 8099 --root /tmp/floor [--check]
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import argparse
 import contextlib
 import hashlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +33,7 @@ import waitress
 from flask import Flask, request
 
 from function.archive import canonical_tar, gzip_bytes
+from function.runtimes import resolve
 
 DOCKERFILE = """\
 FROM python:3.13-slim-bookworm
@@ -38,7 +45,7 @@ CMD ["python", "remediation.py"]
 ENTRY = {"python": "remediation.py", "nodejs": "remediation.js", "go": "remediation.go"}
 
 
-def create_app(root: Path) -> Flask:
+def create_app(root: Path, check: bool = False) -> Flask:
     root.mkdir(parents=True, exist_ok=True)
     app = Flask("floor")
 
@@ -50,6 +57,11 @@ def create_app(root: Path) -> Flask:
     def create() -> Any:
         data: dict[str, Any] = request.get_json(force=True)
         entry = ENTRY.get(str(data.get("runtime")), "remediation.py")
+        if check:
+            runtime, version = resolve(str(data.get("runtime")), data.get("runtimeVersion"))
+            errors = runtime.source_errors({entry: str(data["sourceCode"])}, version)
+            if errors:
+                return {"reason": "InvalidSource", "message": errors[0].message}, 400
         files = {"Dockerfile": DOCKERFILE.encode(), entry: str(data["sourceCode"]).encode()}
         archive = gzip_bytes(canonical_tar(files))
         digest = hashlib.sha256(archive).hexdigest()
@@ -73,8 +85,11 @@ def create_app(root: Path) -> Flask:
 
 
 @contextlib.contextmanager
-def running(workdir: Path, threads: int = 8, timeout: float = 30) -> Iterator[tuple[str, int]]:
-    """The floor server as a subprocess on a free loopback port; yields its URL and pid."""
+def running(
+    workdir: Path, threads: int = 8, timeout: float = 30, check: bool = False, processes: int = 1
+) -> Iterator[tuple[str, int]]:
+    """The floor server (`check`: the second floor) as a subprocess on a free loopback port;
+    yields its URL and pid (the parent of `processes` servers, when more than one)."""
     from tests.support.processes import stop_process
     from tests.support.server import ROOT, free_port
 
@@ -82,8 +97,10 @@ def running(workdir: Path, threads: int = 8, timeout: float = 30) -> Iterator[tu
     url = f"http://127.0.0.1:{port}"
     log = open(workdir / f"floor-{port}.log", "wb")  # noqa: SIM115
     command = [sys.executable, "-m", "bench.floor", "--port", str(port), "--threads", str(threads)]
+    command += ["--processes", str(processes)]
+    folder = workdir / ("floor-checked" if check else "floor")
     process = subprocess.Popen(
-        [*command, "--root", str(workdir / "floor")],
+        [*command, "--root", str(folder), *(["--check"] if check else [])],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -112,16 +129,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=8)
-    args = parser.parse_args(argv)
-    waitress.serve(
-        create_app(args.root),
-        host="127.0.0.1",
-        port=args.port,
-        threads=args.threads,
-        connection_limit=500,
-        ident="floor",
-        _quiet=True,
+    parser.add_argument("--check", action="store_true", help="also check the source's syntax")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="server processes on one listening socket"
     )
+    args = parser.parse_args(argv)
+    options: dict[str, Any] = {
+        "threads": args.threads,
+        "connection_limit": 500,
+        "ident": "floor",
+        "_quiet": True,
+    }
+    app = create_app(args.root, args.check)
+    if args.processes <= 1:
+        waitress.serve(app, host="127.0.0.1", port=args.port, **options)
+        return 0
+    # As the function does (function/workers.py), in a few lines: the syntax checks are CPU
+    # bound, so a floor that keeps our promises gets every core too.
+    listener = socket.create_server(("127.0.0.1", args.port), backlog=1024)
+    children = []
+    for _ in range(args.processes):
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            waitress.serve(app, sockets=[listener], **options)
+            os._exit(0)
+        children.append(pid)
+
+    def stop(signum: int, frame: object) -> None:
+        for child in children:
+            os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    for child in children:
+        os.waitpid(child, 0)
     return 0
 
 

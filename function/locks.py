@@ -1,6 +1,7 @@
 """Lock files taken with `flock`: one holder at a time among the threads and processes of a pod,
-and among the pods that share the lock's folder (a volume). The filesystem store locks each
-function's folder with one; the per-function limits lock each function's count with one."""
+and among the pods that share the lock's folder (a volume). The per-function limits lock each
+function's count with one; the filesystem store keeps its per-function lock files open instead
+(stores/filesystem_index.py), since it also logs each function's changes in them."""
 
 from __future__ import annotations
 

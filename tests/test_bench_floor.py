@@ -29,3 +29,21 @@ def test_the_floor_writes_the_archive_it_replies_with(tmp_path: Path) -> None:
         assert sorted(tar.getnames()) == ["Dockerfile", "remediation.go"]
         entry = tar.extractfile("remediation.go")
         assert entry is not None and entry.read().decode() == sent.entry_source
+
+
+def test_the_second_floor_checks_the_syntax_as_the_function_does(tmp_path: Path) -> None:
+    """The checking floor runs the function's own syntax check: a source CPython refuses is
+    answered 400 and stored nowhere; a good one is packed as by the first floor."""
+    good = request("python", "1KB", salt=5)
+    bad = {**good.data, "sourceCode": "def broken(:\n    pass\n"}
+    with floor.running(tmp_path, check=True, processes=2) as (url, _pid):
+        replies = []
+        for data in (bad, good.data):
+            headers, body = encode(data)
+            replies.append(requests.post(url, data=body, headers=headers, timeout=30))
+    refused, stored = replies
+    assert refused.status_code == 400 and "syntax error" in refused.json()["message"]
+    assert stored.status_code == 200
+    assert [p.name for p in (tmp_path / "floor-checked").iterdir()] == [
+        Path(stored.json()["path"]).name
+    ]

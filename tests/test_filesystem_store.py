@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
+import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -132,4 +135,115 @@ def test_a_failed_fsync_leaves_no_context(tmp_path: Path, monkeypatch: pytest.Mo
     assert list(store.list()) == []
     assert not list(store.stale_temporaries()), "the temporary folder is removed"
     assert store.put_if_absent(BUILT, record(BUILT)).reused is False
+    store.close()
+
+
+def _archive(index: int) -> archive.Archive:
+    return archive.build({"remediation.py": f"print({index})\n" * (index + 1), "Dockerfile": "x"})
+
+
+def _put_range(root: str, first: int, last: int) -> None:
+    store = FilesystemStore(Path(root))
+    for index in range(first, last):
+        store.put_if_absent(_archive(index), record(_archive(index)))
+    store.close()
+
+
+def _killed_at_rename(root: str, index: int, delete: bool) -> None:
+    """Put (or delete) one context and be SIGKILLed right before its rename: its change is
+    logged and never made."""
+    store = FilesystemStore(Path(root))
+    listed = [
+        item for item in store.list() if item.record.content_hash == _archive(index).content_hash
+    ]
+    os.rename = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+    if delete:
+        store.delete(listed[0], lambda fresh: True)
+    else:
+        store.put_if_absent(_archive(index), record(_archive(index)))
+
+
+def _delete_every_other(root: str) -> None:
+    store = FilesystemStore(Path(root))
+    for number, item in enumerate(sorted(store.list(), key=lambda i: i.record.content_hash)):
+        if number % 2 == 0:
+            store.delete(item, lambda fresh: True)
+    store.close()
+
+
+def test_the_sizes_the_caps_read_stay_exact_across_processes_kills_and_cleanups(
+    tmp_path: Path,
+) -> None:
+    """The per-function sizes a process keeps (no rescan) are what the folder holds, whatever
+    other processes did meanwhile: stored, been SIGKILLed between logging a change and making
+    it (put and delete), cleaned up."""
+    store = FilesystemStore(tmp_path)
+
+    def kept() -> list[tuple[str, int]]:
+        return sorted(store.function_sizes("team-a", "fix-it"))
+
+    def truth() -> list[tuple[str, int]]:
+        return sorted((i.record.content_hash, i.record.size_bytes) for i in store.list())
+
+    spawn = multiprocessing.get_context("spawn")
+
+    def run(target: Callable[..., None], *args: object, killed: bool = False) -> None:
+        child = spawn.Process(target=target, args=(str(tmp_path), *args))
+        child.start()
+        child.join(60)
+        assert child.exitcode == (-signal.SIGKILL if killed else 0)
+
+    assert kept() == []
+    run(_put_range, 0, 6)
+    assert kept() == truth() and len(truth()) == 6
+    _put_range(str(tmp_path), 6, 8)  # this process, another instance
+    store.put_if_absent(_archive(8), record(_archive(8)))
+    assert kept() == truth() and len(truth()) == 9
+    run(_killed_at_rename, 9, False, killed=True)
+    assert kept() == truth() and len(truth()) == 9
+    run(_killed_at_rename, 3, True, killed=True)
+    assert kept() == truth() and len(truth()) == 9
+    with ThreadPoolExecutor(2) as pool:  # two writers at once: a process and this one
+        pool.submit(run, _put_range, 10, 16)
+        for index in range(16, 20):
+            store.put_if_absent(_archive(index), record(_archive(index)))
+    assert kept() == truth() and len(truth()) == 19
+    run(_delete_every_other)
+    assert kept() == truth() and len(truth()) == 9
+    run(_put_range, 20, 23)  # then this process deletes without looking first, as cleanup does
+    (item,) = [i for i in store.list() if i.record.content_hash == _archive(8).content_hash]
+    assert store.delete(item, lambda fresh: True) is Deletion.DELETED
+    assert kept() == truth() and len(truth()) == 11
+    store.close()
+
+
+def test_a_process_writing_many_functions_keeps_few_open_and_stays_exact(tmp_path: Path) -> None:
+    """Past its limit of open functions a process closes the least recently used one (its two
+    descriptors); coming back to it, the sizes are read again and still exact."""
+    store = FilesystemStore(tmp_path, open_functions=2)
+    names = [f"fn-{n}" for n in range(5)]
+    for round_ in range(2):
+        for number, name in enumerate(names):
+            made = _archive(10 * number + round_)
+            store.put_if_absent(made, record(made, function=name))
+    for name in names:
+        assert sorted(store.function_sizes("team-a", name)) == sorted(
+            (i.record.content_hash, i.record.size_bytes)
+            for i in store.list()
+            if i.record.function == name
+        )
+        assert len(list(store.function_sizes("team-a", name))) == 2
+    store.close()
+
+
+def test_a_function_folder_removed_by_hand_is_made_again_on_the_next_put(tmp_path: Path) -> None:
+    """The kept lock file and folder descriptors of a deleted folder lock nothing: the store
+    notices (the lock file has no name left) and opens the new ones."""
+    store = FilesystemStore(tmp_path)
+    store.put_if_absent(_archive(1), record(_archive(1)))
+    shutil.rmtree(tmp_path / "team-a" / "fix-it")
+    assert store.put_if_absent(_archive(2), record(_archive(2))).reused is False
+    assert sorted(store.function_sizes("team-a", "fix-it")) == [
+        (_archive(2).content_hash, _archive(2).size_bytes)
+    ]
     store.close()

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-from opentelemetry import metrics, trace
+from opentelemetry import context, metrics, trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 SCOPE = "build-context"
@@ -116,10 +116,9 @@ class Telemetry:
                 self.cleanup_runs.add(0, {"outcome": outcome, "dry_run": "false"})
             self.cleanup_last_run.set(0)
 
-    @contextmanager
     def request(
         self, event: Mapping[str, Any], fallback_headers: Mapping[str, str] | None = None
-    ) -> Iterator[trace.Span]:
+    ) -> AbstractContextManager[trace.Span]:
         """The span of one CloudEvent, continuing the trace of its `traceparent` extension
         (CloudEvents distributed tracing), else of the HTTP `traceparent` header."""
         carrier = {k: str(event[k]) for k in ("traceparent", "tracestate") if event.get(k)}
@@ -127,19 +126,21 @@ class Telemetry:
             carrier = {
                 k: v for k in ("traceparent", "tracestate") if (v := fallback_headers.get(k))
             }
+        name = f"process {event.get('type', '')}"
+        parent = _PROPAGATOR.extract(carrier) if carrier else None
+        if not self.stage_spans:
+            # No trace exporter: the span's ids reach the reply and the logs, its attributes
+            # nobody (half the cost of the span, bench/telemetry.py).
+            return _Current(self.tracer.start_span(name, parent, trace.SpanKind.SERVER))
         attributes = {
             "cloudevents.event_id": str(event.get("id", "")),
             "cloudevents.event_source": str(event.get("source", "")),
             "cloudevents.event_type": str(event.get("type", "")),
             "cloudevents.event_spec_version": str(event.get("specversion", "")),
         }
-        with self.tracer.start_as_current_span(
-            f"process {attributes['cloudevents.event_type']}",
-            context=_PROPAGATOR.extract(carrier),
-            kind=trace.SpanKind.SERVER,
-            attributes=attributes,
-        ) as span:
-            yield span
+        return self.tracer.start_as_current_span(
+            name, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
+        )
 
     def request_failed(self, reason: str, server_side: bool) -> None:
         """Mark the current request span: `error.type` always, error status only for failures
@@ -153,8 +154,15 @@ class Telemetry:
         """Write the current span as `traceparent` (and `tracestate`) into reply attributes."""
         _PROPAGATOR.inject(attributes)
 
+    def stage(self, name: str, attributes: dict[str, Any]) -> AbstractContextManager[trace.Span]:
+        """Time a stage into `build_context.stage.duration` (with `attributes` as they are at
+        its end), in a span of its own when `stage_spans`."""
+        if not self.stage_spans:
+            return _Timed(self.stage_duration, name, attributes)
+        return self._stage_span(name, attributes)
+
     @contextmanager
-    def stage(self, name: str, attributes: dict[str, Any]) -> Iterator[trace.Span]:
+    def _stage_span(self, name: str, attributes: dict[str, Any]) -> Iterator[trace.Span]:
         start = time.perf_counter()
         try:
             with self.span(
@@ -189,6 +197,42 @@ class Telemetry:
             "retry",
             {"attempt": attempt, "error.type": type(error).__name__ if error else ""},
         )
+
+
+class _Timed:
+    """A stage without a span of its own: a generator-based context manager and the current
+    span's lookup cost more than the histogram's record (bench/telemetry.py)."""
+
+    __slots__ = ("attributes", "histogram", "name", "start")
+
+    def __init__(self, histogram: metrics.Histogram, name: str, attributes: dict[str, Any]):
+        self.histogram, self.name, self.attributes = histogram, name, attributes
+
+    def __enter__(self) -> trace.Span:
+        self.start = time.perf_counter()
+        return trace.get_current_span()
+
+    def __exit__(self, *exc_info: object) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.histogram.record(elapsed, {**self.attributes, "stage": self.name})
+
+
+class _Current:
+    """Make `span` current for the block and end it after (what `start_as_current_span` does,
+    without recording the exception: used only for spans nothing exports)."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: trace.Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> trace.Span:
+        self.token = context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, *exc_info: object) -> None:
+        context.detach(self.token)
+        self.span.end()
 
 
 NOOP = Telemetry(metrics.NoOpMeterProvider(), trace.NoOpTracerProvider())
