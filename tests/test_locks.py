@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from function.settings import Settings
 from function.stores import open_store
 from tests.conftest import StartServer
 from tests.support.contexts import assert_hadolint_passes, example, extract, read_member
+from tests.support.locks import go_sum, npm_lock
 from tests.test_contexts import _run_dockerfile_steps
 
 H1 = "h1:" + "A" * 43 + "="
@@ -261,17 +261,7 @@ def test_pip_installs_exactly_the_locked_files_and_refuses_a_tampered_hash(
 @pytest.mark.slow
 def test_npm_ci_installs_the_lock_and_refuses_a_tampered_integrity(tmp_path: Path) -> None:
     dependencies = {"ms": "^2.1.3"}
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "package.json").write_text(json.dumps({"dependencies": dependencies}))
-    subprocess.run(
-        ["npm", "install", "--package-lock-only", "--ignore-scripts", "--no-audit", "--no-fund"],
-        cwd=project,
-        env={**os.environ, "npm_config_cache": str(tmp_path / "npm-cache")},
-        check=True,
-        capture_output=True,
-    )
-    lock = json.loads((project / "package-lock.json").read_text())
+    lock = npm_lock(dependencies, tmp_path / "project")  # by npm itself
     request = {
         **NODE,
         "sourceCode": "console.log(JSON.stringify({ ms: require('ms')('2m') }));\n",
@@ -293,16 +283,8 @@ def test_npm_ci_installs_the_lock_and_refuses_a_tampered_integrity(tmp_path: Pat
 @pytest.mark.slow
 def test_go_builds_read_only_from_go_sum_and_refuses_a_tampered_sum(tmp_path: Path) -> None:
     module, version = "github.com/google/uuid", "v1.6.0"
-    info = json.loads(
-        subprocess.run(
-            ["go", "mod", "download", "-json", f"{module}@{version}"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
-    lock = f"{module} {version} {info['Sum']}\n{module} {version}/go.mod {info['GoModSum']}\n"
+    lock = go_sum(module, version, tmp_path / "modules")  # by go mod download
+    module_sum = lock.split()[2]
     request = {**GO, "sourceCode": example("go-dependencies")["sourceCode"]}
     request["dependencies"] = [f"{module}@{version}"]
     context, scratch = _install(tmp_path, {**request, "lockFile": lock}, "good")
@@ -312,7 +294,7 @@ def test_go_builds_read_only_from_go_sum_and_refuses_a_tampered_sum(tmp_path: Pa
     )
     assert out.stdout.startswith("remediation run ")
 
-    tampered = lock.replace(info["Sum"], "h1:" + _flip(info["Sum"][3:-1]) + "=")
+    tampered = lock.replace(module_sum, "h1:" + _flip(module_sum[3:-1]) + "=")
     with pytest.raises(AssertionError, match=r"checksum mismatch|SECURITY ERROR"):
         _install(tmp_path, {**request, "lockFile": tampered}, "tampered")
 
